@@ -1,0 +1,25 @@
+# Two entry points: `make repro` (train, evaluate and compare on the embedded data) and `make test`.
+# Both create .venv from requirements.lock on first use; nothing needs activating.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# Stage commands in dvc.yaml call `python`, which must be the project's interpreter.
+RUN := PATH="$(BIN):$$PATH" TF_CPP_MIN_LOG_LEVEL=2
+
+.PHONY: install repro test lint
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	touch $@
+
+repro: install
+	$(RUN) dvc repro
+
+test: install
+	$(RUN) python -m pytest
+
+lint: install
+	$(RUN) ruff check . && $(RUN) ruff format --check . && $(RUN) mypy

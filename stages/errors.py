@@ -1,0 +1,32 @@
+"""User-facing errors and the wrapper that turns them into one-line messages."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+
+
+class PipelineError(Exception):
+    """An error caused by input the user controls (params, data, environment); shown as one line."""
+
+
+class ParamsError(PipelineError):
+    """A params.yaml value is missing, unknown or out of range."""
+
+
+def report_errors(
+    main: Callable[[Sequence[str] | None], int],
+) -> Callable[[Sequence[str] | None], int]:
+    """Wrap a stage's main so a PipelineError prints one line on stderr and exits with status 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except PipelineError as error:
+            # A traceback would bury the one line that says what to fix.
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return wrapper

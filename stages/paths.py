@@ -1,0 +1,97 @@
+"""Every path the pipeline reads or writes, relative to the repository root (dvc.yaml lists the same)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+
+
+def workspace_root(cwd: Path) -> Path:
+    """Return the user's checkout, also when DVC runs a --temp or queued experiment in .dvc/tmp."""
+    parts = cwd.resolve().parts
+    # DVC runs temp and queued experiments in a copy under <repo>/.dvc/tmp/exps/...; relative
+    # data sources and the MLflow store must still mean the checkout the user works in.
+    for index in range(len(parts) - 1):
+        if parts[index] == ".dvc" and parts[index + 1] == "tmp":
+            return Path(*parts[:index])
+    return cwd.resolve()
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """The data lifecycle of one checkout: raw -> interim -> processed -> models, metrics, reports."""
+
+    root: Path
+
+    @property
+    def params(self) -> Path:
+        """params.yaml."""
+        return self.root / "params.yaml"
+
+    @property
+    def raw_dir(self) -> Path:
+        """Immutable images as ingested: data/raw/<class>/<file>."""
+        return self.root / "data" / "raw"
+
+    @property
+    def images_table(self) -> Path:
+        """One row per raw image (the dataframe build)."""
+        return self.root / "data" / "interim" / "images.parquet"
+
+    @property
+    def split_dir(self) -> Path:
+        """Train / val / test tables."""
+        return self.root / "data" / "processed"
+
+    def split_table(self, split: str) -> Path:
+        """The table of one split."""
+        return self.split_dir / f"{split}.parquet"
+
+    @property
+    def models_dir(self) -> Path:
+        """The trained model and its run record."""
+        return self.root / "models"
+
+    @property
+    def model_file(self) -> Path:
+        """The trained Keras model (raw grayscale pixels in, probabilities out)."""
+        return self.models_dir / "model.keras"
+
+    @property
+    def run_record(self) -> Path:
+        """MLflow run id and class names written by train, read by evaluate."""
+        return self.models_dir / "run.json"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Metrics JSON and plot data, tracked by git so `dvc exp show` can show them."""
+        return self.root / "metrics"
+
+    def metrics(self, stage: str) -> Path:
+        """The metrics JSON of one stage."""
+        return self.metrics_dir / f"{stage}.json"
+
+    @property
+    def history(self) -> Path:
+        """Per-epoch loss and accuracy (DVC plot)."""
+        return self.metrics_dir / "train_history.csv"
+
+    @property
+    def predictions(self) -> Path:
+        """Per-test-image true and predicted labels (DVC confusion plot)."""
+        return self.metrics_dir / "test_predictions.csv"
+
+    def reports(self, stage: str) -> Path:
+        """Figures and tables drawn by one stage."""
+        return self.root / "reports" / stage
+
+
+def paths_from_argv(argv: Sequence[str] | None, description: str | None = None) -> ProjectPaths:
+    """Parse a stage's command line (`--root`, default the current directory) into its paths."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
+    return ProjectPaths(parser.parse_args(argv).root)

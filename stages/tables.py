@@ -1,0 +1,42 @@
+"""The image tables shared by split, train, evaluate and compare."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from stages.errors import PipelineError
+from stages.paths import SPLITS, ProjectPaths
+
+IMAGE_COLUMNS = ("path", "label", "width", "height", "mode", "format", "bytes", "sha256")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a table an earlier stage wrote, with a clear error when that stage has not run."""
+    if not path.exists():
+        raise PipelineError(
+            f"{path}: missing; run `dvc repro` so the stage that writes it runs first"
+        )
+    return pd.read_parquet(path)
+
+
+def read_splits(paths: ProjectPaths) -> dict[str, pd.DataFrame]:
+    """The train, val and test tables."""
+    return {split: read_table(paths.split_table(split)) for split in SPLITS}
+
+
+def class_names(splits: dict[str, pd.DataFrame]) -> list[str]:
+    """Sorted class names over all splits: the index order of the model's outputs."""
+    return sorted(set().union(*(set(table["label"]) for table in splits.values())))
+
+
+def data_fingerprint(splits: dict[str, pd.DataFrame]) -> str:
+    """A short hash of which image content sits in which split with which label."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        rows = splits[split][["path", "label", "sha256"]].sort_values("path")
+        for path, label, content in rows.itertuples(index=False):
+            digest.update(f"{split}\t{path}\t{label}\t{content}\n".encode())
+    return digest.hexdigest()[:16]

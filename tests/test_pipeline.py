@@ -1,0 +1,203 @@
+"""End to end: real `dvc repro` and `dvc exp run` in a temporary git repo, real MLflow and TensorFlow."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
+STAGES = ["ingest", "build", "split", "train", "evaluate", "compare"]
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_params() -> dict:
+    """The repository's params, shrunk so each training takes seconds."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["synthetic"].update(
+        counts={"covid": 14, "normal": 18, "viral_pneumonia": 12}, image_size=48
+    )
+    params["build"]["histogram_images_per_class"] = 4
+    params["train"].update(image_size=32, epochs=2, batch_size=8, fine_tune_epochs=0)
+    params["train"]["head"]["dense_units"] = 8
+    return params
+
+
+def copy_project(target: Path) -> None:
+    """Copy the code and DVC config (not data, models or stores) into a fresh git repo."""
+    target.mkdir()
+    for name in PROJECT_FILES:
+        shutil.copy2(ROOT / name, target / name)
+    shutil.copytree(
+        ROOT / "stages", target / "stages", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (target / ".dvc").mkdir()
+    for name in ("config", ".gitignore"):
+        shutil.copy2(ROOT / ".dvc" / name, target / ".dvc" / name)
+    (target / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Run a command, fail the test with its output if it fails, return stdout+stderr."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-4000:]}"
+    return output
+
+
+def stages_run(output: str) -> list[str]:
+    """Names of the stages DVC actually ran, from its log."""
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    repo = tmp_path_factory.mktemp("e2e") / "project"
+    copy_project(repo)
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))
+    }
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
+    run(["git", "init", "-q"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "-m", "project"], repo, env)
+    return repo, env
+
+
+def runs_in_store(repo: Path) -> pd.DataFrame:
+    """All runs of the project's experiment in the repo's own mlflow.db."""
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("cxr-pipeline")
+    assert experiment is not None, "no MLflow experiment in the repo's mlflow.db"
+    return mlflow.search_runs([experiment.experiment_id])
+
+
+def test_repro_builds_every_output(project):
+    repo, env = project
+    # when the whole pipeline runs
+    output = run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    # then every stage ran, in order, and wrote its outputs
+    assert stages_run(output) == STAGES
+    assert sorted(p.name for p in (repo / "data" / "raw").iterdir()) == [
+        "covid",
+        "normal",
+        "viral_pneumonia",
+    ]
+    images = pd.read_parquet(repo / "data" / "interim" / "images.parquet")
+    assert len(images) == 14 + 18 + 12
+    splits = {
+        s: pd.read_parquet(repo / "data" / "processed" / f"{s}.parquet")
+        for s in ("train", "val", "test")
+    }
+    assert splits["train"]["label"].value_counts().nunique() == 1  # undersampled to equal counts
+    assert (repo / "models" / "model.keras").stat().st_size > 0
+    for figure in [
+        "build/class_counts.png",
+        "build/image_sizes.png",
+        "build/intensity_histograms.png",
+        "evaluate/confusion_matrix.png",
+        "evaluate/misclassified.png",
+        "compare/leaderboard.png",
+        "compare/leaderboard.md",
+    ]:
+        assert (repo / "reports" / figure).stat().st_size > 0, figure
+    train = json.loads((repo / "metrics" / "train.json").read_text())
+    history = pd.read_csv(repo / "metrics" / "train_history.csv")
+    assert len(history) == train["epochs_run"] and {
+        "loss",
+        "val_loss",
+        "accuracy",
+        "val_accuracy",
+    } <= set(history)
+    assert train["pretrained"] is False  # no ImageNet download in tests
+    evaluate = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert 0.0 <= evaluate["test_accuracy"] <= 1.0 and evaluate["test_images"] == len(
+        splits["test"]
+    )
+    assert set(evaluate["per_class"]) == {"covid", "normal", "viral_pneumonia"}
+    predictions = pd.read_csv(repo / "metrics" / "test_predictions.csv")
+    assert len(predictions) == len(splits["test"])
+    compare = json.loads((repo / "metrics" / "compare.json").read_text())
+    assert compare["best_backbone"] == "mobilenetv2" and compare["models"] == 1
+    # and MLflow holds one finished run with curves, test metrics and artifacts
+    runs = runs_in_store(repo)
+    assert len(runs) == 1 and runs.loc[0, "metrics.test_accuracy"] == pytest.approx(
+        evaluate["test_accuracy"]
+    )
+    client = mlflow.tracking.MlflowClient()
+    run_id = runs.loc[0, "run_id"]
+    assert len(client.get_metric_history(run_id, "val_loss")) == train["epochs_run"]
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"model", "evaluate", "plots"} <= artifacts
+
+
+def test_second_repro_runs_only_the_always_changed_compare(project):
+    repo, env = project
+    output = run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    assert stages_run(output) == ["compare"]
+    assert "Stage 'train' didn't change" in output
+
+
+def test_experiment_with_another_backbone_reruns_only_train_evaluate_compare(project):
+    repo, env = project
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "-m", "baseline"], repo, env)
+    # when an experiment changes the backbone
+    output = run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-n", "effnet", "-S", "model=efficientnetb0"],
+        repo,
+        env,
+    )
+    # then only the stages that depend on it re-run
+    assert stages_run(output) == ["train", "evaluate", "compare"]
+    # and the leaderboard and MLflow hold both backbones, the experiment's run tagged with its name
+    compare = json.loads((repo / "metrics" / "compare.json").read_text())
+    assert set(compare["leaderboard"]) == {"mobilenetv2", "efficientnetb0"}
+    runs = runs_in_store(repo)
+    assert set(runs["tags.backbone"]) == {"mobilenetv2", "efficientnetb0"}
+    assert runs["metrics.test_accuracy"].notna().all()
+    assert set(runs["tags.dvc_experiment"].dropna()) == {"effnet"}
+    # and dvc exp show lists both with their params and metrics
+    shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo, env)
+    assert '"efficientnetb0"' in shown and '"mobilenetv2"' in shown and "test_accuracy" in shown
+    # and dvc plots show renders the history and confusion plots
+    plots = run(
+        [sys.executable, "-m", "dvc", "plots", "show", "-o", str(repo.parent / "plots")], repo, env
+    )
+    page = (repo.parent / "plots" / "index.html").read_text()
+    assert "train_history.csv" in page and "test_predictions.csv" in page, plots
+
+
+def test_temp_experiment_logs_to_the_workspace_store(project):
+    repo, env = project
+    before = len(runs_in_store(repo))
+    # when DVC runs the experiment in a throwaway copy under .dvc/tmp
+    run(
+        [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", "temp-seed", "-S", "seed=7"],
+        repo,
+        env,
+    )
+    # then its run lands in the workspace's mlflow.db, its artifacts beside it
+    runs = runs_in_store(repo)
+    assert len(runs) == before + 1
+    newest = runs.sort_values("start_time").iloc[-1]
+    assert newest["tags.dvc_experiment"] == "temp-seed"
+    assert ".dvc/tmp" not in newest["artifact_uri"]
+    assert Path(newest["artifact_uri"].removeprefix("file://")).is_dir()

@@ -1,0 +1,222 @@
+"""Tests for the MLflow store and tags (stages/tracking.py), on real SQLite stores in tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from stages.errors import PipelineError
+from stages.tracking import (
+    artifact_location,
+    git_commit,
+    run_exists,
+    run_tags,
+    tracking_uri,
+    use_experiment,
+)
+
+
+def _sqlite_uri(directory: Path) -> str:
+    return f"sqlite:///{directory}/mlflow.db"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Whatever a test does, MLflow's global tracking URI ends up pointing into its tmp_path."""
+    uri = _sqlite_uri(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield
+    mlflow.set_tracking_uri(uri)
+
+
+@pytest.fixture(scope="module")
+def _empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, migrated but empty MLflow SQLite store (creating one takes seconds, copying none)."""
+    directory = tmp_path_factory.mktemp("empty_store")
+    MlflowClient(_sqlite_uri(directory)).search_experiments()
+    return directory / "mlflow.db"
+
+
+@pytest.fixture
+def store_environ(tmp_path: Path, _empty_store: Path) -> dict[str, str]:
+    """An environment whose MLFLOW_TRACKING_URI names a fresh empty store in tmp_path."""
+    shutil.copyfile(_empty_store, tmp_path / "mlflow.db")
+    return {"MLFLOW_TRACKING_URI": _sqlite_uri(tmp_path)}
+
+
+def _outside_git(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    """Stop git from finding a repository above `directory` (tmp may sit inside one)."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(directory.parent))
+
+
+def test_tracking_uri_from_the_environment_wins(tmp_path: Path) -> None:
+    # Given MLFLOW_TRACKING_URI naming a tracking server
+    environ = {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
+
+    # When the tracking URI is resolved
+    uri = tracking_uri(tmp_path, environ)
+
+    # Then the server is used
+    assert uri == "http://mlflow.example:5000"
+
+
+@pytest.mark.parametrize("environ", [{}, {"MLFLOW_TRACKING_URI": "  "}])
+def test_tracking_uri_defaults_to_sqlite_in_the_root(
+    tmp_path: Path, environ: dict[str, str]
+) -> None:
+    # Given no (or a blank) MLFLOW_TRACKING_URI
+    # When the tracking URI is resolved from a checkout
+    uri = tracking_uri(tmp_path, environ)
+
+    # Then it is the SQLite store at the checkout's root
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_tracking_uri_in_a_dvc_temp_experiment_is_the_checkout_store(tmp_path: Path) -> None:
+    # Given DVC's throwaway copy of the checkout for a temp experiment
+    experiment_copy = tmp_path / ".dvc" / "tmp" / "exps" / "abc"
+    experiment_copy.mkdir(parents=True)
+
+    # When the tracking URI is resolved from inside it
+    uri = tracking_uri(experiment_copy, {})
+
+    # Then it still names the checkout's store, so runs survive the copy
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_artifacts_of_a_sqlite_store_sit_beside_it(tmp_path: Path) -> None:
+    # Given an absolute and a relative SQLite URI
+    absolute = _sqlite_uri(tmp_path / "store")
+    relative = "sqlite:///stores/mlflow.db"
+
+    # When their artifact locations are resolved
+    # Then artifacts go to mlartifacts beside the database file, as a file URI
+    assert artifact_location(absolute, tmp_path) == (tmp_path / "store" / "mlartifacts").as_uri()
+    assert artifact_location(relative, tmp_path) == (tmp_path / "stores" / "mlartifacts").as_uri()
+
+
+@pytest.mark.parametrize(
+    "uri", ["http://mlflow.example:5000", "https://mlflow.example", "databricks"]
+)
+def test_other_stores_choose_their_own_artifact_location(tmp_path: Path, uri: str) -> None:
+    # Given a tracking server URI
+    # When its artifact location is resolved
+    # Then the server decides
+    assert artifact_location(uri, tmp_path) is None
+
+
+def test_use_experiment_creates_the_experiment_once(
+    tmp_path: Path, store_environ: dict[str, str]
+) -> None:
+    # Given an empty store named by MLFLOW_TRACKING_URI
+    # When the experiment is used twice
+    first = use_experiment("cxr-pipeline", tmp_path, store_environ)
+    second = use_experiment("cxr-pipeline", tmp_path, store_environ)
+
+    # Then it was created once, its artifacts sit beside the store, and MLflow points at it
+    assert first == second
+    client = MlflowClient(store_environ["MLFLOW_TRACKING_URI"])
+    experiments = [e for e in client.search_experiments() if e.name == "cxr-pipeline"]
+    assert [e.experiment_id for e in experiments] == [first]
+    assert experiments[0].artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
+    assert mlflow.get_tracking_uri() == store_environ["MLFLOW_TRACKING_URI"]
+
+
+def test_run_exists_only_for_runs_in_the_current_store(
+    tmp_path: Path, store_environ: dict[str, str]
+) -> None:
+    # Given a store with one finished run
+    experiment_id = use_experiment("cxr-pipeline", tmp_path, store_environ)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_param("model", "mobilenetv2")
+
+    # When runs are looked up
+    # Then that run exists and an unknown id does not
+    assert run_exists(run.info.run_id)
+    assert not run_exists("0" * 32)
+
+
+def test_a_deleted_experiment_is_usable_again_or_named_in_one_line(
+    tmp_path: Path, store_environ: dict[str, str]
+) -> None:
+    # Given an experiment that a person deleted in the MLflow UI
+    experiment_id = use_experiment("cxr-pipeline", tmp_path, store_environ)
+    MlflowClient(store_environ["MLFLOW_TRACKING_URI"]).delete_experiment(experiment_id)
+
+    # When the pipeline uses it again
+    try:
+        reused = use_experiment("cxr-pipeline", tmp_path, store_environ)
+    except PipelineError:
+        return  # a one-line error that says what to do is acceptable too
+
+    # Then a run can be started in it
+    with mlflow.start_run(experiment_id=reused):
+        pass
+
+
+def test_run_tags_name_backbone_data_and_dvc_experiment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run started by `dvc exp run` outside git
+    _outside_git(monkeypatch, tmp_path)
+    environ = {"DVC_EXP_NAME": "lusty-lobe"}
+
+    # When its tags are made
+    tags = run_tags("vgg16", "abcdef0123456789", tmp_path, environ)
+
+    # Then they name the backbone, the data, the code and the DVC experiment
+    assert tags == {
+        "backbone": "vgg16",
+        "data_fingerprint": "abcdef0123456789",
+        "git_commit": "unknown",
+        "mlflow.source.git.commit": "unknown",
+        "dvc_experiment": "lusty-lobe",
+    }
+
+
+@pytest.mark.parametrize("environ", [{}, {"DVC_EXP_NAME": ""}])
+def test_run_tags_omit_dvc_experiment_outside_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]
+) -> None:
+    # Given a run started by plain `dvc repro`
+    _outside_git(monkeypatch, tmp_path)
+
+    # When its tags are made
+    tags = run_tags("vgg16", "abcdef0123456789", tmp_path, environ)
+
+    # Then there is no dvc_experiment tag
+    assert "dvc_experiment" not in tags
+    assert tags["backbone"] == "vgg16"
+
+
+def test_git_commit_is_unknown_outside_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a folder that is not in a git repository
+    _outside_git(monkeypatch, tmp_path)
+
+    # When the commit is asked for
+    # Then it is unknown
+    assert git_commit(tmp_path) == "unknown"
+
+
+def test_git_commit_is_head_inside_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a git repository with one commit
+    _outside_git(monkeypatch, tmp_path)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "README.md").write_text("x", encoding="utf-8")
+    subprocess.run([*git, "add", "README.md"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+    # When the commit is asked for
+    # Then it is HEAD
+    assert git_commit(tmp_path) == head
+    assert len(head) == 40
