@@ -1,1 +1,1 @@
-"""cxr-pipeline: DVC stages that ingest, split, train, evaluate and compare chest X-ray classifiers."""
+"""cxr-pipeline: DVC stages that ingest, split, train, evaluate and compare X-ray classifiers."""

@@ -1,4 +1,4 @@
-"""The Keras classifier: raw grayscale pixels in, augmentation and preprocessing inside, class probabilities out."""
+"""The Keras classifier: raw gray pixels in, augmentation and preprocessing inside."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def build_classifier(
 
 
 def adapt_batchnorm_for_scratch(backbone: keras.Model, momentum: float = 0.9) -> int:
-    """Let BatchNorm moving statistics follow a randomly initialised backbone; return layers changed.
+    """Let BatchNorm statistics follow a randomly initialised backbone; return layers changed.
 
     keras.applications set momentum 0.99-0.999, tuned for ImageNet's millions of steps; on a few
     hundred images the moving averages would still describe the initial weights at the end of
@@ -107,7 +107,7 @@ def adapt_batchnorm_for_scratch(backbone: keras.Model, momentum: float = 0.9) ->
 
 
 def unfreeze_top_layers(backbone: keras.Model, count: int) -> int:
-    """Make the top `count` layers of the backbone trainable, BatchNorm excepted; return how many."""
+    """Make the top `count` backbone layers trainable, BatchNorm excepted; return how many."""
     backbone.trainable = True
     unfrozen = 0
     for index, layer in enumerate(backbone.layers):

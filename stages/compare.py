@@ -1,4 +1,4 @@
-"""Stage compare: a leaderboard of every backbone evaluated on the current data, read from MLflow."""
+"""Stage compare: leaderboard of every backbone evaluated on the current data, from MLflow."""
 
 from __future__ import annotations
 

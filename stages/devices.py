@@ -1,4 +1,4 @@
-"""Which accelerator setup training uses: decided from the visible devices, so it can be tested anywhere."""
+"""Which accelerator setup training uses, decided from the visible devices (testable anywhere)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage evaluate: score the trained model on the test split and log the results to its MLflow run."""
+"""Stage evaluate: score the trained model on the test split, log the results to its MLflow run."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def draw_confusion(
 
 
 def draw_misclassified(predictions: pd.DataFrame, raw_dir: Path, limit: int, path: Path) -> int:
-    """Save a grid of misclassified test images titled true -> predicted; return how many it shows."""
+    """Save a grid of misclassified test images titled true -> predicted; return how many."""
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
     wrong = wrong.sort_values("confidence", ascending=False).head(limit)
     columns = max(1, min(4, len(wrong)))
@@ -167,7 +167,7 @@ def log_to_run(
     figures: list[Path],
     predictions: pd.DataFrame,
 ) -> None:
-    """Continue the train run (or, if this store lacks it, start a linked one) and log the results."""
+    """Log the results to the train run (or a linked new run if this store lacks it)."""
     run_id = record["run_id"]
     continued = run_exists(run_id)
     if not continued:

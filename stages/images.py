@@ -23,7 +23,7 @@ def image_dataset(
     batch_size: int,
     shuffle_seed: int | None,
 ) -> tf.data.Dataset:
-    """Batches of (uint8 image, label); shuffled with `shuffle_seed` each epoch, or kept in order."""
+    """Batches of (uint8 image, label), shuffled with `shuffle_seed` each epoch or kept in order."""
     dataset = tf.data.Dataset.from_tensor_slices(([str(file) for file in files], list(labels))).map(
         lambda path, label: (decode_and_resize(path, image_size), label),
         num_parallel_calls=tf.data.AUTOTUNE,

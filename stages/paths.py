@@ -1,4 +1,4 @@
-"""Every path the pipeline reads or writes, relative to the repository root (dvc.yaml lists the same)."""
+"""Every path the pipeline reads or writes, under the repository root (dvc.yaml lists them too)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def workspace_root(cwd: Path) -> Path:
 
 @dataclass(frozen=True)
 class ProjectPaths:
-    """The data lifecycle of one checkout: raw -> interim -> processed -> models, metrics, reports."""
+    """The data lifecycle of one checkout: raw, interim, processed, models, metrics, reports."""
 
     root: Path
 

@@ -1,4 +1,4 @@
-"""Stage split: stratified train / val / test, identical files kept together, train optionally undersampled."""
+"""Stage split: stratified train / val / test, identical files together, train undersampled."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def assign_splits(images: pd.DataFrame, split: SplitParams, seed: int) -> pd.Ser
 
 
 def undersample(train: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """Randomly drop train images of the larger classes down to the smallest class (imbalanced-learn)."""
+    """Randomly drop train images of larger classes down to the smallest one (imbalanced-learn)."""
     sampler = RandomUnderSampler(random_state=seed)
     positions = np.arange(len(train)).reshape(-1, 1)
     kept, _ = sampler.fit_resample(positions, train["label"].to_numpy())

@@ -27,7 +27,7 @@ def tracking_uri(cwd: Path, environ: Mapping[str, str]) -> str:
 
 
 def artifact_location(uri: str, cwd: Path) -> str | None:
-    """Artifacts beside a SQLite store (so temp experiments never write into their throwaway copy)."""
+    """Artifacts beside a SQLite store, so temp experiments never write into their copy."""
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
         database = Path(uri.removeprefix("sqlite:///"))

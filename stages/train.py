@@ -26,7 +26,7 @@ from stages.tracking import run_tags, use_experiment
 
 
 class EpochMetricsCallback(MlflowCallback):
-    """MLflow's Keras callback for per-epoch metrics, logging the optimizer only for the first phase.
+    """MLflow's Keras callback for per-epoch metrics; logs the optimizer for the first phase only.
 
     The second phase recompiles with a lower rate; logging its optimizer config again would try
     to change an MLflow param, which MLflow forbids. Both rates are logged from params.yaml.
@@ -93,7 +93,7 @@ def fit_phases(
     datasets: tuple[tf.data.Dataset, tf.data.Dataset],
     callbacks: list[keras.callbacks.Callback],
 ) -> int:
-    """Train: frozen backbone then top layers unfrozen when pretrained, else all layers; return epochs."""
+    """Fit frozen then fine-tuned when pretrained, else end to end; return the epochs run."""
     train_data, val_data = datasets
     # Freezing random weights would only train the head on noise features, so a backbone
     # without pretrained weights trains end to end in a single phase.

@@ -64,7 +64,10 @@ def test_weights_from_a_file_count_as_pretrained(tmp_path):
     backbone.save_weights(tmp_path / "backbone.weights.h5")
     loaded, pretrained = load_backbone("mobilenetv2", 32, str(tmp_path / "backbone.weights.h5"))
     assert pretrained is True
-    assert all(np.array_equal(a, b) for a, b in zip(backbone.get_weights(), loaded.get_weights()))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(backbone.get_weights(), loaded.get_weights(), strict=True)
+    )
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
