@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,8 +89,3 @@ def run_exists(run_id: str) -> bool:
     except mlflow.exceptions.MlflowException:
         return False
     return True
-
-
-def current_environment() -> dict[str, str]:
-    """A plain copy of os.environ, so callers pass the environment explicitly."""
-    return dict(os.environ)
