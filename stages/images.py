@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
+
+from stages.errors import PipelineError
 
 
 def decode_and_resize(path: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -33,4 +36,40 @@ def image_dataset(
     dataset = dataset.cache()
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def load_split_pixels(cache: Path, cache_index: Sequence[int], image_size: int) -> np.ndarray:
+    """Rows `cache_index` of the build's pixel cache as uint8 (N, image_size, image_size, 1).
+
+    The cache holds every image decoded once at build.cache_size; a smaller training size is
+    an area-resize of those pixels, never a second decode of the files.
+    """
+    if not cache.exists():
+        raise PipelineError(f"{cache}: missing; run `dvc repro` so the build stage writes it")
+    pixels = np.load(cache, mmap_mode="r")
+    cache_size = pixels.shape[1]
+    if image_size > cache_size:
+        raise PipelineError(
+            f"train.image_size = {image_size} is larger than build.cache_size = {cache_size}; "
+            f"raise build.cache_size to at least {image_size}"
+        )
+    chosen = np.asarray(pixels[np.asarray(cache_index, dtype=np.int64)])[..., np.newaxis]
+    if image_size == cache_size:
+        return chosen
+    resized = [
+        tf.image.resize(chosen[start : start + 512], (image_size, image_size), method="area")
+        for start in range(0, len(chosen), 512)
+    ]
+    stacked = tf.concat(resized, axis=0) if resized else tf.zeros((0, image_size, image_size, 1))
+    return tf.cast(tf.clip_by_value(tf.round(stacked), 0, 255), tf.uint8).numpy()
+
+
+def array_dataset(
+    images: np.ndarray, labels: Sequence[int], batch_size: int, shuffle_seed: int | None
+) -> tf.data.Dataset:
+    """Batches of (uint8 image, label) from in-memory pixels, reshuffled each epoch when seeded."""
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, dtype=np.int64)))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -34,13 +34,33 @@ class ProjectPaths:
 
     @property
     def raw_dir(self) -> Path:
-        """Immutable images as ingested: data/raw/<class>/<file>."""
+        """Immutable copy of data.source as ingested (its own layout; the manifest labels it)."""
         return self.root / "data" / "raw"
 
     @property
+    def downloads_dir(self) -> Path:
+        """Archives fetched from a URL or Kaggle, kept between runs (persisted DVC output)."""
+        return self.root / "data" / "downloads"
+
+    @property
+    def manifest(self) -> Path:
+        """One row per raw file found by ingest: path, canonical label, given split, group, source."""
+        return self.root / "data" / "interim" / "manifest.parquet"
+
+    @property
     def images_table(self) -> Path:
-        """One row per raw image (the dataframe build)."""
+        """One row per decodable raw image (the dataframe build)."""
         return self.root / "data" / "interim" / "images.parquet"
+
+    @property
+    def rejected_table(self) -> Path:
+        """Raw files the build could not use, with the reason (CSV, for people to read)."""
+        return self.root / "data" / "interim" / "rejected.csv"
+
+    @property
+    def pixel_cache(self) -> Path:
+        """Every accepted image decoded once: uint8 (N, size, size) gray, row = cache_index."""
+        return self.root / "data" / "interim" / "pixels.npy"
 
     @property
     def split_dir(self) -> Path:
@@ -60,6 +80,11 @@ class ProjectPaths:
     def model_file(self) -> Path:
         """The trained Keras model (raw grayscale pixels in, probabilities out)."""
         return self.models_dir / "model.keras"
+
+    @property
+    def sklearn_model_file(self) -> Path:
+        """A trained scikit-learn baseline (joblib): flattened uint8 pixels in, probabilities out."""
+        return self.models_dir / "model.joblib"
 
     @property
     def run_record(self) -> Path:

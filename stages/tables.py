@@ -10,6 +10,11 @@ import pandas as pd
 from stages.errors import PipelineError
 from stages.paths import SPLITS, ProjectPaths
 
+# Written by ingest: path relative to data/raw (posix), canonical label, the split the source
+# assigned ("train", "val", "test" or "" when none), group (e.g. patient id, "" when none) and
+# source (sub-collection or origin the file came from, "" when the data has one origin).
+MANIFEST_COLUMNS = ("path", "label", "given_split", "group", "source")
+
 IMAGE_COLUMNS = ("path", "label", "width", "height", "mode", "format", "bytes", "sha256")
 
 
