@@ -55,11 +55,20 @@ def load_split_pixels(cache: Path, cache_index: Sequence[int], image_size: int) 
             f"raise build.cache_size to at least {image_size}"
         )
     chosen = np.asarray(pixels[np.asarray(cache_index, dtype=np.int64)])[..., np.newaxis]
-    if image_size == cache_size:
-        return chosen
+    return resize_batch(chosen, image_size)
+
+
+def resize_batch(images: np.ndarray, image_size: int) -> np.ndarray:
+    """Area-resize uint8 (N, H, W, 1) to (N, image_size, image_size, 1) uint8; as-is when equal.
+
+    Train, evaluate and predict all reach the model's size through this one function, so a new
+    image is resized exactly as the training images were.
+    """
+    if images.shape[1:3] == (image_size, image_size):
+        return images
     resized = [
-        tf.image.resize(chosen[start : start + 512], (image_size, image_size), method="area")
-        for start in range(0, len(chosen), 512)
+        tf.image.resize(images[start : start + 512], (image_size, image_size), method="area")
+        for start in range(0, len(images), 512)
     ]
     stacked = tf.concat(resized, axis=0) if resized else tf.zeros((0, image_size, image_size, 1))
     return tf.cast(tf.clip_by_value(tf.round(stacked), 0, 255), tf.uint8).numpy()
