@@ -1,11 +1,10 @@
-"""Stage build: scan data/raw into one table of images and draw the exploration plots."""
+"""Stage build: decode every manifest file once into the pixel cache and the images table."""
 
 from __future__ import annotations
 
-import hashlib
-import os
+import io
+from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -14,58 +13,90 @@ matplotlib.use("Agg")  # stages run headless
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from stages.config import BuildParams, load_params
+from stages.decoding import decode_files
 from stages.errors import PipelineError, report_errors
-from stages.outputs import save_figure, staged_dir, write_json, write_table
+from stages.outputs import save_figure, staged_dir, staged_file, write_json, write_table
 from stages.paths import ProjectPaths, paths_from_argv
-from stages.tables import IMAGE_COLUMNS
+from stages.tables import IMAGE_COLUMNS, REJECTED_COLUMNS, read_manifest
 
 
-def describe_image(raw_dir: Path, file: Path) -> dict[str, object]:
-    """One table row: relative path, label (its folder), size, mode, format, bytes and sha256."""
-    content = file.read_bytes()
-    try:
-        with Image.open(file) as image:
-            width, height = image.size
-            mode, image_format = image.mode, image.format
-    except (OSError, Image.DecompressionBombError) as error:
-        raise PipelineError(f"{file}: not a readable image ({error})") from None
-    return {
-        "path": file.relative_to(raw_dir).as_posix(),
-        "label": file.parent.name,
-        "width": width,
-        "height": height,
-        "mode": mode,
-        "format": image_format,
-        "bytes": len(content),
-        "sha256": hashlib.sha256(content).hexdigest(),
-    }
+def shrink_npy(path: Path, rows: int) -> None:
+    """Cut a C-ordered .npy file in place to its first `rows` rows (rewriting its header)."""
+    with path.open("r+b") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read_header(handle)
+        data_offset = handle.tell()
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header,
+            {
+                "descr": np.lib.format.dtype_to_descr(dtype),
+                "fortran_order": fortran_order,
+                "shape": (rows, *shape[1:]),
+            },
+        )
+        # numpy pads every header so the first axis can grow to 21 digits in place.
+        if len(header.getvalue()) != data_offset:
+            raise RuntimeError(f"{path}: npy header length changed; cannot shrink in place")
+        handle.seek(0)
+        handle.write(header.getvalue())
+        handle.truncate(data_offset + rows * int(np.prod(shape[1:])) * dtype.itemsize)
 
 
-def scan_images(raw_dir: Path) -> pd.DataFrame:
-    """Describe every file in raw_dir/<class>/, in parallel, sorted by path."""
-    files = sorted(path for path in raw_dir.glob("*/*") if path.is_file())
-    if not files:
-        raise PipelineError(f"{raw_dir}: no images in class folders; run the ingest stage first")
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        rows = list(pool.map(lambda file: describe_image(raw_dir, file), files))
-    return pd.DataFrame(rows, columns=list(IMAGE_COLUMNS))
+def decode_into_cache(
+    manifest: pd.DataFrame, raw_dir: Path, build_params: BuildParams, cache: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Decode every manifest file once, pixels into the staged cache; return images and rejects.
+
+    Rows stream from the worker processes in manifest order straight into a memory-mapped
+    .npy, so the stage never holds more than one cache's worth of pixels.
+    """
+    size = build_params.cache_size
+    rows: list[dict[str, object]] = []
+    rejected: list[dict[str, str]] = []
+    pixels = np.lib.format.open_memmap(
+        cache, mode="w+", dtype=np.uint8, shape=(len(manifest), size, size)
+    )
+    results = decode_files(
+        raw_dir,
+        manifest["path"].tolist(),
+        build_params.max_pixels,
+        size,
+        build_params.workers,
+    )
+    for entry, result in zip(manifest.to_dict("records"), results, strict=True):
+        if result.rejection is not None or result.info is None or result.pixels is None:
+            rejected.append({"path": result.path, "reason": str(result.rejection)})
+            continue
+        pixels[len(rows)] = result.pixels
+        rows.append({**entry, **result.info, "cache_index": len(rows)})
+    pixels.flush()
+    del pixels  # release the memory map before the header is rewritten
+    shrink_npy(cache, len(rows))
+    images = pd.DataFrame(rows, columns=list(IMAGE_COLUMNS))
+    images = images.astype({"width": "int64", "height": "int64", "bytes": "int64"})
+    return images.astype({"cache_index": "int64"}), pd.DataFrame(
+        rejected, columns=list(REJECTED_COLUMNS)
+    )
 
 
 def intensity_histograms(
-    images: pd.DataFrame, raw_dir: Path, per_class: int, bins: int, seed: int
+    images: pd.DataFrame, pixels: np.ndarray, per_class: int, bins: int, seed: int
 ) -> dict[str, np.ndarray]:
-    """Mean normalised gray-level histogram per class over a seeded sample of its images."""
+    """Mean normalised gray-level histogram per class over a seeded sample of cached images."""
     histograms: dict[str, np.ndarray] = {}
     for label, group in images.groupby("label"):
         sample = group.sample(min(per_class, len(group)), random_state=seed)
         counts = np.zeros(bins)
-        for relative in sample["path"]:
-            with Image.open(raw_dir / relative) as image:
-                pixels = np.asarray(image.convert("L"))
-            counts += np.histogram(pixels, bins=bins, range=(0, 255), density=True)[0]
+        for index in sample["cache_index"]:
+            counts += np.histogram(pixels[index], bins=bins, range=(0, 255), density=True)[0]
         histograms[str(label)] = counts / len(sample)
     return histograms
 
@@ -91,32 +122,54 @@ def draw_exploration(
     for label, histogram in histograms.items():
         edges = np.linspace(0, 255, len(histogram) + 1)
         axis.plot((edges[:-1] + edges[1:]) / 2, histogram, label=label)
-    axis.set(title="Pixel intensity per class", xlabel="gray level", ylabel="density")
+    axis.set(
+        title="Pixel intensity per class (cached images)", xlabel="gray level", ylabel="density"
+    )
     axis.legend()
     save_figure(figure, figures_dir / "intensity_histograms.png")
 
 
+def build_metrics(images: pd.DataFrame, rejected: pd.DataFrame) -> dict[str, object]:
+    """Image and class counts, distinct contents and rejected files per reason."""
+    reasons = Counter(reason.split(":", 1)[0] for reason in rejected["reason"])
+    return {
+        "images": len(images),
+        "classes": {str(k): int(v) for k, v in images["label"].value_counts().items()},
+        "distinct_contents": int(images["sha256"].nunique()),
+        "rejected": len(rejected),
+        "rejected_reasons": dict(sorted(reasons.items())),
+    }
+
+
 def build(build_params: BuildParams, seed: int, paths: ProjectPaths) -> pd.DataFrame:
-    """Write the images table, its metrics and the exploration figures."""
-    images = scan_images(paths.raw_dir)
-    histograms = intensity_histograms(
-        images,
-        paths.raw_dir,
-        build_params.histogram_images_per_class,
-        build_params.histogram_bins,
-        seed,
-    )
+    """Write the pixel cache, images table, rejected table, metrics and exploration figures."""
+    manifest = read_manifest(paths.manifest)
+    if manifest.empty:
+        raise PipelineError(
+            f"{paths.manifest}: lists no files; check data.source and re-run ingest"
+        )
+    with staged_file(paths.pixel_cache) as staging:
+        images, rejected = decode_into_cache(manifest, paths.raw_dir, build_params, staging)
+        if images["label"].nunique() < 2:
+            raise PipelineError(
+                f"{paths.raw_dir}: {len(images)} usable image(s) in "
+                f"{images['label'].nunique()} class(es) after rejecting {len(rejected)} "
+                f"file(s) (e.g. {rejected.head(3).to_dict('records')}); need at least two classes"
+            )
+        pixels = np.load(staging, mmap_mode="r")
+        histograms = intensity_histograms(
+            images,
+            pixels,
+            build_params.histogram_images_per_class,
+            build_params.histogram_bins,
+            seed,
+        )
+        del pixels
     with staged_dir(paths.reports("build")) as figures_dir:
         draw_exploration(images, histograms, figures_dir)
     write_table(paths.images_table, images)
-    write_json(
-        paths.metrics("build"),
-        {
-            "images": len(images),
-            "classes": {str(k): int(v) for k, v in images["label"].value_counts().items()},
-            "distinct_contents": int(images["sha256"].nunique()),
-        },
-    )
+    write_table(paths.rejected_table, rejected)
+    write_json(paths.metrics("build"), build_metrics(images, rejected))
     return images
 
 
@@ -126,8 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
     images = build(params.build, params.seed, paths)
+    rejected = len(pd.read_csv(paths.rejected_table))
     print(
-        f"build: {len(images)} images, {images['label'].nunique()} classes -> {paths.images_table}"
+        f"build: {len(images)} images, {images['label'].nunique()} classes, {rejected} rejected "
+        f"-> {paths.images_table}, {paths.pixel_cache}"
     )
     return 0
 

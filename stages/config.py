@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from stages.backbones import BACKBONES, WEIGHT_CHOICES
+from stages.backbones import WEIGHT_CHOICES, backbone_problem
+from stages.baselines import BASELINES
 from stages.errors import ParamsError
 from stages.phantoms import PHANTOM_CLASSES
 
@@ -41,26 +51,117 @@ class SyntheticParams(Section):
         return counts
 
 
-class DataParams(Section):
-    """Where ingest takes the images from."""
+class CsvParams(Section):
+    """The metadata table of the csv layout: which file, and which columns say what."""
 
-    source: str = Field(min_length=1, description="`synthetic` or a directory of class folders")
+    file: str = Field(description="path of the table relative to the dataset root; '' = none")
+    file_column: str = Field(min_length=1)
+    label_column: str = Field(min_length=1)
+    group_column: str = Field(description="e.g. a patient id column; '' = no groups")
+    images_dir: str = Field(description="folder the file column is relative to; '' = root")
+
+
+class DataParams(Section):
+    """Where ingest takes the images from, and how their folders say the class."""
+
+    source: str = Field(
+        min_length=1,
+        description="`synthetic`, a directory, a .zip/.tar/.tar.gz archive, an http(s) URL of "
+        "one, or kaggle:<owner>/<dataset>",
+    )
+    sha256: str = Field(description="hex digest pinning a URL source; '' for other sources")
+    csv: CsvParams
+    # After csv, so its validator can see the csv section.
+    layout: Literal["auto", "class_folders", "split_folders", "radiography", "binary", "csv"]
+    label_map: dict[str, str] = Field(description="raw or canonical label -> class name")
+    classes: list[str] = Field(description="classes to keep; empty = all")
     synthetic: SyntheticParams
+
+    @field_validator("source")
+    @classmethod
+    def _kaggle_handle(cls, source: str) -> str:
+        if source.startswith("kaggle:") and not re.fullmatch(
+            r"kaggle:[\w.-]+/[\w.-]+(/versions/\d+)?", source
+        ):
+            raise ValueError(
+                "write kaggle:<owner>/<dataset>, e.g. kaggle:pranavraikokte/covid19-image-dataset"
+            )
+        return source
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, sha256: str, info: ValidationInfo) -> str:
+        if sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+            raise ValueError("must be '' or the 64 hex digits of the archive's sha256")
+        if not sha256 and str(info.data.get("source", "")).startswith(("http://", "https://")):
+            raise ValueError(
+                "a URL source needs the sha256 of its archive (e.g. from `sha256sum`), "
+                "so the download is verified"
+            )
+        return sha256.lower()
+
+    @field_validator("layout")
+    @classmethod
+    def _csv_table_given(cls, layout: str, info: ValidationInfo) -> str:
+        csv = info.data.get("csv")
+        if layout == "csv" and csv is not None and not csv.file:
+            raise ValueError("needs data.csv.file, the metadata table relative to the dataset")
+        return layout
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _numeric_keys_as_text(cls, label_map: Any) -> Any:
+        # YAML reads `0: normal` with an int key; folder names and CSV labels are text.
+        if isinstance(label_map, dict):
+            return {
+                str(key) if isinstance(key, int) and not isinstance(key, bool) else key: value
+                for key, value in label_map.items()
+            }
+        return label_map
+
+    @field_validator("label_map")
+    @classmethod
+    def _named_classes(cls, label_map: dict[str, str]) -> dict[str, str]:
+        for raw, name in label_map.items():
+            if not any(character.isalpha() for character in name):
+                raise ValueError(f"{raw!r} -> {name!r}: a class name needs a letter")
+        return label_map
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, classes: list[str]) -> list[str]:
+        if not all(any(character.isalpha() for character in name) for name in classes):
+            raise ValueError("class names need a letter")
+        if len(classes) == 1:
+            raise ValueError("a classifier needs at least two classes; use [] for all")
+        return classes
 
 
 class BuildParams(Section):
-    """Exploration plots drawn by the dataframe build."""
+    """Decoding every image once into the pixel cache, and the exploration plots."""
 
+    cache_size: int = Field(ge=32, le=1024, description="side of the cached gray squares")
+    # Pillow refuses images above 2 x 89,478,485 pixels as decompression bombs; the build's
+    # own limit stays below its warning threshold so only this limit ever applies.
+    max_pixels: int = Field(ge=1, le=89_478_485, description="larger images are rejected")
+    workers: int = Field(ge=0, description="decoding processes; 0 = every available core")
     histogram_images_per_class: int = Field(ge=1)
     histogram_bins: int = Field(ge=2, le=256)
 
 
 class SplitParams(Section):
-    """Stratified train / val / test split and optional undersampling of train."""
+    """Leakage-safe stratified train / val / test split and optional undersampling of train."""
 
     val_fraction: float = Field(gt=0.0, lt=1.0)
     test_fraction: float = Field(gt=0.0, lt=1.0)
     undersample: bool
+    resplit: bool = Field(description="ignore the source's own train / test folders")
+    duplicates: Literal["drop-from-test", "keep", "fail"] = Field(
+        description="copies of one image across the given train and test splits"
+    )
+    near_duplicate_distance: int = Field(
+        ge=0, le=32, description="perceptual-hash bits; images this close stay together, 0 = off"
+    )
 
     @model_validator(mode="after")
     def _positive_train_share(self) -> SplitParams:
@@ -73,11 +174,33 @@ class SplitParams(Section):
 
 
 class HeadParams(Section):
-    """Classification head on top of the backbone."""
+    """Classification head on the backbone: pool, then hidden Dense layers, then softmax.
+
+    Each hidden layer is Dense (ReLU, L2) -> BatchNorm (if batch_norm) -> Dropout; without
+    hidden layers the dropout follows the pooling. L2 applies to every head Dense layer.
+    """
 
     pooling: Literal["avg", "max", "flatten"]
-    dense_units: int = Field(ge=0, description="0 means no hidden dense layer")
+    dense_units: list[int] = Field(description="hidden Dense widths, e.g. [512, 256]; [] = none")
+    batch_norm: bool = Field(description="BatchNormalization after each hidden Dense layer")
     dropout: float = Field(ge=0.0, lt=1.0)
+    l2: float = Field(ge=0.0, description="L2 kernel regulariser factor of the head; 0 = none")
+    googlenet_aux: bool = Field(description="GoogLeNet's two auxiliary classifiers in training")
+
+    @field_validator("dense_units", mode="before")
+    @classmethod
+    def _one_layer_shorthand(cls, units: Any) -> Any:
+        # `-S train.head.dense_units=256` is one hidden layer; 0 is none (the old int form).
+        if isinstance(units, int) and not isinstance(units, bool):
+            return [] if units == 0 else [units]
+        return units
+
+    @field_validator("dense_units")
+    @classmethod
+    def _positive_widths(cls, units: list[int]) -> list[int]:
+        if any(width < 1 for width in units):
+            raise ValueError("every hidden layer needs >= 1 unit; use [] for no hidden layer")
+        return units
 
 
 class AugmentParams(Section):
@@ -86,7 +209,48 @@ class AugmentParams(Section):
     horizontal_flip: bool
     rotation: float = Field(ge=0.0, le=0.5, description="fraction of a full turn")
     zoom: float = Field(ge=0.0, lt=1.0)
+    translation: float = Field(ge=0.0, le=0.5, description="fraction of the image side")
     contrast: float = Field(ge=0.0, lt=1.0)
+    brightness: float = Field(ge=0.0, le=1.0, description="fraction of the 0-255 range")
+
+
+class CosineParams(Section):
+    """Cosine annealing per step (train.schedule: cosine), optionally warm and restarting."""
+
+    warmup_epochs: int = Field(ge=0, description="linear warmup from 0 to the phase's rate")
+    restart_epochs: int = Field(ge=0, description="first restart period; 0 = no restarts")
+    restart_multiplier: float = Field(ge=1.0, description="each period is this times the last")
+    final_fraction: float = Field(ge=0.0, lt=1.0, description="floor, as a fraction of the rate")
+
+    @model_validator(mode="after")
+    def _warmup_or_restarts(self) -> CosineParams:
+        # keras' CosineDecayRestarts has no warmup; a custom schedule would need registering
+        # wherever the saved model is loaded.
+        if self.warmup_epochs > 0 and self.restart_epochs > 0:
+            raise ValueError(
+                "warmup_epochs and restart_epochs cannot both be > 0; set one of them to 0"
+            )
+        return self
+
+
+class AdaptiveParams(Section):
+    """The seed's adaptive rate (train.schedule: adaptive): train accuracy, then val loss."""
+
+    accuracy_threshold: float = Field(
+        gt=0.0, le=1.0, description="watch train accuracy until it reaches this, then val loss"
+    )
+    patience: int = Field(ge=1, description="epochs without improvement before a reduction")
+    factor: float = Field(gt=0.0, lt=1.0, description="the rate is multiplied by this")
+    stop_patience: int = Field(ge=1, description="stop after this many reductions in a row")
+
+
+class BaselineParams(Section):
+    """Classical scikit-learn baselines (model: pixel_logreg, pixel_svm, pixel_rf)."""
+
+    image_size: int = Field(ge=8, le=256, description="side of the flattened gray pixels")
+    pca_components: int = Field(ge=0, description="PCA before the classifier; 0 = none")
+    c: float = Field(gt=0.0, description="inverse regularisation of logreg and svm")
+    trees: int = Field(ge=1, description="trees of pixel_rf")
 
 
 class TrainParams(Section):
@@ -105,6 +269,14 @@ class TrainParams(Section):
     reduce_lr_factor: float = Field(gt=0.0, lt=1.0)
     mixed_precision: Literal["auto", "on", "off"]
     deterministic: bool
+    schedule: Literal["constant", "cosine", "adaptive"]
+    cosine: CosineParams
+    adaptive: AdaptiveParams
+    class_weight: Literal["none", "balanced"]
+    cache_features: Literal["auto", "on", "off"]
+    jit_compile: Literal["auto", "on", "off"]
+    resume: bool
+    baseline: BaselineParams
     head: HeadParams
     augment: AugmentParams
 
@@ -126,12 +298,24 @@ class EvaluateParams(Section):
 
     batch_size: int = Field(ge=1)
     misclassified_grid: int = Field(ge=0, description="most misclassified images drawn")
+    bootstrap_samples: int = Field(
+        ge=0, le=100_000, description="resamples for the 95% intervals; 0 = no intervals"
+    )
+    calibration_bins: int = Field(ge=2, le=100, description="equal-width confidence bins")
+    gradcam_images: int = Field(
+        ge=0, le=16, description="correct and wrong images per class explained; 0 = none"
+    )
 
 
 class CompareParams(Section):
-    """The leaderboard across backbones."""
+    """The leaderboard across backbones, and the registry's champion."""
 
-    rank_by: Literal["test_accuracy", "test_f1_macro", "test_roc_auc_ovr"]
+    rank_by: Literal["test_accuracy", "test_f1_macro", "test_roc_auc_ovr", "test_balanced_accuracy"]
+    significance: float = Field(gt=0.0, lt=1.0, description="McNemar p below this: significant")
+    registered_model: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="MLflow registry name whose `champion` alias compare moves",
+    )
 
 
 class Params(Section):
@@ -150,8 +334,10 @@ class Params(Section):
     @field_validator("model")
     @classmethod
     def _known_backbone(cls, model: str) -> str:
-        if model not in BACKBONES:
-            raise ValueError(f"unknown backbone; known: {', '.join(sorted(BACKBONES))}")
+        # Any wrn_<depth>_<k> with a valid depth is a backbone too, beyond the names listed.
+        problem = None if model in BASELINES else backbone_problem(model, also_known=BASELINES)
+        if problem is not None:
+            raise ValueError(problem)
         return model
 
 

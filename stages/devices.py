@@ -11,13 +11,25 @@ from stages.errors import PipelineError
 
 StrategyKind = Literal["default", "mirrored", "multi_worker"]
 
+# float16 runs on tensor cores from Volta (7.0) on; older GPUs emulate it and get slower.
+MIXED_PRECISION_CAPABILITY = (7, 0)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One visible GPU: its TensorFlow device name and CUDA compute capability (when known)."""
+
+    name: str
+    compute_capability: tuple[int, int] | None = None
+
 
 @dataclass(frozen=True)
 class AcceleratorPlan:
-    """The distribution strategy, precision policy and a readable device description."""
+    """The distribution strategy, precision policy, XLA choice and a readable device text."""
 
     strategy: StrategyKind
     mixed_precision: bool
+    jit_compile: bool
     device: str
 
 
@@ -35,30 +47,71 @@ def cluster_workers(tf_config: str) -> int:
         ) from None
 
 
+def _describe(gpu: Gpu) -> str:
+    """`name (compute 8.0)`, or the bare name when the capability is unknown."""
+    if gpu.compute_capability is None:
+        return gpu.name
+    return f"{gpu.name} (compute {gpu.compute_capability[0]}.{gpu.compute_capability[1]})"
+
+
 def plan_accelerators(
-    gpu_names: Sequence[str], mixed_precision: str, environ: Mapping[str, str]
+    gpus: Sequence[Gpu], mixed_precision: str, jit_compile: str, environ: Mapping[str, str]
 ) -> AcceleratorPlan:
-    """Decide strategy and precision from the visible GPUs, train.mixed_precision and TF_CONFIG."""
+    """Decide strategy, precision and XLA from the GPUs, train.* switches and TF_CONFIG."""
     workers = cluster_workers(environ.get("TF_CONFIG", ""))
     if workers > 1:
         strategy: StrategyKind = "multi_worker"
-    elif len(gpu_names) > 1:
+    elif len(gpus) > 1:
         strategy = "mirrored"
     else:
         strategy = "default"
-    # float16 compute only pays off on GPUs with tensor cores; on a CPU it is slower.
-    use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and len(gpu_names) > 0)
-    device = f"{len(gpu_names)} GPU ({', '.join(gpu_names)})" if gpu_names else "CPU"
+    tensor_cores = bool(gpus) and all(
+        gpu.compute_capability is not None and gpu.compute_capability >= MIXED_PRECISION_CAPABILITY
+        for gpu in gpus
+    )
+    use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and tensor_cores)
+    # XLA compiles per device; keras turns it off under tf.distribute, and on a CPU the
+    # compile time outweighs the gain for these models.
+    use_jit = jit_compile == "on" or (
+        jit_compile == "auto" and bool(gpus) and strategy == "default"
+    )
+    device = f"{len(gpus)} GPU ({', '.join(_describe(gpu) for gpu in gpus)})" if gpus else "CPU"
     if workers > 1:
         device += f", {workers} workers"
-    return AcceleratorPlan(strategy=strategy, mixed_precision=use_mixed, device=device)
+    return AcceleratorPlan(
+        strategy=strategy, mixed_precision=use_mixed, jit_compile=use_jit, device=device
+    )
 
 
-def visible_gpus() -> list[str]:
-    """Names of the GPUs TensorFlow can see."""
+def visible_gpus() -> list[Gpu]:
+    """The GPUs TensorFlow can see, with their compute capability."""
     import tensorflow as tf
 
-    return [gpu.name for gpu in tf.config.list_physical_devices("GPU")]
+    gpus = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        capability = details.get("compute_capability")
+        gpus.append(
+            Gpu(
+                name=str(details.get("device_name", device.name)),
+                compute_capability=tuple(capability) if capability else None,
+            )
+        )
+    return gpus
+
+
+def build_info() -> dict[str, str]:
+    """TensorFlow, Keras, CUDA and cuDNN versions, as MLflow tags (CUDA empty on a CPU build)."""
+    import keras
+    import tensorflow as tf
+
+    info = tf.sysconfig.get_build_info()
+    return {
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "cuda_version": str(info.get("cuda_version", "")),
+        "cudnn_version": str(info.get("cudnn_version", "")),
+    }
 
 
 def apply_plan(plan: AcceleratorPlan) -> Any:

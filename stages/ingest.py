@@ -1,67 +1,105 @@
-"""Stage ingest: resolve data.source into data/raw/<class>/<file>, never touching the source."""
+"""Stage ingest: copy data.source into data/raw as it is and list its files in a manifest."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from stages.config import DataParams, load_params
 from stages.errors import PipelineError, report_errors
-from stages.outputs import staged_dir
-from stages.paths import paths_from_argv, workspace_root
+from stages.layouts import CsvLayout, Entry, dataset_root, label_entries, list_files
+from stages.outputs import staged_dir, write_json, write_table
+from stages.paths import ProjectPaths, paths_from_argv, workspace_root
 from stages.phantoms import write_phantom_dataset
+from stages.sources import copy_tree, extract_archive, resolve_source
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+@dataclass(frozen=True)
+class Ingested:
+    """What ingest wrote: the manifest rows and the layout it read them with."""
+
+    manifest: pd.DataFrame
+    layout: str
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Files per canonical class."""
+        return {
+            str(k): int(v) for k, v in self.manifest["label"].value_counts().sort_index().items()
+        }
 
 
-def copy_class_folders(source: Path, target: Path) -> dict[str, int]:
-    """Copy <source>/<class>/*.png|jpg|jpeg into target/<class>/; return images per class."""
-    if not source.is_dir():
+def _synthetic(data: DataParams, staging: Path) -> list[Entry]:
+    synthetic = data.synthetic
+    write_phantom_dataset(
+        staging, synthetic.counts, synthetic.image_size, synthetic.difficulty, synthetic.seed
+    )
+    return [
+        Entry(path.relative_to(staging).as_posix(), path.parent.name)
+        for path in sorted(staging.glob("*/*.png"))
+    ]
+
+
+def _read_source(data: DataParams, paths: ProjectPaths, staging: Path) -> tuple[str, pd.DataFrame]:
+    """Copy or extract the source into staging; return the layout and the manifest."""
+    if data.source == "synthetic":
+        return "class_folders", label_entries(_synthetic(data, staging), {}, data.classes)
+    resolved = resolve_source(
+        data.source, data.sha256, workspace_root(paths.root), paths.downloads_dir
+    )
+    if resolved.is_archive:
+        extract_archive(resolved.path, staging)
+    else:
+        copy_tree(resolved.path, staging)
+    root = dataset_root(staging)
+    csv = CsvLayout(
+        data.csv.file,
+        data.csv.file_column,
+        data.csv.label_column,
+        data.csv.group_column,
+        data.csv.images_dir,
+    )
+    layout: str = "csv" if data.layout == "auto" and data.csv.file else data.layout
+    layout, entries = list_files(root, layout, csv)
+    prefix = root.relative_to(staging).as_posix()
+    manifest = label_entries(entries, data.label_map, data.classes, "" if prefix == "." else prefix)
+    classes = manifest["label"].nunique()
+    if classes < 2:
         raise PipelineError(
-            f"data.source = {str(source)!r}: not a directory; use `synthetic` or a folder of "
-            "class folders <root>/<class>/*.png|jpg|jpeg"
+            f"data.source = {data.source!r}: found {classes} class(es) with files in the "
+            f"{layout} layout; need at least two (see data.layout in the README)"
         )
-    counts: dict[str, int] = {}
-    for class_dir in sorted(path for path in source.iterdir() if path.is_dir()):
-        images = sorted(
-            path
-            for path in class_dir.iterdir()
-            # Hidden files (macOS ._name.png resource forks, editors' temp files) are not images.
-            if path.is_file()
-            and path.suffix.lower() in IMAGE_SUFFIXES
-            and not path.name.startswith(".")
-        )
-        if not images:
-            continue
-        (target / class_dir.name).mkdir()
-        for image in images:
-            shutil.copy2(image, target / class_dir.name / image.name)
-        counts[class_dir.name] = len(images)
-    if len(counts) < 2:
-        raise PipelineError(
-            f"data.source = {str(source)!r}: found {len(counts)} class folder(s) with "
-            "images; need at least two folders <root>/<class>/ holding .png, .jpg or .jpeg files"
-        )
-    return counts
+    return layout, manifest
 
 
-def ingest(data: DataParams, root: Path, raw_dir: Path) -> dict[str, int]:
-    """Write the images of data.source into raw_dir atomically; return images per class."""
-    with staged_dir(raw_dir) as staging:
-        if data.source == "synthetic":
-            synthetic = data.synthetic
-            return write_phantom_dataset(
-                staging,
-                synthetic.counts,
-                synthetic.image_size,
-                synthetic.difficulty,
-                synthetic.seed,
-            )
-        source = Path(data.source).expanduser()
-        if not source.is_absolute():
-            source = workspace_root(root) / source
-        return copy_class_folders(source, staging)
+def ingest(data: DataParams, paths: ProjectPaths) -> Ingested:
+    """Write data.source into data/raw and the manifest, atomically; never touch the source."""
+    # DVC tracks data/downloads as an output, so it exists even when nothing is downloaded.
+    paths.downloads_dir.mkdir(parents=True, exist_ok=True)
+    with staged_dir(paths.raw_dir) as staging:
+        layout, manifest = _read_source(data, paths, staging)
+        write_table(paths.manifest, manifest)
+    return Ingested(manifest, layout)
+
+
+def ingest_metrics(ingested: Ingested) -> dict[str, Any]:
+    """Layout and file counts per class and per given split, for metrics/ingest.json."""
+    manifest = ingested.manifest
+    per_split = {
+        str(split): {str(k): int(v) for k, v in rows["label"].value_counts().sort_index().items()}
+        for split, rows in manifest.groupby("given_split")
+        if split
+    }
+    return {
+        "layout": ingested.layout,
+        "files": len(manifest),
+        "classes": ingested.counts,
+        "given_splits": per_split,
+    }
 
 
 @report_errors
@@ -69,8 +107,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ingest stage from the repository root."""
     paths = paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
-    counts = ingest(params.data, paths.root, paths.raw_dir)
-    print(f"ingest: {sum(counts.values())} images in {len(counts)} classes -> {paths.raw_dir}")
+    ingested = ingest(params.data, paths)
+    metrics = ingest_metrics(ingested)
+    write_json(paths.metrics("ingest"), metrics)
+    counts = ingested.counts
+    print(
+        f"ingest: {sum(counts.values())} files in {len(counts)} classes "
+        f"({ingested.layout} layout) -> {paths.raw_dir}"
+    )
+    for label, count in counts.items():
+        splits = ", ".join(
+            f"{split} {per_class.get(label, 0)}"
+            for split, per_class in metrics["given_splits"].items()
+        )
+        print(f"  {label}: {count}" + (f" ({splits})" if splits else ""))
     return 0
 
 

@@ -44,7 +44,7 @@ class ProjectPaths:
 
     @property
     def manifest(self) -> Path:
-        """One row per raw file found by ingest: path, canonical label, given split, group, source."""
+        """One row per raw file found by ingest: path, label, given split, group and source."""
         return self.root / "data" / "interim" / "manifest.parquet"
 
     @property
@@ -83,7 +83,7 @@ class ProjectPaths:
 
     @property
     def sklearn_model_file(self) -> Path:
-        """A trained scikit-learn baseline (joblib): flattened uint8 pixels in, probabilities out."""
+        """A trained scikit-learn baseline (joblib): flat uint8 pixels in, probabilities out."""
         return self.models_dir / "model.joblib"
 
     @property
@@ -109,6 +109,11 @@ class ProjectPaths:
     def predictions(self) -> Path:
         """Per-test-image true and predicted labels (DVC confusion plot)."""
         return self.metrics_dir / "test_predictions.csv"
+
+    @property
+    def evaluate_plots(self) -> Path:
+        """ROC and PR points per class and the reliability table (DVC plots data)."""
+        return self.metrics_dir / "evaluate_plots"
 
     def reports(self, stage: str) -> Path:
         """Figures and tables drawn by one stage."""

@@ -15,7 +15,23 @@ from stages.paths import SPLITS, ProjectPaths
 # source (sub-collection or origin the file came from, "" when the data has one origin).
 MANIFEST_COLUMNS = ("path", "label", "given_split", "group", "source")
 
-IMAGE_COLUMNS = ("path", "label", "width", "height", "mode", "format", "bytes", "sha256")
+# Written by build: the manifest columns plus what decoding the file found (size after EXIF
+# orientation, Pillow mode, format detected from the content), its byte count and sha256, a
+# 64-bit perceptual hash (16 hex digits) and the row of data/interim/pixels.npy it occupies.
+IMAGE_COLUMNS = (
+    *MANIFEST_COLUMNS,
+    "width",
+    "height",
+    "mode",
+    "format",
+    "bytes",
+    "sha256",
+    "phash",
+    "cache_index",
+)
+
+# Written by build: raw files it could not use, with the reason.
+REJECTED_COLUMNS = ("path", "reason")
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -25,6 +41,22 @@ def read_table(path: Path) -> pd.DataFrame:
             f"{path}: missing; run `dvc repro` so the stage that writes it runs first"
         )
     return pd.read_parquet(path)
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """The ingest manifest, checked for its columns; path order, strings without missing values."""
+    manifest = read_table(path)
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise PipelineError(
+            f"{path}: missing column(s) {', '.join(missing)}; a manifest has "
+            f"{', '.join(MANIFEST_COLUMNS)} (re-run the ingest stage)"
+        )
+    if manifest["path"].duplicated().any():
+        duplicate = manifest.loc[manifest["path"].duplicated(), "path"].iloc[0]
+        raise PipelineError(f"{path}: path {duplicate!r} is listed twice; re-run the ingest stage")
+    manifest = manifest[list(MANIFEST_COLUMNS)].fillna("").astype(str)
+    return manifest.sort_values("path", ignore_index=True)
 
 
 def read_splits(paths: ProjectPaths) -> dict[str, pd.DataFrame]:

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from stages.devices import AcceleratorPlan, plan_accelerators
+from stages.devices import AcceleratorPlan, Gpu, plan_accelerators
 from stages.errors import PipelineError
 
-ONE_GPU = ["/physical_device:GPU:0"]
-TWO_GPUS = ["/physical_device:GPU:0", "/physical_device:GPU:1"]
+ONE_GPU = [Gpu("NVIDIA H100", (9, 0))]
+TWO_GPUS = [Gpu("NVIDIA A100", (8, 0)), Gpu("NVIDIA A100", (8, 0))]
+OLD_GPU = [Gpu("Tesla P100", (6, 0))]
 
 
 def _tf_config(workers: int) -> dict[str, str]:
@@ -27,10 +28,12 @@ def test_no_gpu_trains_on_cpu_with_the_default_strategy(
 ) -> None:
     # Given no visible GPU and no cluster
     # When the accelerators are planned
-    plan = plan_accelerators([], mixed_precision, {})
+    plan = plan_accelerators([], mixed_precision, "auto", {})
 
     # Then training uses the CPU with the default strategy, mixed precision only when forced
-    assert plan == AcceleratorPlan(strategy="default", mixed_precision=expected, device="CPU")
+    assert plan == AcceleratorPlan(
+        strategy="default", mixed_precision=expected, jit_compile=False, device="CPU"
+    )
 
 
 @pytest.mark.parametrize(
@@ -41,25 +44,28 @@ def test_one_gpu_uses_the_default_strategy_and_mixed_precision_under_auto(
 ) -> None:
     # Given one visible GPU
     # When the accelerators are planned
-    plan = plan_accelerators(ONE_GPU, mixed_precision, {})
+    plan = plan_accelerators(ONE_GPU, mixed_precision, "auto", {})
 
     # Then the default strategy is used, with mixed precision unless switched off
     assert plan.strategy == "default"
     assert plan.mixed_precision is expected
     assert plan.device.startswith("1 GPU")
-    assert ONE_GPU[0] in plan.device
+    assert "NVIDIA H100 (compute 9.0)" in plan.device
+    assert plan.jit_compile is True
 
 
 def test_two_gpus_are_mirrored() -> None:
     # Given two visible GPUs
     # When the accelerators are planned
-    plan = plan_accelerators(TWO_GPUS, "auto", {})
+    plan = plan_accelerators(TWO_GPUS, "auto", "auto", {})
 
     # Then training is mirrored over both with mixed precision, and the device says so
     assert plan.strategy == "mirrored"
     assert plan.mixed_precision is True
     assert plan.device.startswith("2 GPU")
-    assert all(name in plan.device for name in TWO_GPUS)
+    assert plan.device.count("NVIDIA A100 (compute 8.0)") == 2
+    # keras turns XLA off under tf.distribute, so auto does not ask for it
+    assert plan.jit_compile is False
 
 
 @pytest.mark.parametrize("gpus", [[], ONE_GPU, TWO_GPUS])
@@ -68,7 +74,7 @@ def test_tf_config_with_two_workers_is_multi_worker(gpus: list[str]) -> None:
     environ = _tf_config(2)
 
     # When the accelerators are planned
-    plan = plan_accelerators(gpus, "auto", environ)
+    plan = plan_accelerators(gpus, "auto", "auto", environ)
 
     # Then the multi-worker strategy is used and the device names the workers
     assert plan.strategy == "multi_worker"
@@ -80,7 +86,7 @@ def test_tf_config_with_two_workers_is_multi_worker(gpus: list[str]) -> None:
 def test_a_single_worker_or_no_tf_config_is_not_multi_worker(environ: dict[str, str]) -> None:
     # Given a cluster of one worker, a blank TF_CONFIG or none at all
     # When the accelerators are planned with two GPUs
-    plan = plan_accelerators(TWO_GPUS, "auto", environ)
+    plan = plan_accelerators(TWO_GPUS, "auto", "auto", environ)
 
     # Then the GPUs decide: mirrored, and no workers are mentioned
     assert plan.strategy == "mirrored"
@@ -93,8 +99,33 @@ def test_malformed_tf_config_is_a_one_line_pipeline_error() -> None:
 
     # When the accelerators are planned
     with pytest.raises(PipelineError) as error:
-        plan_accelerators(ONE_GPU, "auto", environ)
+        plan_accelerators(ONE_GPU, "auto", "auto", environ)
 
     # Then one line names TF_CONFIG
     assert "TF_CONFIG" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_mixed_precision_auto_needs_tensor_cores_on_every_gpu() -> None:
+    # Given a pre-Volta GPU, a GPU of unknown capability, and a mix of old and new
+    # When the accelerators are planned with mixed precision on auto
+    plans = [
+        plan_accelerators(gpus, "auto", "auto", {})
+        for gpus in (OLD_GPU, [Gpu("GPU:0")], [*OLD_GPU, *ONE_GPU])
+    ]
+
+    # Then float16 is not used (it would be emulated and slower), unless forced on
+    assert [plan.mixed_precision for plan in plans] == [False, False, False]
+    assert plan_accelerators(OLD_GPU, "on", "auto", {}).mixed_precision is True
+    assert "Tesla P100 (compute 6.0)" in plans[0].device
+
+
+@pytest.mark.parametrize(
+    ("gpus", "jit_compile", "expected"),
+    [([], "auto", False), ([], "on", True), (ONE_GPU, "auto", True), (ONE_GPU, "off", False)],
+)
+def test_xla_is_on_for_one_gpu_under_auto_and_follows_on_off(
+    gpus: list[Gpu], jit_compile: str, expected: bool
+) -> None:
+    # Given a CPU or one GPU, When planned with train.jit_compile, Then XLA follows it
+    assert plan_accelerators(gpus, "off", jit_compile, {}).jit_compile is expected

@@ -70,9 +70,16 @@ def test_outputs_match_the_paths_module(pipeline):
     def rel(path: Path) -> str:
         return path.as_posix()
 
-    assert declared("ingest") == {rel(paths.raw_dir)}
+    assert declared("ingest") == {
+        rel(paths.raw_dir),
+        rel(paths.manifest),
+        rel(paths.downloads_dir),
+        rel(paths.metrics("ingest")),
+    }
     assert declared("build") == {
         rel(paths.images_table),
+        rel(paths.pixel_cache),
+        rel(paths.rejected_table),
         rel(paths.reports("build")),
         rel(paths.metrics("build")),
     }
@@ -84,6 +91,7 @@ def test_outputs_match_the_paths_module(pipeline):
     }
     assert declared("evaluate") == {
         rel(paths.reports("evaluate")),
+        rel(paths.evaluate_plots),
         rel(paths.metrics("evaluate")),
         rel(paths.predictions),
     }

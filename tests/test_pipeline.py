@@ -1,10 +1,6 @@
 """End to end: real `dvc repro` / `dvc exp run` in a temporary git repo, MLflow and TensorFlow."""
 
 import json
-import os
-import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,10 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
-STAGES = ["ingest", "build", "split", "train", "evaluate", "compare"]
+from dvc_project import ROOT, STAGES, clean_env, copy_project, git_repo, run, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -28,56 +21,17 @@ def tiny_params() -> dict:
     )
     params["build"]["histogram_images_per_class"] = 4
     params["train"].update(image_size=32, epochs=2, batch_size=8, fine_tune_epochs=0)
-    params["train"]["head"]["dense_units"] = 8
+    params["train"]["head"]["dense_units"] = [8]
+    params["evaluate"]["bootstrap_samples"] = 50
     return params
-
-
-def copy_project(target: Path) -> None:
-    """Copy the code and DVC config (not data, models or stores) into a fresh git repo."""
-    target.mkdir()
-    for name in PROJECT_FILES:
-        shutil.copy2(ROOT / name, target / name)
-    shutil.copytree(
-        ROOT / "stages", target / "stages", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (target / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy2(ROOT / ".dvc" / name, target / ".dvc" / name)
-    (target / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """Run a command, fail the test with its output if it fails, return stdout+stderr."""
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-4000:]}"
-    return output
-
-
-def stages_run(output: str) -> list[str]:
-    """Names of the stages DVC actually ran, from its log."""
-    return re.findall(r"Running stage '(\w+)'", output)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     repo = tmp_path_factory.mktemp("e2e") / "project"
-    copy_project(repo)
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))
-    }
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@t",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@t",
-    )
-    run(["git", "init", "-q"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-q", "-m", "project"], repo, env)
+    copy_project(repo, tiny_params())
+    env = clean_env()
+    git_repo(repo, env)
     return repo, env
 
 

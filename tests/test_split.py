@@ -14,7 +14,7 @@ from stages.config import SplitParams
 from stages.errors import PipelineError
 from stages.outputs import read_json, write_table
 from stages.paths import SPLITS, ProjectPaths
-from stages.split import main, run_split, split_images
+from stages.split import main, run_split, split_images, split_with_report
 from stages.tables import IMAGE_COLUMNS, class_names, data_fingerprint, read_splits
 
 COUNTS = {"covid": 60, "normal": 90, "viral_pneumonia": 30}
@@ -34,19 +34,39 @@ def _images(counts: dict[str, int], copies: int = 0) -> pd.DataFrame:
                     {
                         "path": f"{label}/{name}",
                         "label": label,
+                        "given_split": "",
+                        "group": "",
+                        "source": "",
                         "width": 32,
                         "height": 32,
                         "mode": "L",
                         "format": "PNG",
                         "bytes": 100 + index,
                         "sha256": content,
+                        # Distinct hashes far apart: 64 bits of the content's sha256.
+                        "phash": content[:16],
+                        "cache_index": len(rows),
                     }
                 )
     return pd.DataFrame(rows, columns=list(IMAGE_COLUMNS))
 
 
-def _params(val: float = 0.15, test: float = 0.15, undersample: bool = False) -> SplitParams:
-    return SplitParams(val_fraction=val, test_fraction=test, undersample=undersample)
+def _params(
+    val: float = 0.15,
+    test: float = 0.15,
+    undersample: bool = False,
+    resplit: bool = False,
+    duplicates: str = "drop-from-test",
+    near: int = 0,
+) -> SplitParams:
+    return SplitParams(
+        val_fraction=val,
+        test_fraction=test,
+        undersample=undersample,
+        resplit=resplit,
+        duplicates=duplicates,  # type: ignore[arg-type]
+        near_duplicate_distance=near,
+    )
 
 
 def _split_of_path(tables: dict[str, pd.DataFrame]) -> dict[str, str]:
@@ -82,10 +102,10 @@ def test_splits_are_disjoint_and_cover_every_row() -> None:
     assert len(paths) == len(set(paths)) == len(images)
     combined = pd.concat(tables.values()).sort_values("path").reset_index(drop=True)
     expected = images.sort_values("path").reset_index(drop=True)
-    pd.testing.assert_frame_equal(combined, expected)
+    pd.testing.assert_frame_equal(combined.drop(columns="unit"), expected)
     for table in tables.values():
         assert table["path"].is_monotonic_increasing
-        assert list(table.columns) == list(IMAGE_COLUMNS)
+        assert list(table.columns) == [*IMAGE_COLUMNS, "unit"]
 
 
 def test_identical_files_land_in_the_same_split() -> None:
@@ -198,7 +218,18 @@ def test_run_split_writes_the_tables_and_counts(tmp_path: Path) -> None:
     for name in SPLITS:
         pd.testing.assert_frame_equal(written[name], tables[name])
     metrics = read_json(paths.metrics("split"))
-    assert set(metrics) == set(SPLITS)
+    assert set(metrics) == {*SPLITS, "duplicates"}
+    assert metrics["duplicates"] == {
+        "identical_copies": 0,
+        "identical_sets": 0,
+        "groups": 0,
+        "near_duplicate_pairs": 0,
+        "near_duplicates_joined": 0,
+        "units": len(_images(COUNTS)),
+        "cross_split_units": 0,
+        "cross_split_images": 0,
+        "dropped": 0,
+    }
     for name in SPLITS:
         assert metrics[name]["images"] == len(tables[name])
         assert sum(metrics[name][label] for label in COUNTS) == len(tables[name])
@@ -284,3 +315,193 @@ def test_class_names_are_sorted_over_all_splits() -> None:
 
     # Then they are every label once, sorted
     assert names == ["covid", "normal", "viral_pneumonia"]
+
+
+def _assert_nothing_straddles(tables: dict[str, pd.DataFrame]) -> None:
+    """No file content, group or leakage unit appears in more than one split."""
+    rows = pd.concat([table.assign(split=name) for name, table in tables.items()])
+    assert rows.groupby("sha256")["split"].nunique().max() == 1
+    assert rows.groupby("unit")["split"].nunique().max() == 1
+    grouped = rows[rows["group"] != ""]
+    if len(grouped):
+        assert grouped.groupby("group")["split"].nunique().max() == 1
+
+
+def _given(
+    train: dict[str, int], test: dict[str, int], val: dict[str, int] | None = None
+) -> pd.DataFrame:
+    """An images table from a source with train / test (/ val) folders."""
+    parts = []
+    for name, counts in (("train", train), ("test", test), ("val", val)):
+        if not counts:
+            continue
+        table = _images(counts)
+        table["path"] = name + "/" + table["path"]
+        table["sha256"] = [hashlib.sha256(path.encode()).hexdigest() for path in table["path"]]
+        table["phash"] = table["sha256"].str[:16]
+        parts.append(table.assign(given_split=name))
+    images = pd.concat(parts, ignore_index=True)
+    return images.assign(cache_index=range(len(images)))
+
+
+def _with_cross_copies(images: pd.DataFrame) -> pd.DataFrame:
+    """Three test images made byte copies of train images, and one patient in both splits."""
+    images = images.copy()
+    train = images.index[images["given_split"] == "train"]
+    test = images.index[images["given_split"] == "test"]
+    for source, copy in zip(train[:3], test[:3], strict=True):
+        images.loc[copy, ["sha256", "phash", "label"]] = images.loc[
+            source, ["sha256", "phash", "label"]
+        ].to_numpy()
+    images.loc[[train[10], test[10]], "group"] = "patient-7"
+    return images
+
+
+GIVEN_TRAIN = {"covid": 50, "normal": 70, "viral_pneumonia": 30}
+GIVEN_TEST = {"covid": 10, "normal": 20, "viral_pneumonia": 10}
+
+
+def test_one_group_stays_in_one_split() -> None:
+    # Given patients with three different images each
+    images = _images(COUNTS)
+    images["group"] = images["label"] + "-patient-" + (images.index // 3).astype(str)
+
+    # When it is split with several seeds
+    for seed in range(4):
+        tables, found = split_with_report(images, _params(), seed=seed)
+
+        # Then no patient straddles splits, and the split is still about the asked share
+        _assert_nothing_straddles(tables)
+        assert found["groups"] == images["group"].nunique()
+        assert found["units"] == images["group"].nunique()
+        assert abs(len(tables["test"]) / len(images) - 0.15) < 0.04
+
+
+def test_near_duplicates_stay_together_only_when_enabled() -> None:
+    # Given 20 images per class with a re-encoded copy: other bytes, hash 1 bit away
+    images = _images(COUNTS)
+    copies = images.groupby("label").head(20).copy()
+    copies["path"] = copies["path"].str.replace(".png", "_small.jpg")
+    copies["sha256"] = copies["sha256"].str[::-1]
+    copies["phash"] = [f"{int(value, 16) ^ 1:016x}" for value in copies["phash"]]
+    images = pd.concat([images, copies], ignore_index=True)
+
+    # When it is split with the perceptual hash off and on
+    split_off = [split_with_report(images, _params(), seed=seed) for seed in range(3)]
+    tables, found = split_with_report(images, _params(near=2), seed=0)
+
+    # Then off, some pair is separated; on, every pair shares a split and is counted
+    def separated(split_tables: dict[str, pd.DataFrame]) -> int:
+        split_of = {p: name for name, table in split_tables.items() for p in table["path"]}
+        return sum(
+            split_of[original] != split_of[copy]
+            for original, copy in zip(
+                copies["path"].str.replace("_small.jpg", ".png"), copies["path"], strict=True
+            )
+        )
+
+    assert sum(separated(result[0]) for result in split_off) > 0
+    assert split_off[0][1]["near_duplicate_pairs"] == 0
+    assert separated(tables) == 0
+    assert found["near_duplicate_pairs"] == found["near_duplicates_joined"] == len(copies)
+    _assert_nothing_straddles(tables)
+
+
+def test_given_test_split_is_kept_and_val_carved_from_given_train() -> None:
+    # Given a source with train and test folders
+    images = _given(GIVEN_TRAIN, GIVEN_TEST)
+
+    # When it is split
+    tables, found = split_with_report(images, _params(val=0.2), seed=1)
+
+    # Then test is exactly the given test, and val a stratified fifth of the given train
+    given_test = images[images["given_split"] == "test"]["path"]
+    assert sorted(tables["test"]["path"]) == sorted(given_test)
+    assert set(tables["val"]["given_split"]) == set(tables["train"]["given_split"]) == {"train"}
+    assert len(tables["val"]) == round(0.2 * sum(GIVEN_TRAIN.values()))
+    for label, count in GIVEN_TRAIN.items():
+        assert abs((tables["val"]["label"] == label).sum() - 0.2 * count) <= 1
+    assert found["cross_split_images"] == found["dropped"] == 0
+
+
+def test_given_val_split_is_kept() -> None:
+    # Given a source with train, val and test folders
+    images = _given(GIVEN_TRAIN, GIVEN_TEST, val={"covid": 5, "normal": 5, "viral_pneumonia": 5})
+
+    # When it is split
+    tables = split_images(images, _params(), seed=0)
+
+    # Then every image stays in the split it was given
+    for name in SPLITS:
+        assert set(tables[name]["given_split"]) == {name}
+    assert sum(len(table) for table in tables.values()) == len(images)
+
+
+def test_resplit_ignores_the_given_splits() -> None:
+    # Given a source with train and test folders, and split.resplit
+    images = _given(GIVEN_TRAIN, GIVEN_TEST)
+
+    # When it is split
+    tables = split_images(images, _params(resplit=True), seed=0)
+
+    # Then the test split mixes given train and test images
+    assert set(tables["test"]["given_split"]) == {"train", "test"}
+
+
+def test_copies_across_given_splits_are_dropped_from_test_by_default() -> None:
+    # Given three byte copies and one patient across the given train and test
+    images = _with_cross_copies(_given(GIVEN_TRAIN, GIVEN_TEST))
+    given_test = images[images["given_split"] == "test"]
+
+    # When it is split with split.duplicates = drop-from-test
+    tables, found = split_with_report(images, _params(), seed=0)
+
+    # Then the four test copies are gone, counted, and nothing straddles the splits
+    assert found["cross_split_units"] == found["cross_split_images"] == found["dropped"] == 4
+    assert len(tables["test"]) == len(given_test) - 4
+    assert sum(len(table) for table in tables.values()) == len(images) - 4
+    _assert_nothing_straddles(tables)
+
+
+def test_copies_across_given_splits_kept_with_a_warning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given copies across the given train and test, and split.duplicates = keep
+    images = _with_cross_copies(_given(GIVEN_TRAIN, GIVEN_TEST))
+
+    # When it is split
+    tables, found = split_with_report(images, _params(duplicates="keep"), seed=0)
+
+    # Then stderr warns with the count, and the test split is the given one, copies included
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: 4 image(s)")
+    assert "split.duplicates = keep" in warning
+    assert len(tables["test"]) == sum(GIVEN_TEST.values())
+    assert found["cross_split_images"] == 4
+    assert found["dropped"] == 0
+
+
+def test_copies_across_given_splits_fail_when_asked() -> None:
+    # Given copies across the given train and test, and split.duplicates = fail
+    images = _with_cross_copies(_given(GIVEN_TRAIN, GIVEN_TEST))
+
+    # When it is split
+    with pytest.raises(PipelineError) as error:
+        split_images(images, _params(duplicates="fail"), seed=0)
+
+    # Then one line gives the count and an example pair
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("4 image(s) in a given val/test split are copies")
+    assert "test/covid/covid_0000.png" in message and "train/covid/covid_0000.png" in message
+    assert "split.duplicates = fail" in message
+
+
+def test_some_images_without_a_given_split_fail() -> None:
+    # Given a table where only some images have a given split
+    images = _given(GIVEN_TRAIN, GIVEN_TEST)
+    images.loc[5, "given_split"] = ""
+
+    # When it is split
+    with pytest.raises(PipelineError, match=r"1 of 190 image\(s\) have no given split"):
+        split_images(images, _params(), seed=0)

@@ -1,0 +1,189 @@
+"""The classifier as an MLflow pyfunc model that takes raw image files and returns classes.
+
+Input: a DataFrame with a column `image` (the bytes of a PNG/JPEG/... file; base64-encoded in
+JSON requests, as MLflow does for binary columns) or a column `path` (a file path readable by
+the serving process); a row uses `image` when it is set, else `path`.
+Output: one row per input row: `class`, `confidence`, `p_<class>` for every class, and `error`
+(empty, or why that image could not be read, in which case the class is empty).
+Every image takes the training path: decode_bytes -> resize_square(cache_size) -> resize_batch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import ColSpec, Schema
+from PIL import Image
+
+from stages.decoding import UnusableImage, decode_bytes, read_file
+from stages.predictors import LOGGED_MODEL_NAME, MODEL_FILES, Predictor, load_model_file
+
+# Pillow's own decompression-bomb limit; build.max_pixels defaults below it.
+DEFAULT_MAX_PIXELS = 89_478_485
+REQUIREMENTS = ("mlflow", "tensorflow", "keras", "scikit-learn", "numpy", "pandas", "pillow")
+REQUIREMENTS_OPTIONAL = ("imagehash", "pyarrow", "scipy", "matplotlib", "pyyaml", "pydantic")
+
+
+class ImageClassifier(PythonModel):  # type: ignore[misc]
+    """Raw image files in, class and probabilities out (see the module docstring)."""
+
+    def __init__(
+        self,
+        kind: str,
+        class_names: list[str],
+        image_size: int,
+        cache_size: int,
+        backbone: str,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.kind = kind
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.cache_size = cache_size
+        self.backbone = backbone
+        self.max_pixels = max_pixels
+        self.predictor: Predictor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The loaded model travels as the `model` artifact, never inside the pickle.
+        return {**self.__dict__, "predictor": None}
+
+    def load_context(self, context: Any) -> None:
+        """Load the Keras or scikit-learn model from the `model` artifact."""
+        self.predictor = Predictor(
+            model=load_model_file(Path(context.artifacts["model"]), self.kind),
+            kind=self.kind,
+            class_names=tuple(self.class_names),
+            image_size=self.image_size,
+            cache_size=self.cache_size,
+            backbone=self.backbone,
+            source="mlflow model",
+        )
+
+    def predict(self, context: Any, model_input, params: Any = None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+        """Classify every row's image (bytes in `image` or a file in `path`)."""
+        if self.predictor is None:
+            raise RuntimeError("load_context was not called")
+        table = pd.DataFrame(model_input)
+        if "image" not in table and "path" not in table:
+            raise ValueError("input needs a column `image` (file bytes) or `path` (file path)")
+        grays: list[np.ndarray] = []
+        errors: list[str] = []
+        for row in table.itertuples(index=False):
+            try:
+                grays.append(
+                    self.decode_row(getattr(row, "image", None), getattr(row, "path", None))
+                )
+                errors.append("")
+            except UnusableImage as error:
+                errors.append(str(error))
+        probabilities = self.predictor.predict_proba(self.predictor.prepare(grays))
+        return result_table(probabilities, errors, self.class_names)
+
+    def decode_row(self, image: Any, path: Any) -> np.ndarray:
+        """The gray pixels of one row: its file bytes, else the file at its path."""
+        if isinstance(image, bytes | bytearray) and image:
+            content = bytes(image)
+        elif isinstance(path, str) and path:
+            content = read_file(Path(path))
+        else:
+            raise UnusableImage("missing", "neither `image` bytes nor a `path` given")
+        return decode_bytes(content, self.max_pixels).pixels
+
+
+def result_table(probabilities: np.ndarray, errors: list[str], names: list[str]) -> pd.DataFrame:
+    """One output row per input row; rows with an error get an empty class and NaN scores."""
+    rows = len(errors)
+    full = np.full((rows, len(names)), np.nan)
+    ok = np.array([not error for error in errors], dtype=bool)
+    full[ok] = probabilities
+    chosen = np.nan_to_num(full, nan=-1.0).argmax(axis=1)
+    return pd.DataFrame(
+        {
+            "class": [names[index] if good else "" for index, good in zip(chosen, ok, strict=True)],
+            "confidence": [float(full[i].max()) if ok[i] else np.nan for i in range(rows)],
+            **{f"p_{name}": full[:, column] for column, name in enumerate(names)},
+            "error": errors,
+        }
+    )
+
+
+def signature(names: list[str]) -> ModelSignature:
+    """Input: optional binary `image` and string `path`; output: class, scores and error."""
+    inputs = Schema(
+        [ColSpec("binary", "image", required=False), ColSpec("string", "path", required=False)]
+    )
+    outputs = Schema(
+        [
+            ColSpec("string", "class"),
+            ColSpec("double", "confidence"),
+            *[ColSpec("double", f"p_{name}") for name in names],
+            ColSpec("string", "error"),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 gray image (H, W) or (H, W, 1) encoded as PNG file bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8).reshape(image.shape[:2])).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def pinned_requirements() -> list[str]:
+    """Exact pins of what the model needs at serving time, from this environment."""
+    pins = []
+    for package in (*REQUIREMENTS, *REQUIREMENTS_OPTIONAL):
+        try:
+            pins.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def log_classifier(
+    models_dir: Path, record: dict[str, Any], example_image: np.ndarray, max_pixels: int
+) -> str:
+    """Log models/ as a pyfunc in the active run (name `classifier`); return its model URI."""
+    kind = record.get("kind", "keras")
+    image_size = int(record["image_size"])
+    classifier = ImageClassifier(
+        kind=kind,
+        class_names=list(record["class_names"]),
+        image_size=image_size,
+        cache_size=int(record.get("cache_size") or image_size),
+        backbone=str(record.get("backbone", "")),
+        max_pixels=max_pixels,
+    )
+    stages_dir = Path(__file__).resolve().parent
+    info = mlflow.pyfunc.log_model(
+        name=LOGGED_MODEL_NAME,
+        python_model=classifier,
+        artifacts={"model": str(models_dir / MODEL_FILES[kind])},
+        code_paths=[str(stages_dir)],
+        signature=signature(classifier.class_names),
+        input_example=pd.DataFrame({"image": [png_bytes(example_image)]}),
+        pip_requirements=pinned_requirements(),
+        metadata={
+            "class_names": classifier.class_names,
+            "kind": kind,
+            "backbone": classifier.backbone,
+            "preprocessing": (
+                f"decode to 8-bit gray (stages.decoding.decode_bytes, EXIF applied, 16-bit "
+                f"scaled), Lanczos resize to {classifier.cache_size}x{classifier.cache_size} "
+                f"(resize_square), area resize to {image_size}x{image_size} (resize_batch); "
+                "raw 0-255 pixels in"
+            ),
+            "input": "DataFrame column `image` (file bytes, base64 in JSON) or `path`",
+        },
+    )
+    return str(info.model_uri)
