@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +62,13 @@ def phantom_raw_dir(tmp_path: Path) -> Path:
     raw_dir = tmp_path / "data" / "raw"
     write_phantom_dataset(raw_dir, PHANTOM_COUNTS, PHANTOM_IMAGE_SIZE, 0.5, seed=3)
     return raw_dir
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One real MLflow SQLite store per test module, set as MLFLOW_TRACKING_URI."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        yield {"MLFLOW_TRACKING_URI": uri}

@@ -23,16 +23,6 @@ from stages.tracking import use_experiment
 PARAMS = CompareParams(rank_by="test_accuracy", significance=0.05, registered_model="cxr-test")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> dict[str, str]:
-    """One real MLflow SQLite store for this module (each test uses its own experiment)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        yield {"MLFLOW_TRACKING_URI": uri}
-
-
 class Constant(mlflow.pyfunc.PythonModel):
     """A stand-in servable model: registering needs a logged MLflow model, not a good one."""
 

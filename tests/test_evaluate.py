@@ -181,16 +181,6 @@ def test_per_source_breakdown_only_for_several_sources():
     assert table.loc["b", "covid_sensitivity"] == 0.0 and table.loc["b", "images"] == 2
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> dict[str, str]:
-    """One real MLflow SQLite store for the stage tests of this module."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        yield {"MLFLOW_TRACKING_URI": uri}
-
-
 PARAMS = EvaluateParams(
     batch_size=8, misclassified_grid=4, bootstrap_samples=50, calibration_bins=5, gradcam_images=2
 )
