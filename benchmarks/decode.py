@@ -19,7 +19,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stages.decoding import available_cores, decode_files  # noqa: E402
+from stages.decoding import PILLOW_MAX_PIXELS, available_cores, decode_files  # noqa: E402
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "covid19-dataset"
 
@@ -40,7 +40,7 @@ def plain_pillow(files: list[Path], size: int) -> int:
 
 def pipeline(root: Path, relatives: list[str], size: int, workers: int) -> int:
     """The build's decode_files (processes, sha256, perceptual hash); return how many decoded."""
-    results = decode_files(root, relatives, 89_478_485, size, workers)
+    results = decode_files(root, relatives, PILLOW_MAX_PIXELS, size, workers)
     return sum(result.pixels is not None for result in results)
 
 

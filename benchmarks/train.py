@@ -43,7 +43,7 @@ from stages.config import load_params  # noqa: E402
 from stages.features import extract_features, split_at_features  # noqa: E402
 from stages.images import array_dataset, load_split_pixels  # noqa: E402
 from stages.paths import ProjectPaths  # noqa: E402
-from stages.tables import class_names, read_splits  # noqa: E402
+from stages.tables import class_names, label_indices, read_splits  # noqa: E402
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -102,7 +102,7 @@ def score_model(root: Path, model_name: str, minutes: float) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     record = json.loads(paths.run_record.read_text())
     test = read_splits(paths)["test"]
-    truth = np.asarray([record["class_names"].index(label) for label in test["label"]])
+    truth = label_indices(test["label"], record["class_names"])
     pixels = load_split_pixels(paths.pixel_cache, test["cache_index"], record["image_size"])
     if record["kind"] == "sklearn":
         import joblib

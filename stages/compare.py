@@ -20,13 +20,12 @@ from stages.config import CompareParams, load_params
 from stages.errors import report_errors
 from stages.outputs import read_json, save_figure, staged_dir, write_json
 from stages.paths import ProjectPaths, paths_from_argv
-from stages.statistics import mcnemar_exact
+from stages.statistics import INTERVAL_METRICS, mcnemar_exact
 from stages.tables import data_fingerprint, read_splits
 from stages.tracking import use_experiment
 
 CHAMPION_ALIAS = "champion"
 PREDICTIONS_ARTIFACT = "evaluate/test_predictions.json"
-INTERVAL_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc_ovr")
 METRICS = (
     *INTERVAL_METRICS,
     *(f"{name}_ci_{end}" for name in INTERVAL_METRICS for end in ("low", "high")),
@@ -58,9 +57,8 @@ def evaluated_runs(experiment_id: str) -> pd.DataFrame:
     return runs.dropna(subset=["metrics.test_accuracy"])
 
 
-def leaderboard(experiment_id: str, fingerprint: str, rank_by: str) -> pd.DataFrame:
-    """The latest evaluated run of each backbone on data `fingerprint`, best first."""
-    runs = evaluated_runs(experiment_id)
+def leaderboard(runs: pd.DataFrame, fingerprint: str, rank_by: str) -> pd.DataFrame:
+    """The latest of the evaluated `runs` of each backbone on data `fingerprint`, best first."""
     if "tags.data_fingerprint" in runs:
         runs = runs[runs["tags.data_fingerprint"] == fingerprint]
     runs = runs.reindex(columns=list(LEADERBOARD_COLUMNS)).rename(columns=LEADERBOARD_COLUMNS)
@@ -73,9 +71,8 @@ def leaderboard(experiment_id: str, fingerprint: str, rank_by: str) -> pd.DataFr
     return board
 
 
-def excluded_runs(experiment_id: str, fingerprint: str) -> pd.DataFrame:
-    """Evaluated runs on other data (latest per backbone and data), with why they are left out."""
-    runs = evaluated_runs(experiment_id)
+def excluded_runs(runs: pd.DataFrame, fingerprint: str) -> pd.DataFrame:
+    """Evaluated `runs` on other data (latest per backbone and data), with why they are left out."""
     if runs.empty:
         return pd.DataFrame(columns=list(EXCLUDED_COLUMNS))
     other = runs.reindex(columns=["tags.backbone", "tags.data_fingerprint", "run_id"])
@@ -256,12 +253,13 @@ def compare(
     fingerprint = data_fingerprint(read_splits(paths))
     experiment_id = use_experiment(experiment, paths.root, environ)
     rank_by = compare_params.rank_by
-    board = leaderboard(experiment_id, fingerprint, rank_by)
+    runs = evaluated_runs(experiment_id)
+    board = leaderboard(runs, fingerprint, rank_by)
     board["mcnemar_p"] = mcnemar_vs_best(experiment_id, board)
     board["significant"] = [
         p is not None and p < compare_params.significance for p in board["mcnemar_p"]
     ]
-    excluded = excluded_runs(experiment_id, fingerprint)
+    excluded = excluded_runs(runs, fingerprint)
     evaluated = read_json(paths.metrics("evaluate")) if paths.metrics("evaluate").exists() else {}
     champion = update_champion(compare_params.registered_model, evaluated, rank_by, fingerprint)
     with staged_dir(paths.reports("compare")) as reports_dir:

@@ -32,6 +32,9 @@ DAMAGED_FILE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error,
 # Modes with more than 8 bits per pixel: scaled by their bit depth, never clipped to 255.
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
+# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS): the largest build.max_pixels.
+PILLOW_MAX_PIXELS = 89_478_485
+
 # Why a file can be rejected (the per-reason counts in metrics/build.json).
 REJECT_KINDS = ("missing", "empty", "not_an_image", "too_large", "corrupt")
 

@@ -41,12 +41,16 @@ from stages.outputs import read_json, save_figure, staged_dir, write_json, write
 from stages.paths import ProjectPaths, paths_from_argv
 from stages.predictors import Predictor, load_models_dir
 from stages.serving import log_classifier
-from stages.statistics import bootstrap_intervals, calibration_bins, expected_calibration_error
-from stages.tables import read_table
+from stages.statistics import (
+    INTERVAL_METRICS,
+    bootstrap_intervals,
+    calibration_bins,
+    expected_calibration_error,
+)
+from stages.tables import label_indices, read_table
 from stages.tracking import run_exists, use_experiment
 
 SCREENING_CLASS = "covid"  # the class whose sensitivity is the screening figure
-INTERVAL_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc_ovr")
 
 
 def one_vs_rest_auc(true: np.ndarray, probabilities: np.ndarray, class_count: int) -> float | None:
@@ -334,7 +338,7 @@ def evaluate_model(
         raise PipelineError(
             f"test labels {unknown} unknown to the model (classes {names}); re-run train"
         )
-    true = test["label"].map({name: i for i, name in enumerate(names)}).to_numpy()
+    true = label_indices(test["label"], names)
     images = load_split_pixels(paths.pixel_cache, test["cache_index"], predictor.image_size)
     probabilities, images_per_second = predictor.timed_predict_proba(images, evaluate.batch_size)
     predicted = probabilities.argmax(axis=1)

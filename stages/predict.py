@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.decoding import UnusableImage, decode_gray
+from stages.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_gray
 from stages.errors import PipelineError, report_errors
 from stages.gradcam import NoFeatureMapError, gradcam_heatmaps, save_overlay
 from stages.layouts import IMAGE_SUFFIXES
 from stages.outputs import write_table
 from stages.predictors import Predictor, load_predictor
-from stages.serving import DEFAULT_MAX_PIXELS, result_table
+from stages.serving import result_table
 
 DEFAULT_CSV = Path("predictions.csv")
 
@@ -108,7 +108,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--csv", type=Path, help="write the results here (default for folders)")
     parser.add_argument("--gradcam", type=Path, help="save a Grad-CAM overlay per image here")
     parser.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
+        "--max-pixels", type=int, default=PILLOW_MAX_PIXELS, help="refuse larger images"
     )
     return parser.parse_args(argv)
 

@@ -94,20 +94,26 @@ def load_model_file(path: Path, kind: str) -> Any:
     return joblib.load(path)
 
 
+def model_input_sizes(record: dict[str, Any]) -> tuple[int, int]:
+    """(image_size, cache_size) of a run record: the model's input side and the cache's side."""
+    image_size = int(record["image_size"])
+    # A record without cache_size predates the pixel cache: images then went straight to
+    # image_size, which is what resize_square(image_size) reproduces.
+    return image_size, int(record.get("cache_size") or image_size)
+
+
 def predictor_from_record(record: dict[str, Any], model_file: Path, source: str) -> Predictor:
     """A Predictor from a run record (models/run.json) and the model file beside it."""
     kind = record.get("kind", "keras")
     if kind not in KINDS:
         raise PipelineError(f"{source}: kind = {kind!r}; must be one of {', '.join(KINDS)}")
-    image_size = int(record["image_size"])
+    image_size, cache_size = model_input_sizes(record)
     return Predictor(
         model=load_model_file(model_file, kind),
         kind=kind,
         class_names=tuple(record["class_names"]),
         image_size=image_size,
-        # A record without cache_size predates the pixel cache: images then went straight to
-        # image_size, which is what resize_square(image_size) reproduces.
-        cache_size=int(record.get("cache_size") or image_size),
+        cache_size=cache_size,
         backbone=str(record.get("backbone", "")),
         source=source,
     )

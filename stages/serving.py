@@ -23,11 +23,15 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
-from stages.decoding import UnusableImage, decode_bytes, read_file
-from stages.predictors import LOGGED_MODEL_NAME, MODEL_FILES, Predictor, load_model_file
+from stages.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_bytes, read_file
+from stages.predictors import (
+    LOGGED_MODEL_NAME,
+    MODEL_FILES,
+    Predictor,
+    model_input_sizes,
+    predictor_from_record,
+)
 
-# Pillow's own decompression-bomb limit; build.max_pixels defaults below it.
-DEFAULT_MAX_PIXELS = 89_478_485
 REQUIREMENTS = ("mlflow", "tensorflow", "keras", "scikit-learn", "numpy", "pandas", "pillow")
 REQUIREMENTS_OPTIONAL = ("imagehash", "pyarrow", "scipy", "matplotlib", "pyyaml", "pydantic")
 
@@ -35,20 +39,8 @@ REQUIREMENTS_OPTIONAL = ("imagehash", "pyarrow", "scipy", "matplotlib", "pyyaml"
 class ImageClassifier(PythonModel):  # type: ignore[misc]
     """Raw image files in, class and probabilities out (see the module docstring)."""
 
-    def __init__(
-        self,
-        kind: str,
-        class_names: list[str],
-        image_size: int,
-        cache_size: int,
-        backbone: str,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-    ) -> None:
-        self.kind = kind
-        self.class_names = list(class_names)
-        self.image_size = image_size
-        self.cache_size = cache_size
-        self.backbone = backbone
+    def __init__(self, record: dict[str, Any], max_pixels: int = PILLOW_MAX_PIXELS) -> None:
+        self.record = dict(record)  # models/run.json: class names, kind, sizes, backbone
         self.max_pixels = max_pixels
         self.predictor: Predictor | None = None
 
@@ -58,14 +50,8 @@ class ImageClassifier(PythonModel):  # type: ignore[misc]
 
     def load_context(self, context: Any) -> None:
         """Load the Keras or scikit-learn model from the `model` artifact."""
-        self.predictor = Predictor(
-            model=load_model_file(Path(context.artifacts["model"]), self.kind),
-            kind=self.kind,
-            class_names=tuple(self.class_names),
-            image_size=self.image_size,
-            cache_size=self.cache_size,
-            backbone=self.backbone,
-            source="mlflow model",
+        self.predictor = predictor_from_record(
+            self.record, Path(context.artifacts["model"]), "mlflow model"
         )
 
     def predict(self, context: Any, model_input, params: Any = None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
@@ -86,7 +72,7 @@ class ImageClassifier(PythonModel):  # type: ignore[misc]
             except UnusableImage as error:
                 errors.append(str(error))
         probabilities = self.predictor.predict_proba(self.predictor.prepare(grays))
-        return result_table(probabilities, errors, self.class_names)
+        return result_table(probabilities, errors, list(self.predictor.class_names))
 
     def decode_row(self, image: Any, path: Any) -> np.ndarray:
         """The gray pixels of one row: its file bytes, else the file at its path."""
@@ -154,32 +140,25 @@ def log_classifier(
     models_dir: Path, record: dict[str, Any], example_image: np.ndarray, max_pixels: int
 ) -> str:
     """Log models/ as a pyfunc in the active run (name `classifier`); return its model URI."""
+    classifier = ImageClassifier(record, max_pixels)
     kind = record.get("kind", "keras")
-    image_size = int(record["image_size"])
-    classifier = ImageClassifier(
-        kind=kind,
-        class_names=list(record["class_names"]),
-        image_size=image_size,
-        cache_size=int(record.get("cache_size") or image_size),
-        backbone=str(record.get("backbone", "")),
-        max_pixels=max_pixels,
-    )
+    image_size, cache_size = model_input_sizes(record)
     stages_dir = Path(__file__).resolve().parent
     info = mlflow.pyfunc.log_model(
         name=LOGGED_MODEL_NAME,
         python_model=classifier,
         artifacts={"model": str(models_dir / MODEL_FILES[kind])},
         code_paths=[str(stages_dir)],
-        signature=signature(classifier.class_names),
+        signature=signature(list(record["class_names"])),
         input_example=pd.DataFrame({"image": [png_bytes(example_image)]}),
         pip_requirements=pinned_requirements(),
         metadata={
-            "class_names": classifier.class_names,
+            "class_names": list(record["class_names"]),
             "kind": kind,
-            "backbone": classifier.backbone,
+            "backbone": str(record.get("backbone", "")),
             "preprocessing": (
                 f"decode to 8-bit gray (stages.decoding.decode_bytes, EXIF applied, 16-bit "
-                f"scaled), Lanczos resize to {classifier.cache_size}x{classifier.cache_size} "
+                f"scaled), Lanczos resize to {cache_size}x{cache_size} "
                 f"(resize_square), area resize to {image_size}x{image_size} (resize_batch); "
                 "raw 0-255 pixels in"
             ),

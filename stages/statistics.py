@@ -10,6 +10,9 @@ import pandas as pd
 from scipy.stats import binomtest, bootstrap
 from sklearn.calibration import calibration_curve
 
+# The test metrics evaluate gives a bootstrap 95% interval (<name>_ci_low / _ci_high).
+INTERVAL_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc_ovr")
+
 
 def bootstrap_intervals(
     statistic: Callable[[np.ndarray], np.ndarray],

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from stages.errors import PipelineError
@@ -67,6 +69,11 @@ def read_splits(paths: ProjectPaths) -> dict[str, pd.DataFrame]:
 def class_names(splits: dict[str, pd.DataFrame]) -> list[str]:
     """Sorted class names over all splits: the index order of the model's outputs."""
     return sorted(set().union(*(set(table["label"]) for table in splits.values())))
+
+
+def label_indices(labels: pd.Series, names: Sequence[str]) -> np.ndarray:
+    """Each label's class index: its position in `names`, the model's output order."""
+    return labels.map({name: index for index, name in enumerate(names)}).to_numpy(dtype=np.int64)
 
 
 def data_fingerprint(splits: dict[str, pd.DataFrame]) -> str:

@@ -51,7 +51,7 @@ from stages.schedules import (
     ResumeState,
     learning_rate_for,
 )
-from stages.tables import class_names, data_fingerprint, read_splits
+from stages.tables import class_names, data_fingerprint, label_indices, read_splits
 from stages.tracking import run_exists, run_tags, use_experiment
 
 # Outside models/ (a DVC output, deleted before the stage runs) and ignored by git, so an
@@ -137,10 +137,9 @@ def load_split_data(
     paths: ProjectPaths, splits: Mapping[str, pd.DataFrame], names: list[str], image_size: int
 ) -> SplitData:
     """Train and val pixels from the build's cache at image_size, with class indices."""
-    index = {name: position for position, name in enumerate(names)}
 
     def labels(split: str) -> np.ndarray:
-        return np.asarray([index[label] for label in splits[split]["label"]], dtype=np.int64)
+        return label_indices(splits[split]["label"], names)
 
     def pixels(split: str) -> np.ndarray:
         return load_split_pixels(paths.pixel_cache, splits[split]["cache_index"], image_size)
@@ -390,7 +389,7 @@ def train_keras(
                 model, backbone, pretrained, params, data, plan, work, extra
             )
         train_seconds = time.perf_counter() - started
-        model.save(staging / "model.keras")
+        model.save(staging / paths.model_file.name)
         history = read_history(work / "history.csv")
         metrics = {
             "pretrained": pretrained,
@@ -401,13 +400,12 @@ def train_keras(
             "best_val_accuracy": float(history["val_accuracy"].max()),
             "train_images": len(splits["train"]),
         }
-        write_json(
-            staging / paths.run_record.name,
+        save_results(
+            paths,
+            staging / paths.model_file.name,
             run_record(
                 run, experiment_id, names, params, "keras", train.image_size, paths, fingerprint
             ),
-        )
-        mlflow.set_tags(
             {
                 "kind": "keras",
                 "pretrained": str(pretrained).lower(),
@@ -417,12 +415,10 @@ def train_keras(
                 "mixed_precision": str(plan.mixed_precision).lower(),
                 "jit_compile": str(plan.jit_compile).lower(),
                 **build_info(),
-            }
+            },
+            metrics,
+            history,
         )
-        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
-        mlflow.log_artifact(str(staging / "model.keras"), artifact_path="model")
-        write_table(paths.history, history)
-        mlflow.log_artifact(str(paths.history), artifact_path="plots")
     shutil.rmtree(work, ignore_errors=True)  # a finished run has nothing to resume
     return metrics
 
@@ -448,6 +444,23 @@ def run_record(
         "cache_size": cache_size(paths),
         "data_fingerprint": fingerprint,
     }
+
+
+def save_results(
+    paths: ProjectPaths,
+    model_file: Path,
+    record: dict[str, Any],
+    tags: dict[str, str],
+    metrics: dict[str, Any],
+    history: pd.DataFrame,
+) -> None:
+    """Write models/run.json and the history; log tags, metrics, model and history to MLflow."""
+    write_json(model_file.parent / paths.run_record.name, record)
+    mlflow.set_tags(tags)
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+    mlflow.log_artifact(str(model_file), artifact_path="model")
+    write_table(paths.history, history)
+    mlflow.log_artifact(str(paths.history), artifact_path="plots")
 
 
 def train_baseline(
@@ -491,8 +504,9 @@ def train_baseline(
             "train_images": len(splits["train"]),
         }
         joblib.dump(pipeline, staging / paths.sklearn_model_file.name)
-        write_json(
-            staging / paths.run_record.name,
+        save_results(
+            paths,
+            staging / paths.sklearn_model_file.name,
             run_record(
                 run,
                 experiment_id,
@@ -503,14 +517,10 @@ def train_baseline(
                 paths,
                 fingerprint,
             ),
+            {"kind": "sklearn", "pretrained": "false", "device": "CPU", **sklearn_info()},
+            metrics,
+            history,
         )
-        mlflow.set_tags(
-            {"kind": "sklearn", "pretrained": "false", "device": "CPU", **sklearn_info()}
-        )
-        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
-        mlflow.log_artifact(str(staging / paths.sklearn_model_file.name), artifact_path="model")
-        write_table(paths.history, history)
-        mlflow.log_artifact(str(paths.history), artifact_path="plots")
     return metrics
 
 

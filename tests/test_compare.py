@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from stages.compare import (
     CHAMPION_ALIAS,
     compare,
+    evaluated_runs,
     excluded_runs,
     leaderboard,
     markdown_table,
@@ -82,29 +83,29 @@ def test_leaderboard_ranks_latest_run_per_backbone_on_the_same_data(tmp_path, st
     log_run(experiment_id, "mobilenetv2", "data-a", 0.90)
     other_data, _ = log_run(experiment_id, "resnet50", "data-b", 0.99)  # never mixed in
     log_run(experiment_id, "densenet121", "data-a", None)  # trained but not evaluated
-    board = leaderboard(experiment_id, "data-a", "test_accuracy")
+    board = leaderboard(evaluated_runs(experiment_id), "data-a", "test_accuracy")
     assert board["backbone"].tolist() == ["mobilenetv2", "vgg16"]
     assert board["best"].tolist() == [True, False]
     assert board.loc[1, "run_id"] == latest_vgg
     assert board.loc[1, "test_accuracy"] == pytest.approx(0.80)
     assert board["parameters"].tolist() == [1234, 1234]
-    ranked_by_f1 = leaderboard(experiment_id, "data-a", "test_f1_macro")
+    ranked_by_f1 = leaderboard(evaluated_runs(experiment_id), "data-a", "test_f1_macro")
     assert ranked_by_f1["backbone"].iloc[0] == "mobilenetv2"
     board["mcnemar_p"] = [None, 0.01]
     table = markdown_table(board)
     assert "**mobilenetv2** *" in table and "0.900 [0.800, 1.000]" in table
     assert "0.01 (significant)" in table and "1,234" in table
-    excluded = excluded_runs(experiment_id, "data-a")
+    excluded = excluded_runs(evaluated_runs(experiment_id), "data-a")
     assert excluded["run_id"].tolist() == [other_data]
     assert "fingerprint data-b is not the current data-a" in excluded["reason"].iloc[0]
 
 
 def test_empty_store_gives_an_empty_board(tmp_path, store):
     experiment_id = use_experiment("cxr-empty", tmp_path, store)
-    board = leaderboard(experiment_id, "data-a", "test_accuracy")
+    board = leaderboard(evaluated_runs(experiment_id), "data-a", "test_accuracy")
     assert board.empty and "backbone" in board.columns
     assert mcnemar_vs_best(experiment_id, board) == []
-    assert excluded_runs(experiment_id, "data-a").empty
+    assert excluded_runs(evaluated_runs(experiment_id), "data-a").empty
 
 
 def test_mcnemar_against_the_best_on_the_shared_test_images(tmp_path, store):
@@ -115,7 +116,7 @@ def test_mcnemar_against_the_best_on_the_shared_test_images(tmp_path, store):
     log_run(experiment_id, "efficientnetb0", "data-a", 40 / 42, correct=best)
     log_run(experiment_id, "vgg16", "data-a", 32 / 42, correct=other)
     log_run(experiment_id, "resnet50", "data-a", 0.5)  # no predictions logged
-    board = leaderboard(experiment_id, "data-a", "test_accuracy")
+    board = leaderboard(evaluated_runs(experiment_id), "data-a", "test_accuracy")
     # then the exact test on the discordant pairs (10 vs 2) matches the binomial by hand
     p_values = mcnemar_vs_best(experiment_id, board)
     assert p_values[0] is None and p_values[2] is None
