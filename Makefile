@@ -9,10 +9,13 @@ RUN := PATH="$(BIN):$$PATH" TF_CPP_MIN_LOG_LEVEL=2
 .PHONY: install repro test lint
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.lock
+# The locked dependencies, then the cxr package itself (editable, no deps) so that cxr-predict
+# works from any directory.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 repro: install

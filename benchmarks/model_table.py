@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stages.classifier import model_registry  # noqa: E402
+from cxr.models.classifier import model_registry  # noqa: E402
 
 
 def markdown_table(rows: list[dict[str, object]], image_size: int, class_count: int) -> str:

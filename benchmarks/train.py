@@ -4,11 +4,11 @@
 
 1. Accuracy: the pipeline's own ingest, build and split stages run in a temporary project on
    --data (default ../shared/datasets/covid19-dataset: its given test folder is the test split,
-   copies across splits removed by split); then each model trains through stages.train for at
+   copies across splits removed by split); then each model trains as the train stage does for at
    most --minutes of training (a time-limit callback beside the params' EarlyStopping) and is
    scored on the test split: accuracy and macro F1. No ImageNet weights (train.weights: none).
 2. Throughput, on the first Keras model: (a) training images/second fed by the input pipeline
-   (stages.images.array_dataset) versus the same model fed one in-memory batch over and over
+   (cxr.training.inputs.array_dataset) versus the same model fed one in-memory batch over and over
    (no input cost at all); (b) one frozen-phase epoch on cached "head_pool" features versus end
    to end through the frozen backbone.
 """
@@ -32,18 +32,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
-from stages import train  # noqa: E402
-from stages.baselines import BASELINES, flatten_pixels  # noqa: E402
-from stages.classifier import build_classifier  # noqa: E402
-from stages.config import load_params  # noqa: E402
-from stages.features import extract_features, split_at_features  # noqa: E402
-from stages.images import array_dataset, load_split_pixels  # noqa: E402
-from stages.paths import ProjectPaths  # noqa: E402
-from stages.tables import class_names, label_indices, read_splits  # noqa: E402
+from cxr.core.params import load_params  # noqa: E402
+from cxr.core.paths import ProjectPaths  # noqa: E402
+from cxr.core.registry import is_baseline  # noqa: E402
+from cxr.core.tables import label_indices, read_splits  # noqa: E402
+from cxr.data.pixels import load_split_pixels  # noqa: E402
+from cxr.models.classifier import build_classifier  # noqa: E402
+from cxr.serving.predictors import load_models_dir  # noqa: E402
+from cxr.training.features import extract_features, split_at_features  # noqa: E402
+from cxr.training.inputs import array_dataset, load_training_data  # noqa: E402
+from cxr.training.keras_fit import compile_model  # noqa: E402
+from cxr.training.run import train_model  # noqa: E402
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -98,23 +100,16 @@ def score_model(root: Path, model_name: str, minutes: float) -> dict[str, Any]:
     paths = ProjectPaths(root)
     params = load_params(paths.params)
     started = time.perf_counter()
-    metrics = train.train_model(params, paths, dict(os.environ), [TimeLimit(minutes * 60)])
+    metrics = train_model(params, paths, dict(os.environ), [TimeLimit(minutes * 60)])
     seconds = time.perf_counter() - started
-    record = json.loads(paths.run_record.read_text())
+    predictor = load_models_dir(paths.models_dir)
     test = read_splits(paths)["test"]
-    truth = label_indices(test["label"], record["class_names"])
-    pixels = load_split_pixels(paths.pixel_cache, test["cache_index"], record["image_size"])
-    if record["kind"] == "sklearn":
-        import joblib
-
-        probabilities = joblib.load(paths.sklearn_model_file).predict_proba(flatten_pixels(pixels))
-    else:
-        model = keras.models.load_model(paths.model_file)
-        probabilities = model.predict(pixels, batch_size=64, verbose=0)
-    predicted = np.asarray(probabilities).argmax(axis=1)
+    truth = label_indices(test["label"], predictor.class_names)
+    pixels = load_split_pixels(paths.pixel_cache, test["cache_index"], predictor.image_size)
+    predicted = predictor.predict_proba(pixels).argmax(axis=1)
     return {
         "model": model_name,
-        "image_size": record["image_size"],
+        "image_size": predictor.image_size,
         "epochs": metrics["epochs_run"],
         "train_seconds": round(seconds, 1),
         "test_accuracy": round(float(accuracy_score(truth, predicted)), 3),
@@ -138,9 +133,8 @@ def throughput(root: Path, model_name: str, epochs: int) -> dict[str, float]:
     paths = ProjectPaths(root)
     params = load_params(paths.params)
     train_params = params.train
-    splits = read_splits(paths)
-    names = class_names(splits)
-    data = train.load_split_data(paths, splits, names, train_params.image_size)
+    data = load_training_data(paths, train_params.image_size)
+    names = data.class_names
     count, batch = len(data.train_labels), train_params.batch_size
     steps = math.ceil(count / batch)
     results: dict[str, float] = {}
@@ -160,7 +154,7 @@ def throughput(root: Path, model_name: str, epochs: int) -> dict[str, float]:
 
     # (a) the same model and steps, fed by array_dataset or by one batch already in memory
     model, _ = fresh("none")
-    train.compile_model(model, train_params.learning_rate, jit_compile=False)
+    compile_model(model, train_params.learning_rate, jit_compile=False)
     pipeline = array_dataset(data.train_images, data.train_labels.tolist(), batch, params.seed)
     in_memory = tf.data.Dataset.from_tensors(
         (tf.constant(data.train_images[:batch]), tf.constant(data.train_labels[:batch]))
@@ -178,14 +172,14 @@ def throughput(root: Path, model_name: str, epochs: int) -> dict[str, float]:
         backbone.save_weights(weights_file)
         model, backbone = fresh(str(weights_file))
     backbone.trainable = False
-    train.compile_model(model, train_params.learning_rate, jit_compile=False)
+    compile_model(model, train_params.learning_rate, jit_compile=False)
     batches = array_dataset(data.train_images, data.train_labels.tolist(), batch, params.seed)
     results["frozen_end_to_end_images_per_s"] = images_per_second(model, batches, count, epochs)
     extractor, head = split_at_features(model)
     started = time.perf_counter()
     features = extract_features(extractor, data.train_images, batch)
     results["feature_extraction_seconds"] = time.perf_counter() - started
-    train.compile_model(head, train_params.learning_rate, jit_compile=False)
+    compile_model(head, train_params.learning_rate, jit_compile=False)
     cached = array_dataset(features, data.train_labels.tolist(), batch, params.seed)
     results["frozen_cached_images_per_s"] = images_per_second(head, cached, count, epochs)
     results["cached_speedup"] = (
@@ -221,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\naccuracy ({args.minutes:g} min budget per model, CPU, no ImageNet weights)")
             for row in rows:
                 print(json.dumps(row))
-        keras_models = [name for name in args.models if name not in BASELINES]
+        keras_models = [name for name in args.models if not is_baseline(name)]
         if not args.skip_throughput and keras_models:
             figures = throughput(root, keras_models[0], args.throughput_epochs)
             print(f"\nthroughput ({keras_models[0]}, images/second)")

@@ -1,1 +1,1 @@
-"""cxr-pipeline: DVC stages that ingest, split, train, evaluate and compare X-ray classifiers."""
+"""The six DVC stages, one entry point each (`python -m stages.<name>`); the code is in cxr/."""

@@ -1,308 +1,51 @@
-"""Stage compare: leaderboard of every backbone evaluated on the current data, from MLflow."""
+"""Stage compare: leaderboard of every model evaluated on the current data, from MLflow."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # stages run headless
-import matplotlib.pyplot as plt
-import mlflow
-import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
-from stages.config import CompareParams, load_params
-from stages.errors import report_errors
-from stages.outputs import read_json, save_figure, staged_dir, write_json
-from stages.paths import ProjectPaths, paths_from_argv
-from stages.statistics import INTERVAL_METRICS, mcnemar_exact
-from stages.tables import data_fingerprint, read_splits
-from stages.tracking import use_experiment
-
-CHAMPION_ALIAS = "champion"
-PREDICTIONS_ARTIFACT = "evaluate/test_predictions.json"
-METRICS = (
-    *INTERVAL_METRICS,
-    *(f"{name}_ci_{end}" for name in INTERVAL_METRICS for end in ("low", "high")),
-    "test_balanced_accuracy",
-    "test_covid_sensitivity",
-    "parameters",
-    "train_seconds",
-    "inference_images_per_second",
+from cxr.core.errors import report_errors
+from cxr.core.outputs import read_json, save_figure, staged_dir, write_json
+from cxr.core.params import CompareParams, load_params
+from cxr.core.paths import ProjectPaths, paths_from_argv
+from cxr.core.tables import data_fingerprint, read_splits
+from cxr.evaluation.champion import champion_summary, update_champion
+from cxr.evaluation.leaderboard import (
+    draw_leaderboard,
+    evaluated_runs,
+    excluded_runs,
+    leaderboard,
+    leaderboard_json,
+    leaderboard_markdown,
+    with_mcnemar,
 )
-LEADERBOARD_COLUMNS = {
-    "tags.backbone": "backbone",
-    **{f"metrics.{name}": name for name in METRICS},
-    "tags.pretrained": "pretrained",
-    "run_id": "run_id",
-    "start_time": "started",
-}
-EXCLUDED_COLUMNS = ("backbone", "data_fingerprint", "run_id", "reason")
-
-
-def evaluated_runs(experiment_id: str) -> pd.DataFrame:
-    """Finished runs of the experiment that the evaluate stage scored, newest first."""
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string="attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-    )
-    if runs.empty or "metrics.test_accuracy" not in runs:
-        return pd.DataFrame(columns=["run_id", "tags.backbone", "tags.data_fingerprint"])
-    return runs.dropna(subset=["metrics.test_accuracy"])
-
-
-def leaderboard(runs: pd.DataFrame, fingerprint: str, rank_by: str) -> pd.DataFrame:
-    """The latest of the evaluated `runs` of each backbone on data `fingerprint`, best first."""
-    if "tags.data_fingerprint" in runs:
-        runs = runs[runs["tags.data_fingerprint"] == fingerprint]
-    runs = runs.reindex(columns=list(LEADERBOARD_COLUMNS)).rename(columns=LEADERBOARD_COLUMNS)
-    board = runs.drop_duplicates("backbone").sort_values(
-        rank_by, ascending=False, na_position="last", kind="stable"
-    )
-    board = board.reset_index(drop=True)
-    board["parameters"] = pd.to_numeric(board["parameters"]).round().astype("Int64")
-    board["best"] = board.index == 0
-    return board
-
-
-def excluded_runs(runs: pd.DataFrame, fingerprint: str) -> pd.DataFrame:
-    """Evaluated `runs` on other data (latest per backbone and data), with why they are left out."""
-    if runs.empty:
-        return pd.DataFrame(columns=list(EXCLUDED_COLUMNS))
-    other = runs.reindex(columns=["tags.backbone", "tags.data_fingerprint", "run_id"])
-    other.columns = ["backbone", "data_fingerprint", "run_id"]
-    other = other[other["data_fingerprint"] != fingerprint]
-    other = other.drop_duplicates(["backbone", "data_fingerprint"]).reset_index(drop=True)
-    other["reason"] = [
-        f"other data: fingerprint {value} is not the current {fingerprint}"
-        if isinstance(value, str) and value
-        else "no data_fingerprint tag: data unknown"
-        for value in other["data_fingerprint"]
-    ]
-    return other
-
-
-def run_predictions(experiment_id: str, run_id: str) -> pd.DataFrame | None:
-    """The per-image test predictions evaluate logged in a run, or None when absent."""
-    try:
-        return MlflowClient().load_table(experiment_id, PREDICTIONS_ARTIFACT, run_ids=[run_id])
-    except MlflowException:
-        return None
-
-
-def correctness_by_image(table: pd.DataFrame) -> pd.Series:
-    """Whether each test image was classified right, indexed by its path and content hash."""
-    keys = [column for column in ("path", "sha256") if column in table]
-    right = table["actual"] == table["predicted"]
-    return (
-        pd.Series(right.to_numpy(), index=pd.MultiIndex.from_frame(table[keys]))
-        .groupby(level=list(range(len(keys))))
-        .first()
-    )
-
-
-def mcnemar_vs_best(experiment_id: str, board: pd.DataFrame) -> list[float | None]:
-    """Exact McNemar p-value of each model against the best one on their shared test images."""
-    if board.empty:
-        return []
-    tables = {run_id: run_predictions(experiment_id, run_id) for run_id in board["run_id"]}
-    best = tables[board["run_id"].iloc[0]]
-    values: list[float | None] = [None]
-    for run_id in board["run_id"].iloc[1:]:
-        other = tables[run_id]
-        if best is None or other is None:
-            values.append(None)
-            continue
-        pair = pd.concat(
-            [correctness_by_image(best), correctness_by_image(other)], axis=1, join="inner"
-        )
-        values.append(mcnemar_exact(pair.iloc[:, 0], pair.iloc[:, 1]) if len(pair) else None)
-    return values
-
-
-def draw_leaderboard(board: pd.DataFrame, rank_by: str, fingerprint: str) -> Any:
-    """Bar chart of the ranking metric per backbone with its 95% CI, the best highlighted."""
-    figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(board) + 2), 4))
-    colors = ["tab:green" if best else "tab:blue" for best in board["best"]]
-    values = board[rank_by].astype(float).to_numpy()
-    errors = None
-    if f"{rank_by}_ci_low" in board:
-        low = board[f"{rank_by}_ci_low"].astype(float).to_numpy()
-        high = board[f"{rank_by}_ci_high"].astype(float).to_numpy()
-        errors = np.nan_to_num(np.vstack([values - low, high - values]).clip(min=0))
-    axis.bar(board["backbone"], values, color=colors, yerr=errors, capsize=4)
-    axis.set(title=f"Backbones on data {fingerprint} (95% CI)", ylabel=rank_by, ylim=(0, 1.05))
-    for position, value in enumerate(values):
-        axis.annotate(f"{value:.3f}", (position, 0.02), ha="center", va="bottom", fontsize=8)
-    return figure
-
-
-def _with_interval(board: pd.DataFrame, name: str) -> list[str]:
-    """`0.850 [0.760, 0.920]`, or the value alone when no interval was logged."""
-    cells = []
-    for _, row in board.iterrows():
-        value, low, high = row.get(name), row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
-        if pd.isna(value):
-            cells.append("")
-        elif pd.isna(low) or pd.isna(high):
-            cells.append(f"{value:.3f}")
-        else:
-            cells.append(f"{value:.3f} [{low:.3f}, {high:.3f}]")
-    return cells
-
-
-def markdown_table(board: pd.DataFrame, significance: float = 0.05) -> str:
-    """The leaderboard as a Markdown table, the best marked with a star."""
-
-    def number(column: str, digits: int) -> list[str]:
-        values = board[column] if column in board else pd.Series([None] * len(board))
-        return ["" if pd.isna(value) else f"{value:.{digits}f}" for value in values]
-
-    def p_value(value: Any) -> str:
-        if value is None or pd.isna(value):
-            return ""
-        return f"{value:.3g}{' (significant)' if value < significance else ''}"
-
-    table = pd.DataFrame(
-        {
-            "backbone": [
-                f"**{name}** *" if best else name
-                for name, best in zip(board["backbone"], board["best"], strict=True)
-            ],
-            "accuracy [95% CI]": _with_interval(board, "test_accuracy"),
-            "macro F1 [95% CI]": _with_interval(board, "test_f1_macro"),
-            "ROC AUC [95% CI]": _with_interval(board, "test_roc_auc_ovr"),
-            "balanced acc.": number("test_balanced_accuracy", 3),
-            "covid sensitivity": number("test_covid_sensitivity", 3),
-            "parameters": [
-                "" if pd.isna(value) else f"{int(value):,}" for value in board["parameters"]
-            ],
-            "train s": number("train_seconds", 1),
-            "images/s": number("inference_images_per_second", 1),
-            "pretrained": board["pretrained"].fillna("").astype(str),
-            "McNemar p vs best": [
-                p_value(value) for value in board.get("mcnemar_p", [None] * len(board))
-            ],
-            "run": board["run_id"].astype(str).str[:8],
-        }
-    )
-    return table.to_markdown(index=False, disable_numparse=True) + "\n"
-
-
-def update_champion(
-    name: str, evaluated: Mapping[str, Any], rank_by: str, fingerprint: str
-) -> dict[str, Any]:
-    """Register the just-evaluated model and move the champion alias to it if it is better.
-
-    Better means a strictly higher `rank_by` on the same data; a champion scored on other data
-    cannot be compared and is left alone. Returns what happened and why.
-    """
-    run_id, model_uri = evaluated.get("mlflow_run_id"), evaluated.get("model_uri")
-    if not run_id or not model_uri:
-        return {"action": "none", "reason": "metrics/evaluate.json names no logged model"}
-    client = MlflowClient()
-    candidate = client.get_run(run_id)
-    score = candidate.data.metrics.get(rank_by)
-    if candidate.data.tags.get("data_fingerprint") != fingerprint or score is None:
-        return {"action": "none", "reason": f"run {run_id} has no {rank_by} on the current data"}
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except MlflowException:
-        champion = None
-    status: dict[str, Any] = {"candidate_run": run_id, rank_by: score}
-    if champion is not None:
-        held = client.get_run(champion.run_id) if champion.run_id else None
-        held_score = held.data.metrics.get(rank_by) if held else None
-        status |= {"champion_run": champion.run_id, "champion_version": int(champion.version)}
-        if champion.run_id == run_id:
-            return status | {"action": "none", "reason": "the current model is the champion"}
-        if held is None or held.data.tags.get("data_fingerprint") != fingerprint:
-            return status | {
-                "action": "none",
-                "reason": "the champion was scored on other data; move the alias by hand "
-                "(MlflowClient().set_registered_model_alias) if the new data should win",
-            }
-        if held_score is not None and score <= held_score:
-            return status | {
-                "action": "none",
-                "reason": f"{rank_by} {score:.4f} does not beat the champion's {held_score:.4f}",
-            }
-    version = mlflow.register_model(
-        model_uri,
-        name,
-        tags={"data_fingerprint": fingerprint, rank_by: f"{score:.6f}"},
-    )
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
-    return status | {
-        "action": "promoted",
-        "version": int(version.version),
-        "reason": "first champion" if champion is None else "beats the champion",
-    }
+from cxr.tracking import use_experiment
 
 
 def compare(
-    compare_params: CompareParams, experiment: str, paths: ProjectPaths, environ: Mapping[str, str]
+    settings: CompareParams, experiment: str, paths: ProjectPaths, environ: Mapping[str, str]
 ) -> pd.DataFrame:
     """Write the leaderboard as metrics JSON, Markdown and a bar chart; update the champion."""
     fingerprint = data_fingerprint(read_splits(paths))
     experiment_id = use_experiment(experiment, paths.root, environ)
-    rank_by = compare_params.rank_by
     runs = evaluated_runs(experiment_id)
-    board = leaderboard(runs, fingerprint, rank_by)
-    board["mcnemar_p"] = mcnemar_vs_best(experiment_id, board)
-    board["significant"] = [
-        p is not None and p < compare_params.significance for p in board["mcnemar_p"]
-    ]
+    board = leaderboard(runs, fingerprint, settings.rank_by)
+    board = with_mcnemar(board, experiment_id, settings.significance)
     excluded = excluded_runs(runs, fingerprint)
     evaluated = read_json(paths.metrics("evaluate")) if paths.metrics("evaluate").exists() else {}
-    champion = update_champion(compare_params.registered_model, evaluated, rank_by, fingerprint)
+    champion = update_champion(settings.registered_model, evaluated, settings.rank_by, fingerprint)
+    summary = champion_summary(settings.registered_model, champion)
     with staged_dir(paths.reports("compare")) as reports_dir:
-        excluded_text = (
-            "\n\nExcluded (other data, never mixed in):\n\n" + excluded.to_markdown(index=False)
-            if len(excluded)
-            else ""
-        )
         (reports_dir / "leaderboard.md").write_text(
-            f"Leaderboard on data fingerprint `{fingerprint}`, ranked by {rank_by} (* = best; "
-            f"95% bootstrap CIs; McNemar exact test vs the best on the shared test images, "
-            f"significant below {compare_params.significance})\n\n"
-            + markdown_table(board, compare_params.significance)
-            + excluded_text
-            + f"\n\nChampion `{compare_params.registered_model}@{CHAMPION_ALIAS}`: "
-            f"{champion['action']} ({champion['reason']})\n",
-            encoding="utf-8",
+            leaderboard_markdown(board, excluded, fingerprint, settings, summary), encoding="utf-8"
         )
-        save_figure(draw_leaderboard(board, rank_by, fingerprint), reports_dir / "leaderboard.png")
-    write_json(
-        paths.metrics("compare"),
-        {
-            "data_fingerprint": fingerprint,
-            "models": len(board),
-            "best_backbone": board["backbone"].iloc[0] if len(board) else None,
-            "leaderboard": {row["backbone"]: board_entry(row) for _, row in board.iterrows()},
-            "excluded": excluded.to_dict(orient="records"),
-            "champion": champion,
-        },
-    )
+        chart = draw_leaderboard(board, settings.rank_by, fingerprint)
+        save_figure(chart, reports_dir / "leaderboard.png")
+    write_json(paths.metrics("compare"), leaderboard_json(board, excluded, fingerprint, champion))
     return board
-
-
-def board_entry(row: pd.Series) -> dict[str, Any]:
-    """One leaderboard row as JSON values (None for what was not logged)."""
-    entry: dict[str, Any] = {
-        name: None if pd.isna(row[name]) else float(row[name]) for name in METRICS
-    }
-    entry["parameters"] = None if pd.isna(row["parameters"]) else int(row["parameters"])
-    entry["mcnemar_p_vs_best"] = None if row["mcnemar_p"] is None else float(row["mcnemar_p"])
-    entry["significant"] = bool(row["significant"])
-    entry["pretrained"] = None if pd.isna(row["pretrained"]) else row["pretrained"] == "true"
-    return entry | {"run_id": row["run_id"]}
 
 
 @report_errors
@@ -311,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
     board = compare(params.compare, params.mlflow_experiment, paths, dict(os.environ))
-    best = f"best {board['backbone'].iloc[0]}" if len(board) else "no evaluated runs yet"
-    print(f"compare: {len(board)} backbone(s) on this data, {best} -> {paths.reports('compare')}")
+    best = f"best {board['model'].iloc[0]}" if len(board) else "no evaluated runs yet"
+    print(f"compare: {len(board)} model(s) on this data, {best} -> {paths.reports('compare')}")
     return 0
 
 

@@ -3,103 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import pandas as pd
-
-from stages.config import DataParams, load_params
-from stages.errors import PipelineError, report_errors
-from stages.layouts import CsvLayout, Entry, dataset_root, label_entries, list_files
-from stages.outputs import staged_dir, write_json, write_table
-from stages.paths import ProjectPaths, paths_from_argv, workspace_root
-from stages.phantoms import write_phantom_dataset
-from stages.sources import copy_tree, extract_archive, resolve_source
-
-
-@dataclass(frozen=True)
-class Ingested:
-    """What ingest wrote: the manifest rows and the layout it read them with."""
-
-    manifest: pd.DataFrame
-    layout: str
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Files per canonical class."""
-        return {
-            str(k): int(v) for k, v in self.manifest["label"].value_counts().sort_index().items()
-        }
-
-
-def _synthetic(data: DataParams, staging: Path) -> list[Entry]:
-    synthetic = data.synthetic
-    write_phantom_dataset(
-        staging, synthetic.counts, synthetic.image_size, synthetic.difficulty, synthetic.seed
-    )
-    return [
-        Entry(path.relative_to(staging).as_posix(), path.parent.name)
-        for path in sorted(staging.glob("*/*.png"))
-    ]
-
-
-def _read_source(data: DataParams, paths: ProjectPaths, staging: Path) -> tuple[str, pd.DataFrame]:
-    """Copy or extract the source into staging; return the layout and the manifest."""
-    if data.source == "synthetic":
-        return "class_folders", label_entries(_synthetic(data, staging), {}, data.classes)
-    resolved = resolve_source(
-        data.source, data.sha256, workspace_root(paths.root), paths.downloads_dir
-    )
-    if resolved.is_archive:
-        extract_archive(resolved.path, staging)
-    else:
-        copy_tree(resolved.path, staging)
-    root = dataset_root(staging)
-    csv = CsvLayout(
-        data.csv.file,
-        data.csv.file_column,
-        data.csv.label_column,
-        data.csv.group_column,
-        data.csv.images_dir,
-    )
-    layout: str = "csv" if data.layout == "auto" and data.csv.file else data.layout
-    layout, entries = list_files(root, layout, csv)
-    prefix = root.relative_to(staging).as_posix()
-    manifest = label_entries(entries, data.label_map, data.classes, "" if prefix == "." else prefix)
-    classes = manifest["label"].nunique()
-    if classes < 2:
-        raise PipelineError(
-            f"data.source = {data.source!r}: found {classes} class(es) with files in the "
-            f"{layout} layout; need at least two (see data.layout in the README)"
-        )
-    return layout, manifest
-
-
-def ingest(data: DataParams, paths: ProjectPaths) -> Ingested:
-    """Write data.source into data/raw and the manifest, atomically; never touch the source."""
-    # DVC tracks data/downloads as an output, so it exists even when nothing is downloaded.
-    paths.downloads_dir.mkdir(parents=True, exist_ok=True)
-    with staged_dir(paths.raw_dir) as staging:
-        layout, manifest = _read_source(data, paths, staging)
-        write_table(paths.manifest, manifest)
-    return Ingested(manifest, layout)
-
-
-def ingest_metrics(ingested: Ingested) -> dict[str, Any]:
-    """Layout and file counts per class and per given split, for metrics/ingest.json."""
-    manifest = ingested.manifest
-    per_split = {
-        str(split): {str(k): int(v) for k, v in rows["label"].value_counts().sort_index().items()}
-        for split, rows in manifest.groupby("given_split")
-        if split
-    }
-    return {
-        "layout": ingested.layout,
-        "files": len(manifest),
-        "classes": ingested.counts,
-        "given_splits": per_split,
-    }
+from cxr.core.errors import report_errors
+from cxr.core.outputs import write_json
+from cxr.core.params import load_params
+from cxr.core.paths import paths_from_argv
+from cxr.data.ingestion import ingest, ingest_metrics
 
 
 @report_errors

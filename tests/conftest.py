@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stages.phantoms import write_phantom_dataset
+from cxr.data.phantoms import write_phantom_dataset
 
 # Small enough that a whole dataset is written in well under a second.
 PHANTOM_COUNTS = {"covid": 8, "normal": 10, "viral_pneumonia": 6}
@@ -72,3 +72,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         yield {"MLFLOW_TRACKING_URI": uri}
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh real MLflow SQLite store for one test, set as MLFLOW_TRACKING_URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

@@ -14,6 +14,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
+# The stages (entry points) and the cxr package they run.
+CODE_DIRS = ["stages", "cxr"]
 STAGES = ["ingest", "build", "split", "train", "evaluate", "compare"]
 
 
@@ -22,9 +24,10 @@ def copy_project(target: Path, params: dict[str, Any]) -> None:
     target.mkdir()
     for name in PROJECT_FILES:
         shutil.copy2(ROOT / name, target / name)
-    shutil.copytree(
-        ROOT / "stages", target / "stages", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for package in CODE_DIRS:
+        shutil.copytree(
+            ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     for ignore in ROOT.glob("data/**/.gitignore"):
         (target / ignore.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ignore, target / ignore.relative_to(ROOT))

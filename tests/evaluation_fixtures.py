@@ -1,17 +1,20 @@
-"""Tiny trained-model projects for the evaluate, compare, predict and serving tests."""
+"""Tiny trained projects and MLflow runs for the evaluate, compare, predict and serving tests."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
+import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 from PIL import Image
 
-from stages.paths import SPLITS, ProjectPaths
-from stages.tables import data_fingerprint
+from cxr.core.paths import SPLITS, ProjectPaths
+from cxr.core.run_record import RunRecord, write_run_record
+from cxr.core.tables import data_fingerprint
+from cxr.tracking import PREDICTIONS_ARTIFACT
 
 NAMES = ["covid", "normal"]
 CACHE_SIZE = 32
@@ -86,21 +89,18 @@ def write_project(
     model.compile(keras.optimizers.Adam(0.02), "sparse_categorical_crossentropy")
     model.fit(small[..., np.newaxis], labels[train_rows], epochs=epochs, verbose=0)
     paths.models_dir.mkdir(parents=True, exist_ok=True)
-    model.save(paths.model_file)
-    paths.run_record.write_text(
-        json.dumps(
-            {
-                "run_id": run_id,
-                "experiment_id": experiment_id,
-                "class_names": NAMES,
-                "backbone": "tiny",
-                "kind": "keras",
-                "image_size": IMAGE_SIZE,
-                "cache_size": CACHE_SIZE,
-                "data_fingerprint": data_fingerprint(splits),
-            }
-        )
+    model.save(paths.model_file("keras"))
+    record = RunRecord(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        class_names=tuple(NAMES),
+        model="tiny",
+        kind="keras",
+        image_size=IMAGE_SIZE,
+        cache_size=CACHE_SIZE,
+        data_fingerprint=data_fingerprint(splits),
     )
+    write_run_record(paths.models_dir, record)
     return paths
 
 
@@ -115,16 +115,72 @@ def sklearn_models_dir(models_dir: Path, pixels: np.ndarray, labels: np.ndarray)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
     model.fit(small.reshape(len(small), -1).round().astype(np.uint8), labels)
     models_dir.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, models_dir / "model.joblib")
-    record = {
-        "run_id": "1" * 32,
-        "experiment_id": "0",
-        "class_names": NAMES,
-        "backbone": "pixel_logreg",
-        "kind": "sklearn",
-        "image_size": IMAGE_SIZE,
-        "cache_size": CACHE_SIZE,
-        "data_fingerprint": "none",
-    }
-    (models_dir / "run.json").write_text(json.dumps(record))
+    record = RunRecord(
+        run_id="1" * 32,
+        experiment_id="0",
+        class_names=tuple(NAMES),
+        model="pixel_logreg",
+        kind="sklearn",
+        image_size=IMAGE_SIZE,
+        cache_size=CACHE_SIZE,
+        data_fingerprint="none",
+    )
+    joblib.dump(model, models_dir / record.model_file)
+    write_run_record(models_dir, record)
     return models_dir
+
+
+class Constant(PythonModel):  # type: ignore[misc]
+    """A stand-in servable model: registering needs a logged MLflow model, not a good one."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def log_run(
+    experiment_id: str,
+    model: str,
+    fingerprint: str,
+    accuracy: float | None,
+    correct: list[bool] | None = None,
+    with_model: bool = False,
+    model_tag: str = "model",
+) -> tuple[str, str | None]:
+    """A real MLflow run shaped like one made by train + evaluate; (run id, model URI).
+
+    `model_tag` is the tag naming the model: `backbone` makes a run logged before the rename.
+    """
+    model_uri = None
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        tags={model_tag: model, "data_fingerprint": fingerprint, "pretrained": "false"},
+    ) as run:
+        mlflow.log_metrics({"parameters": 1234.0, "train_seconds": 12.0})
+        if accuracy is not None:
+            mlflow.log_metrics(
+                {
+                    "test_accuracy": accuracy,
+                    "test_accuracy_ci_low": accuracy - 0.1,
+                    "test_accuracy_ci_high": min(1.0, accuracy + 0.1),
+                    "test_f1_macro": accuracy - 0.1,
+                    "test_roc_auc_ovr": 0.9,
+                    "test_balanced_accuracy": accuracy - 0.05,
+                    "test_covid_sensitivity": 0.8,
+                    "inference_images_per_second": 250.0,
+                }
+            )
+        if correct is not None:
+            table = pd.DataFrame(
+                {
+                    "path": [f"covid/{i}.png" for i in range(len(correct))],
+                    "sha256": [f"{i:064x}" for i in range(len(correct))],
+                    "actual": "covid",
+                    "predicted": ["covid" if right else "normal" for right in correct],
+                }
+            )
+            mlflow.log_table(table.sample(frac=1, random_state=0), PREDICTIONS_ARTIFACT)
+        if with_model:
+            model_uri = mlflow.pyfunc.log_model(
+                name="classifier", python_model=Constant(), pip_requirements=["mlflow"]
+            ).model_uri
+    return run.info.run_id, model_uri

@@ -1,4 +1,4 @@
-"""Tests for the MLflow store and tags (stages/tracking.py), on real SQLite stores in tmp_path."""
+"""Tests for the MLflow store and tags (cxr/tracking.py), on real SQLite stores in tmp_path."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from stages.errors import PipelineError
-from stages.tracking import (
+from cxr.core.errors import PipelineError
+from cxr.tracking import (
     artifact_location,
     git_commit,
     run_exists,
@@ -142,7 +142,7 @@ def test_run_exists_only_for_runs_in_the_current_store(
     assert not run_exists("0" * 32)
 
 
-def test_a_deleted_experiment_is_usable_again_or_named_in_one_line(
+def test_a_deleted_experiment_is_named_in_one_line_with_the_fix(
     tmp_path: Path, store_environ: dict[str, str]
 ) -> None:
     # Given an experiment that a person deleted in the MLflow UI
@@ -150,17 +150,19 @@ def test_a_deleted_experiment_is_usable_again_or_named_in_one_line(
     MlflowClient(store_environ["MLFLOW_TRACKING_URI"]).delete_experiment(experiment_id)
 
     # When the pipeline uses it again
-    try:
-        reused = use_experiment("cxr-pipeline", tmp_path, store_environ)
-    except PipelineError:
-        return  # a one-line error that says what to do is acceptable too
+    with pytest.raises(PipelineError) as raised:
+        use_experiment("cxr-pipeline", tmp_path, store_environ)
 
-    # Then a run can be started in it
-    with mlflow.start_run(experiment_id=reused):
-        pass
+    # Then one line names the experiment and the command that restores it, and nothing is created
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("mlflow_experiment = 'cxr-pipeline': this experiment was deleted")
+    assert f"mlflow experiments restore --experiment-id {experiment_id}" in message
+    client = MlflowClient(store_environ["MLFLOW_TRACKING_URI"])
+    assert client.get_experiment_by_name("cxr-pipeline").lifecycle_stage == "deleted"
 
 
-def test_run_tags_name_backbone_data_and_dvc_experiment(
+def test_run_tags_name_model_data_and_dvc_experiment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a run started by `dvc exp run` outside git
@@ -170,9 +172,9 @@ def test_run_tags_name_backbone_data_and_dvc_experiment(
     # When its tags are made
     tags = run_tags("vgg16", "abcdef0123456789", tmp_path, environ)
 
-    # Then they name the backbone, the data, the code and the DVC experiment
+    # Then they name the model, the data, the code and the DVC experiment
     assert tags == {
-        "backbone": "vgg16",
+        "model": "vgg16",
         "data_fingerprint": "abcdef0123456789",
         "git_commit": "unknown",
         "mlflow.source.git.commit": "unknown",
@@ -192,7 +194,7 @@ def test_run_tags_omit_dvc_experiment_outside_one(
 
     # Then there is no dvc_experiment tag
     assert "dvc_experiment" not in tags
-    assert tags["backbone"] == "vgg16"
+    assert tags["model"] == "vgg16"
 
 
 def test_git_commit_is_unknown_outside_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

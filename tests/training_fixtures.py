@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from stages.paths import ProjectPaths
-from stages.phantoms import render_phantom
+from cxr.core.paths import ProjectPaths
+from cxr.data.phantoms import render_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_SIZE = 40

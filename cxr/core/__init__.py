@@ -1,0 +1,1 @@
+"""Params, paths, errors, atomic outputs, tables, the name registry and the run record."""

@@ -1,0 +1,434 @@
+"""params.yaml, validated once on load into frozen typed objects.
+
+Imports no TensorFlow, scikit-learn, SciPy or model code: the names it checks come from
+cxr.core.registry, so every stage validates all of params.yaml in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from cxr.core.errors import ParamsError
+from cxr.core.registry import (
+    PHANTOM_CLASSES,
+    WEIGHT_CHOICES,
+    googlenet_aux_problem,
+    image_size_problem,
+    is_baseline,
+    model_problem,
+)
+
+
+class Section(BaseModel):
+    """A params section: immutable, and an unknown key is an error rather than silently ignored."""
+
+    # strict: YAML `yes` or `true` must not pass as an epoch count.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class SyntheticParams(Section):
+    """The embedded phantom generator used when data.source is `synthetic`."""
+
+    counts: dict[str, int] = Field(description="images per class")
+    image_size: int = Field(ge=32, le=1024)
+    difficulty: float = Field(ge=0.0, le=1.0, description="lesion contrast: 0 subtle, 1 obvious")
+    seed: int
+
+    @field_validator("counts")
+    @classmethod
+    def _known_classes(cls, counts: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(counts) - set(PHANTOM_CLASSES))
+        if unknown:
+            raise ValueError(f"unknown class {unknown[0]!r}; allowed: {', '.join(PHANTOM_CLASSES)}")
+        if any(count < 0 for count in counts.values()):
+            raise ValueError("counts must be >= 0")
+        if sum(1 for count in counts.values() if count > 0) < 2:
+            raise ValueError("at least two classes need a positive count")
+        return counts
+
+
+class CsvParams(Section):
+    """The metadata table of the csv layout: which file, and which columns say what."""
+
+    file: str = Field(description="path of the table relative to the dataset root; '' = none")
+    file_column: str = Field(min_length=1)
+    label_column: str = Field(min_length=1)
+    group_column: str = Field(description="e.g. a patient id column; '' = no groups")
+    images_dir: str = Field(description="folder the file column is relative to; '' = root")
+
+
+class DataParams(Section):
+    """Where ingest takes the images from, and how their folders say the class."""
+
+    source: str = Field(
+        min_length=1,
+        description="`synthetic`, a directory, a .zip/.tar/.tar.gz archive, an http(s) URL of "
+        "one, or kaggle:<owner>/<dataset>",
+    )
+    sha256: str = Field(description="hex digest pinning a URL source; '' for other sources")
+    csv: CsvParams
+    # After csv, so its validator can see the csv section.
+    layout: Literal["auto", "class_folders", "split_folders", "radiography", "binary", "csv"]
+    label_map: dict[str, str] = Field(description="raw or canonical label -> class name")
+    classes: list[str] = Field(description="classes to keep; empty = all")
+    synthetic: SyntheticParams
+
+    @field_validator("source")
+    @classmethod
+    def _kaggle_handle(cls, source: str) -> str:
+        if source.startswith("kaggle:") and not re.fullmatch(
+            r"kaggle:[\w.-]+/[\w.-]+(/versions/\d+)?", source
+        ):
+            raise ValueError(
+                "write kaggle:<owner>/<dataset>, e.g. kaggle:pranavraikokte/covid19-image-dataset"
+            )
+        return source
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, sha256: str, info: ValidationInfo) -> str:
+        if sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+            raise ValueError("must be '' or the 64 hex digits of the archive's sha256")
+        if not sha256 and str(info.data.get("source", "")).startswith(("http://", "https://")):
+            raise ValueError(
+                "a URL source needs the sha256 of its archive (e.g. from `sha256sum`), "
+                "so the download is verified"
+            )
+        return sha256.lower()
+
+    @field_validator("layout")
+    @classmethod
+    def _csv_table_given(cls, layout: str, info: ValidationInfo) -> str:
+        csv = info.data.get("csv")
+        if layout == "csv" and csv is not None and not csv.file:
+            raise ValueError("needs data.csv.file, the metadata table relative to the dataset")
+        return layout
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _numeric_keys_as_text(cls, label_map: Any) -> Any:
+        # YAML reads `0: normal` with an int key; folder names and CSV labels are text.
+        if isinstance(label_map, dict):
+            return {
+                str(key) if isinstance(key, int) and not isinstance(key, bool) else key: value
+                for key, value in label_map.items()
+            }
+        return label_map
+
+    @field_validator("label_map")
+    @classmethod
+    def _named_classes(cls, label_map: dict[str, str]) -> dict[str, str]:
+        for raw, name in label_map.items():
+            if not any(character.isalpha() for character in name):
+                raise ValueError(f"{raw!r} -> {name!r}: a class name needs a letter")
+        return label_map
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, classes: list[str]) -> list[str]:
+        if not all(any(character.isalpha() for character in name) for name in classes):
+            raise ValueError("class names need a letter")
+        if len(classes) == 1:
+            raise ValueError("a classifier needs at least two classes; use [] for all")
+        return classes
+
+
+class BuildParams(Section):
+    """Decoding every image once into the pixel cache, and the exploration plots."""
+
+    cache_size: int = Field(ge=32, le=1024, description="side of the cached gray squares")
+    # Pillow refuses images above 2 x 89,478,485 pixels as decompression bombs; the build's
+    # own limit stays below its warning threshold so only this limit ever applies.
+    max_pixels: int = Field(ge=1, le=89_478_485, description="larger images are rejected")
+    workers: int = Field(ge=0, description="decoding processes; 0 = every available core")
+    histogram_images_per_class: int = Field(ge=1)
+    histogram_bins: int = Field(ge=2, le=256)
+
+
+class SplitParams(Section):
+    """Leakage-safe stratified train / val / test split and optional undersampling of train."""
+
+    val_fraction: float = Field(gt=0.0, lt=1.0)
+    test_fraction: float = Field(gt=0.0, lt=1.0)
+    undersample: bool
+    resplit: bool = Field(description="ignore the source's own train / test folders")
+    duplicates: Literal["drop-from-test", "keep", "fail"] = Field(
+        description="copies of one image across the given train and test splits"
+    )
+    near_duplicate_distance: int = Field(
+        ge=0, le=32, description="perceptual-hash bits; images this close stay together, 0 = off"
+    )
+
+    @model_validator(mode="after")
+    def _positive_train_share(self) -> SplitParams:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g}: "
+                "must be < 1 to leave a positive train share"
+            )
+        return self
+
+
+class HeadParams(Section):
+    """Classification head on the backbone: pool, then hidden Dense layers, then softmax.
+
+    Each hidden layer is Dense (ReLU, L2) -> BatchNorm (if batch_norm) -> Dropout; without
+    hidden layers the dropout follows the pooling. L2 applies to every head Dense layer.
+    """
+
+    pooling: Literal["avg", "max", "flatten"]
+    dense_units: list[int] = Field(description="hidden Dense widths, e.g. [512, 256]; [] = none")
+    batch_norm: bool = Field(description="BatchNormalization after each hidden Dense layer")
+    dropout: float = Field(ge=0.0, lt=1.0)
+    l2: float = Field(ge=0.0, description="L2 kernel regulariser factor of the head; 0 = none")
+    googlenet_aux: bool = Field(description="GoogLeNet's two auxiliary classifiers in training")
+
+    @field_validator("dense_units", mode="before")
+    @classmethod
+    def _one_layer_shorthand(cls, units: Any) -> Any:
+        # `-S train.head.dense_units=256` is one hidden layer; 0 is none (the old int form).
+        if isinstance(units, int) and not isinstance(units, bool):
+            return [] if units == 0 else [units]
+        return units
+
+    @field_validator("dense_units")
+    @classmethod
+    def _positive_widths(cls, units: list[int]) -> list[int]:
+        if any(width < 1 for width in units):
+            raise ValueError("every hidden layer needs >= 1 unit; use [] for no hidden layer")
+        return units
+
+
+class AugmentParams(Section):
+    """Random augmentation layers inside the model (active only while training)."""
+
+    horizontal_flip: bool
+    rotation: float = Field(ge=0.0, le=0.5, description="fraction of a full turn")
+    zoom: float = Field(ge=0.0, lt=1.0)
+    translation: float = Field(ge=0.0, le=0.5, description="fraction of the image side")
+    contrast: float = Field(ge=0.0, lt=1.0)
+    brightness: float = Field(ge=0.0, le=1.0, description="fraction of the 0-255 range")
+
+
+class CosineParams(Section):
+    """Cosine annealing per step (train.schedule: cosine), optionally warm and restarting."""
+
+    warmup_epochs: int = Field(ge=0, description="linear warmup from 0 to the phase's rate")
+    restart_epochs: int = Field(ge=0, description="first restart period; 0 = no restarts")
+    restart_multiplier: float = Field(ge=1.0, description="each period is this times the last")
+    final_fraction: float = Field(ge=0.0, lt=1.0, description="floor, as a fraction of the rate")
+
+    @model_validator(mode="after")
+    def _warmup_or_restarts(self) -> CosineParams:
+        # keras' CosineDecayRestarts has no warmup; a custom schedule would need registering
+        # wherever the saved model is loaded.
+        if self.warmup_epochs > 0 and self.restart_epochs > 0:
+            raise ValueError(
+                "warmup_epochs and restart_epochs cannot both be > 0; set one of them to 0"
+            )
+        return self
+
+
+class AdaptiveParams(Section):
+    """The seed's adaptive rate (train.schedule: adaptive): train accuracy, then val loss."""
+
+    accuracy_threshold: float = Field(
+        gt=0.0, le=1.0, description="watch train accuracy until it reaches this, then val loss"
+    )
+    patience: int = Field(ge=1, description="epochs without improvement before a reduction")
+    factor: float = Field(gt=0.0, lt=1.0, description="the rate is multiplied by this")
+    stop_patience: int = Field(ge=1, description="stop after this many reductions in a row")
+
+
+class BaselineParams(Section):
+    """Classical scikit-learn baselines (model: pixel_logreg, pixel_svm, pixel_rf)."""
+
+    image_size: int = Field(ge=8, le=256, description="side of the flattened gray pixels")
+    pca_components: int = Field(ge=0, description="PCA before the classifier; 0 = none")
+    c: float = Field(gt=0.0, description="inverse regularisation of logreg and svm")
+    trees: int = Field(ge=1, description="trees of pixel_rf")
+
+
+class TrainParams(Section):
+    """Training of one backbone."""
+
+    image_size: int = Field(ge=32, le=1024)
+    batch_size: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0)
+    fine_tune_epochs: int = Field(ge=0)
+    fine_tune_layers: int = Field(ge=0)
+    fine_tune_learning_rate: float = Field(gt=0.0)
+    weights: str = Field(min_length=1)
+    early_stopping_patience: int = Field(ge=1)
+    reduce_lr_patience: int = Field(ge=1)
+    reduce_lr_factor: float = Field(gt=0.0, lt=1.0)
+    mixed_precision: Literal["auto", "on", "off"]
+    deterministic: bool
+    schedule: Literal["constant", "cosine", "adaptive"]
+    cosine: CosineParams
+    adaptive: AdaptiveParams
+    class_weight: Literal["none", "balanced"]
+    cache_features: Literal["auto", "on", "off"]
+    jit_compile: Literal["auto", "on", "off"]
+    resume: bool
+    baseline: BaselineParams
+    head: HeadParams
+    augment: AugmentParams
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_choice(cls, weights: str) -> str:
+        # Anything else is taken as a weights file path, checked when the backbone is built.
+        if weights.lower() in WEIGHT_CHOICES:
+            return weights.lower()
+        if not weights.endswith((".h5", ".keras", ".weights.h5")):
+            raise ValueError(
+                f"must be one of {', '.join(WEIGHT_CHOICES)} or a .h5 / .keras weights file path"
+            )
+        return weights
+
+
+class EvaluateParams(Section):
+    """Evaluation on the test split."""
+
+    batch_size: int = Field(ge=1)
+    misclassified_grid: int = Field(ge=0, description="most misclassified images drawn")
+    bootstrap_samples: int = Field(
+        ge=0, le=100_000, description="resamples for the 95% intervals; 0 = no intervals"
+    )
+    calibration_bins: int = Field(ge=2, le=100, description="equal-width confidence bins")
+    gradcam_images: int = Field(
+        ge=0, le=16, description="correct and wrong images per class explained; 0 = none"
+    )
+
+
+class CompareParams(Section):
+    """The leaderboard across models, and the registry's champion."""
+
+    rank_by: Literal["test_accuracy", "test_f1_macro", "test_roc_auc_ovr", "test_balanced_accuracy"]
+    significance: float = Field(gt=0.0, lt=1.0, description="McNemar p below this: significant")
+    registered_model: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="MLflow registry name whose `champion` alias compare moves",
+    )
+
+
+class Params(Section):
+    """All of params.yaml."""
+
+    seed: int
+    model: str
+    mlflow_experiment: str = Field(min_length=1)
+    data: DataParams
+    build: BuildParams
+    split: SplitParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    compare: CompareParams
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str) -> str:
+        # Any wrn_<depth>_<k> with a valid depth is a backbone too, beyond the names listed.
+        problem = model_problem(model)
+        if problem is not None:
+            raise ValueError(problem)
+        return model
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> Params:
+        # Checked here, not when train starts, so a bad combination stops `dvc repro` before
+        # ingest and build spend minutes on the data.
+        image_size = self.train.baseline.image_size if is_baseline(self.model) else None
+        key = "train.baseline.image_size" if image_size is not None else "train.image_size"
+        image_size = image_size or self.train.image_size
+        if image_size > self.build.cache_size:
+            raise CrossKeyError(
+                key,
+                image_size,
+                f"larger than build.cache_size = {self.build.cache_size}; raise "
+                f"build.cache_size to at least {image_size} or lower {key}",
+            )
+        if is_baseline(self.model):
+            return self
+        problem = image_size_problem(self.model, self.train.image_size)
+        if problem is not None:
+            raise CrossKeyError("train.image_size", self.train.image_size, problem)
+        if self.train.head.googlenet_aux:
+            problem = googlenet_aux_problem(self.model, self.train.image_size)
+            if problem is not None:
+                raise CrossKeyError("train.head.googlenet_aux", True, problem)
+        return self
+
+
+class CrossKeyError(ValueError):
+    """A value that is valid alone but not with another key's value; names the key."""
+
+    def __init__(self, key: str, value: Any, problem: str) -> None:
+        super().__init__(f"{key} = {value!r}: {problem}")
+        self.key = key
+
+
+def _one_line(error: ValidationError, source: Path) -> str:
+    """Describe the first validation error as `file: key = value: what is allowed`."""
+    first = error.errors()[0]
+    cross_key = (first.get("ctx") or {}).get("error")
+    if isinstance(cross_key, CrossKeyError):
+        return f"{source}: {cross_key}"
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{source}: {key}: unknown key; remove it or check its spelling"
+    if first["type"] == "missing":
+        return f"{source}: {key}: missing; add it to {source.name}"
+    return f"{source}: {key} = {first.get('input')!r}: {message}"
+
+
+def parse_params(raw: Any, source: Path = Path("params.yaml")) -> Params:
+    """Validate an already-loaded params mapping."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: must be a YAML mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_one_line(error, source)) from None
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate params.yaml; any problem raises ParamsError naming the key."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the repository root") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    return parse_params(raw, path)
+
+
+def flatten_params(params: Params) -> dict[str, Any]:
+    """Flatten params into dotted keys (train.head.dropout) for MLflow."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            flat[prefix] = value
+
+    walk("", params.model_dump())
+    return flat

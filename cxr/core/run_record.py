@@ -1,0 +1,86 @@
+"""models/run.json: what train recorded about the model it saved, read by evaluate and serving.
+
+Written and read only through this module, so its fields and file names are defined once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cxr.core.errors import PipelineError
+from cxr.core.outputs import write_json
+from cxr.core.paths import MODEL_FILES, RUN_RECORD_FILE
+
+ModelKind = Literal["keras", "sklearn"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The trained model's MLflow run, classes, input sizes and the data it was trained on."""
+
+    run_id: str
+    experiment_id: str
+    class_names: tuple[str, ...]
+    model: str  # params.model: a backbone or a baseline name
+    kind: ModelKind
+    image_size: int  # the model's input side
+    cache_size: int  # the pixel cache's side, the first resize of every image
+    data_fingerprint: str
+
+    @property
+    def model_file(self) -> str:
+        """The name of the model file beside the record."""
+        return MODEL_FILES[self.kind]
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON values."""
+        return {**asdict(self), "class_names": list(self.class_names)}
+
+    @classmethod
+    def from_json(cls, payload: Any, source: str) -> RunRecord:
+        """Parse a record; records of earlier versions (key `backbone`, no sizes) still load."""
+        if not isinstance(payload, dict):
+            raise PipelineError(f"{source}: not a run record (a JSON object); re-run train")
+        kind = payload.get("kind", "keras")
+        if kind not in MODEL_FILES:
+            raise PipelineError(
+                f"{source}: kind = {kind!r}; must be one of {', '.join(MODEL_FILES)}"
+            )
+        try:
+            image_size = int(payload["image_size"])
+            return cls(
+                run_id=str(payload["run_id"]),
+                experiment_id=str(payload.get("experiment_id", "")),
+                class_names=tuple(str(name) for name in payload["class_names"]),
+                model=str(payload.get("model", payload.get("backbone", ""))),
+                kind=kind,
+                image_size=image_size,
+                # A record without cache_size predates the pixel cache: images then went
+                # straight to image_size, which resizing to image_size twice reproduces.
+                cache_size=int(payload.get("cache_size") or image_size),
+                data_fingerprint=str(payload.get("data_fingerprint", "")),
+            )
+        except KeyError as missing:
+            raise PipelineError(f"{source}: run record without {missing}; re-run train") from None
+
+
+def write_run_record(models_dir: Path, record: RunRecord) -> Path:
+    """Write `record` as <models_dir>/run.json, atomically; return its path."""
+    path = models_dir / RUN_RECORD_FILE
+    write_json(path, record.to_json())
+    return path
+
+
+def read_run_record(models_dir: Path) -> RunRecord:
+    """The record train wrote in `models_dir`, with a clear error when there is none."""
+    path = models_dir / RUN_RECORD_FILE
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; run the train stage first")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise PipelineError(f"{path}: not valid JSON ({error}); re-run train") from None
+    return RunRecord.from_json(payload, str(path))

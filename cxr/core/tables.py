@@ -1,0 +1,86 @@
+"""The image tables shared by split, train, evaluate and compare."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr.core.errors import PipelineError
+from cxr.core.paths import SPLITS, ProjectPaths
+
+# Written by ingest: path relative to data/raw (posix), canonical label, the split the source
+# assigned ("train", "val", "test" or "" when none), group (e.g. patient id, "" when none) and
+# source (sub-collection or origin the file came from, "" when the data has one origin).
+MANIFEST_COLUMNS = ("path", "label", "given_split", "group", "source")
+
+# Written by build: the manifest columns plus what decoding the file found (size after EXIF
+# orientation, Pillow mode, format detected from the content), its byte count and sha256, a
+# 64-bit perceptual hash (16 hex digits) and the row of data/interim/pixels.npy it occupies.
+IMAGE_COLUMNS = (
+    *MANIFEST_COLUMNS,
+    "width",
+    "height",
+    "mode",
+    "format",
+    "bytes",
+    "sha256",
+    "phash",
+    "cache_index",
+)
+
+# Written by build: raw files it could not use, with the reason.
+REJECTED_COLUMNS = ("path", "reason")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a table an earlier stage wrote, with a clear error when that stage has not run."""
+    if not path.exists():
+        raise PipelineError(
+            f"{path}: missing; run `dvc repro` so the stage that writes it runs first"
+        )
+    return pd.read_parquet(path)
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """The ingest manifest, checked for its columns; path order, strings without missing values."""
+    manifest = read_table(path)
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise PipelineError(
+            f"{path}: missing column(s) {', '.join(missing)}; a manifest has "
+            f"{', '.join(MANIFEST_COLUMNS)} (re-run the ingest stage)"
+        )
+    if manifest["path"].duplicated().any():
+        duplicate = manifest.loc[manifest["path"].duplicated(), "path"].iloc[0]
+        raise PipelineError(f"{path}: path {duplicate!r} is listed twice; re-run the ingest stage")
+    manifest = manifest[list(MANIFEST_COLUMNS)].fillna("").astype(str)
+    return manifest.sort_values("path", ignore_index=True)
+
+
+def read_splits(paths: ProjectPaths) -> dict[str, pd.DataFrame]:
+    """The train, val and test tables."""
+    return {split: read_table(paths.split_table(split)) for split in SPLITS}
+
+
+def class_names(splits: dict[str, pd.DataFrame]) -> list[str]:
+    """Sorted class names over all splits: the index order of the model's outputs."""
+    return sorted(set().union(*(set(table["label"]) for table in splits.values())))
+
+
+def label_indices(labels: pd.Series, names: Sequence[str]) -> np.ndarray:
+    """Each label's class index: its position in `names`, the model's output order."""
+    return labels.map({name: index for index, name in enumerate(names)}).to_numpy(dtype=np.int64)
+
+
+def data_fingerprint(splits: dict[str, pd.DataFrame]) -> str:
+    """A short hash of which image content sits in which split with which label."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        rows = splits[split][["path", "label", "sha256"]].sort_values("path")
+        for path, label, content in rows.itertuples(index=False):
+            digest.update(f"{split}\t{path}\t{label}\t{content}\n".encode())
+    return digest.hexdigest()[:16]

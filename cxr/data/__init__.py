@@ -1,0 +1,1 @@
+"""From a source to split tables: sources, layouts, phantoms, decoding, pixel cache, splitting."""

@@ -1,0 +1,239 @@
+"""Decode image files as collections really hold them into one gray uint8 channel, in parallel.
+
+Every file is read once: its bytes give the sha256, its content (never its extension) the
+format, and the decoded pixels are resized once to the square the pixel cache stores.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import multiprocessing
+import os
+import struct
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cxr.core.errors import PipelineError
+
+# What Pillow raises on a damaged file, by format plugin: truncated data (OSError), broken
+# chunks (SyntaxError), bad header fields (ValueError, struct.error, IndexError), early EOF.
+DAMAGED_FILE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
+
+# Modes with more than 8 bits per pixel: scaled by their bit depth, never clipped to 255.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS): the largest build.max_pixels.
+PILLOW_MAX_PIXELS = 89_478_485
+
+# Why a file can be rejected (the per-reason counts in metrics/build.json).
+REJECT_KINDS = ("missing", "empty", "not_an_image", "too_large", "corrupt")
+
+
+class UnusableImage(Exception):  # noqa: N818 (the name the data contract uses)
+    """A file the build skips, with the kind (one of REJECT_KINDS) and a readable reason."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[UnusableImage], tuple[str, str]]:
+        # Exceptions pickle their args; this one has two, so it can cross process boundaries.
+        return (UnusableImage, (self.kind, self.detail))
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Gray pixels with the size (after EXIF orientation), mode and format of the file."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    mode: str
+    format: str
+
+
+@dataclass(frozen=True)
+class DecodedFile:
+    """One file after decoding: metadata and cache pixels, or the reason it is unusable."""
+
+    path: str
+    info: dict[str, object] | None
+    pixels: np.ndarray | None
+    rejection: UnusableImage | None
+
+
+def decode_gray(path: Path, max_pixels: int) -> np.ndarray:
+    """Decode any image file into uint8 (H, W) gray: EXIF applied, 16-bit scaled, alpha on black.
+
+    Raises UnusableImage for a missing, empty, non-image, too-large, truncated or corrupt file.
+    """
+    return decode_bytes(read_file(path), max_pixels).pixels
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of `path`, or UnusableImage when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UnusableImage("missing", "file not found") from None
+    except OSError as error:
+        raise UnusableImage("missing", f"cannot read ({error.strerror or error})") from None
+
+
+def decode_bytes(content: bytes, max_pixels: int) -> DecodedImage:
+    """Decode the bytes of an image file (format detected from the content) into gray."""
+    if not content:
+        raise UnusableImage("empty", "the file has 0 bytes")
+    # Our own pixel limit is checked on the header before any pixel is decoded; Pillow's
+    # decompression-bomb warning / error must not print or crash the stage instead.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(content))
+        except UnidentifiedImageError:
+            raise UnusableImage(
+                "not_an_image",
+                "no image format can read its header (not an image, or a damaged one)",
+            ) from None
+        except Image.DecompressionBombError as error:
+            raise UnusableImage("too_large", str(error)) from None
+        except DAMAGED_FILE_ERRORS as error:
+            raise UnusableImage("corrupt", f"unreadable header ({error})") from None
+        with image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise UnusableImage(
+                    "too_large",
+                    f"{width}x{height} = {width * height} pixels, over build.max_pixels = "
+                    f"{max_pixels}",
+                )
+            mode, image_format = image.mode, image.format or "unknown"
+            try:
+                image.load()
+                # In place: without an orientation tag this costs nothing (no full-size copy).
+                ImageOps.exif_transpose(image, in_place=True)
+                pixels = to_gray(image)
+            except Image.DecompressionBombError as error:
+                raise UnusableImage("too_large", str(error)) from None
+            except DAMAGED_FILE_ERRORS as error:
+                raise UnusableImage(
+                    "corrupt", f"{image_format} data unreadable ({error})"
+                ) from None
+    if pixels.ndim != 2 or pixels.size == 0:
+        raise UnusableImage("corrupt", f"decoded to an empty or odd array {pixels.shape}")
+    return DecodedImage(pixels, pixels.shape[1], pixels.shape[0], mode, image_format)
+
+
+def to_gray(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode as uint8 (H, W): transparency composited on black, wide modes scaled."""
+    if image.mode in WIDE_MODES:
+        return scale_to_uint8(np.asarray(image))
+    if image.mode == "L":
+        return np.asarray(image, dtype=np.uint8)
+    bands = "".join(image.getbands()).upper()
+    if "A" in bands or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(black, rgba).convert("L"), dtype=np.uint8)
+    # Palette via its colours, RGB / CMYK / YCbCr via ITU-R 601 luma, 1-bit to 0 / 255.
+    if image.mode not in ("P", "RGB", "1"):
+        image = image.convert("RGB")
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale 16/32-bit or float gray to 0-255 by the bit depth its largest value needs.
+
+    A 12-bit detector stored in 16-bit PNG (max 4095) fills 0-255 instead of staying nearly
+    black; float images in 0..1 are scaled by 255. Negative values are shifted to 0 first.
+    """
+    wide = np.nan_to_num(values.astype(np.float64))
+    wide -= min(float(wide.min()), 0.0)
+    peak = float(wide.max())
+    if values.dtype.kind == "f" and peak <= 1.0:
+        top = 1.0
+    else:
+        top = float(2 ** max(8, int(np.ceil(peak)).bit_length()) - 1)
+    return np.round(wide * (255.0 / top)).clip(0, 255).astype(np.uint8)
+
+
+def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 (H, W) gray to uint8 (size, size), antialiased (Lanczos)."""
+    if gray.shape == (size, size):
+        return np.ascontiguousarray(gray, dtype=np.uint8)
+    # reducing_gap first box-reduces very large images by an integer factor: much faster,
+    # and indistinguishable from a full Lanczos at these scales.
+    resized = Image.fromarray(gray).resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def perceptual_hash(square: np.ndarray) -> str:
+    """64-bit difference hash (imagehash.dhash) of gray pixels, as 16 hex digits."""
+    return str(imagehash.dhash(Image.fromarray(square), hash_size=8))
+
+
+def decode_file(raw_dir: Path, relative: str, max_pixels: int, cache_size: int) -> DecodedFile:
+    """Read raw_dir/relative once: metadata, sha256, perceptual hash and cache pixels."""
+    try:
+        content = read_file(raw_dir / relative)
+        decoded = decode_bytes(content, max_pixels)
+    except UnusableImage as rejection:
+        return DecodedFile(relative, None, None, rejection)
+    square = resize_square(decoded.pixels, cache_size)
+    info: dict[str, object] = {
+        "width": decoded.width,
+        "height": decoded.height,
+        "mode": decoded.mode,
+        "format": decoded.format,
+        "bytes": len(content),
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "phash": perceptual_hash(square),
+    }
+    return DecodedFile(relative, info, square, None)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def decode_files(
+    raw_dir: Path,
+    relatives: Sequence[str],
+    max_pixels: int,
+    cache_size: int,
+    workers: int = 0,
+) -> Iterator[DecodedFile]:
+    """decode_file over every path, in processes on `workers` cores (0 = all), in input order."""
+    workers = min(workers or available_cores(), max(len(relatives), 1))
+    decode = functools.partial(decode_file, raw_dir, max_pixels=max_pixels, cache_size=cache_size)
+    if workers <= 1:
+        yield from map(decode, relatives)
+        return
+    # forkserver: workers fork from a clean server process, never from a parent that may hold
+    # threads (TensorFlow, pytest plugins), which `fork` could deadlock on.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["cxr.data.decoding"])
+    # Chunks amortise the inter-process hand-off; four per worker keeps the cores balanced.
+    chunksize = max(1, min(32, len(relatives) // (workers * 4)))
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            yield from pool.map(decode, relatives, chunksize=chunksize)
+    except BrokenProcessPool:
+        raise PipelineError(
+            f"{raw_dir}: a decoding process died (out of memory, or a decoder crashed on a file); "
+            "lower build.max_pixels or build.workers, or set build.workers: 1 to find the file"
+        ) from None

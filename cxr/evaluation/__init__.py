@@ -1,0 +1,1 @@
+"""Scoring a model: metrics, statistics, figures, Grad-CAM and the leaderboard."""

@@ -1,0 +1,122 @@
+"""Grad-CAM: where in the image the backbone's feature map drove a class score."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # stages run headless
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+import tensorflow as tf
+
+from cxr.core.outputs import save_figure
+from cxr.models import layer_names
+
+SKIPPED_LAYERS = (layer_names.AUGMENTATION,)  # random layers are identities at inference
+
+
+class NoFeatureMapError(Exception):
+    """The model has no convolutional feature map to explain (e.g. a scikit-learn model)."""
+
+
+def backbone_split(model: Any) -> tuple[list[Any], Any, list[Any]]:
+    """The layers before the "backbone" layer, the backbone, and the layers after it.
+
+    Raises NoFeatureMapError when there is no Keras model, no layer named "backbone", or its
+    output is not a 4-D (batch, height, width, channels) feature map.
+    """
+    if not isinstance(model, keras.Model):
+        raise NoFeatureMapError(f"a {type(model).__name__} has no convolutional feature map")
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    names = [layer.name for layer in layers]
+    if layer_names.BACKBONE not in names:
+        raise NoFeatureMapError(f"model {model.name!r} has no layer named {layer_names.BACKBONE!r}")
+    position = names.index(layer_names.BACKBONE)
+    backbone = layers[position]
+    rank = len(backbone.output.shape) if hasattr(backbone, "output") else 0
+    if rank != 4:
+        raise NoFeatureMapError(
+            f"the {layer_names.BACKBONE!r} output has rank {rank}, "
+            "not a 4-D convolutional feature map"
+        )
+    before = [layer for layer in layers[:position] if layer.name not in SKIPPED_LAYERS]
+    return before, backbone, layers[position + 1 :]
+
+
+def _class_scores(head: list[Any], features: tf.Tensor) -> tf.Tensor:
+    """The head's output before its softmax, so confident predictions still have gradients."""
+    scores = features
+    for layer in head[:-1]:
+        scores = layer(scores, training=False)
+    last = head[-1]
+    if isinstance(last, keras.layers.Dense):
+        logits = tf.matmul(tf.cast(scores, tf.float32), tf.cast(last.kernel, tf.float32))
+        return logits + tf.cast(last.bias, tf.float32) if last.use_bias else logits
+    return tf.cast(last(scores, training=False), tf.float32)
+
+
+def gradcam_heatmaps(
+    model: Any, images: np.ndarray, class_indices: Sequence[int] | np.ndarray, batch_size: int = 32
+) -> np.ndarray:
+    """Grad-CAM maps (N, H, W) in [0, 1] for uint8 images (N, H, W, 1), one class each."""
+    before, backbone, head = backbone_split(model)
+    size = images.shape[1:3]
+    maps = []
+    for start in range(0, len(images), batch_size):
+        batch = tf.convert_to_tensor(images[start : start + batch_size], dtype=tf.float32)
+        chosen = tf.constant(np.asarray(class_indices[start : start + batch_size], np.int32))
+        with tf.GradientTape() as tape:
+            inputs = batch
+            for layer in before:
+                inputs = layer(inputs, training=False)
+            features = backbone(inputs, training=False)
+            tape.watch(features)
+            score = tf.gather(_class_scores(head, features), chosen, batch_dims=1)
+        gradients = tf.cast(tape.gradient(score, features), tf.float32)
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(features, tf.float32), axis=-1))
+        cam = tf.image.resize(cam[..., tf.newaxis], size, method="bilinear")[..., 0]
+        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+        maps.append((cam / tf.where(peak > 0, peak, 1.0)).numpy())
+    return np.concatenate(maps) if maps else np.zeros((0, *size), np.float32)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """An RGB float image: the gray X-ray with the heat map blended on top (jet colours)."""
+    gray = np.repeat(image.reshape(image.shape[:2])[..., np.newaxis] / 255.0, 3, axis=-1)
+    colours = plt.get_cmap("jet")(heatmap)[..., :3]
+    return np.clip((1 - alpha) * gray + alpha * colours, 0.0, 1.0)
+
+
+def draw_gradcam_grid(
+    images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str], title: str, path: Path
+) -> None:
+    """Save overlays of images and their heat maps in a grid of at most 4 columns."""
+    columns = max(1, min(4, len(images)))
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, image, heatmap, caption in zip(axes.ravel(), images, heatmaps, titles, strict=False):
+        axis.imshow(overlay(image, heatmap))
+        axis.set_title(caption, fontsize=8)
+    if len(images) == 0:
+        axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
+    figure.suptitle(title)
+    save_figure(figure, path)
+
+
+def save_overlay(image: np.ndarray, heatmap: np.ndarray, caption: str, path: Path) -> None:
+    """Save one image with its Grad-CAM overlay, side by side, as a PNG."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(6, 3.3))
+    left.imshow(image.reshape(image.shape[:2]), cmap="gray", vmin=0, vmax=255)
+    right.imshow(overlay(image, heatmap))
+    for axis in (left, right):
+        axis.axis("off")
+    figure.suptitle(caption, fontsize=9)
+    save_figure(figure, path)

@@ -1,0 +1,258 @@
+"""The leaderboard: every model evaluated on the current data, read from MLflow and ranked.
+
+Runs logged before the `backbone` tag was renamed `model` still count: their model is read
+from the old tag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # stages run headless
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from cxr.core.params import CompareParams
+from cxr.evaluation.statistics import INTERVAL_METRICS, mcnemar_exact
+from cxr.tracking import PREDICTIONS_ARTIFACT
+
+MODEL_TAG = "tags.model"
+LEGACY_MODEL_TAG = "tags.backbone"  # what runs logged before the rename call the model
+METRICS = (
+    *INTERVAL_METRICS,
+    *(f"{name}_ci_{end}" for name in INTERVAL_METRICS for end in ("low", "high")),
+    "test_balanced_accuracy",
+    "test_covid_sensitivity",
+    "parameters",
+    "train_seconds",
+    "inference_images_per_second",
+)
+LEADERBOARD_COLUMNS = {
+    MODEL_TAG: "model",
+    **{f"metrics.{name}": name for name in METRICS},
+    "tags.pretrained": "pretrained",
+    "run_id": "run_id",
+    "start_time": "started",
+}
+EXCLUDED_COLUMNS = ("model", "data_fingerprint", "run_id", "reason")
+
+
+def with_model_tag(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with tags.model set from tags.backbone where a run has no model tag."""
+    model = runs[MODEL_TAG] if MODEL_TAG in runs else pd.Series(None, runs.index, object)
+    if LEGACY_MODEL_TAG in runs:
+        model = model.where(model.notna(), runs[LEGACY_MODEL_TAG])
+    return runs.assign(**{MODEL_TAG: model})
+
+
+def evaluated_runs(experiment_id: str) -> pd.DataFrame:
+    """Finished runs of the experiment that the evaluate stage scored, newest first."""
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    if runs.empty or "metrics.test_accuracy" not in runs:
+        return pd.DataFrame(columns=["run_id", MODEL_TAG, "tags.data_fingerprint"])
+    return with_model_tag(runs.dropna(subset=["metrics.test_accuracy"]))
+
+
+def leaderboard(runs: pd.DataFrame, fingerprint: str, rank_by: str) -> pd.DataFrame:
+    """The latest of the evaluated `runs` of each model on data `fingerprint`, best first."""
+    if "tags.data_fingerprint" in runs:
+        runs = runs[runs["tags.data_fingerprint"] == fingerprint]
+    runs = runs.reindex(columns=list(LEADERBOARD_COLUMNS)).rename(columns=LEADERBOARD_COLUMNS)
+    board = runs.drop_duplicates("model").sort_values(
+        rank_by, ascending=False, na_position="last", kind="stable"
+    )
+    board = board.reset_index(drop=True)
+    board["parameters"] = pd.to_numeric(board["parameters"]).round().astype("Int64")
+    board["best"] = board.index == 0
+    return board
+
+
+def excluded_runs(runs: pd.DataFrame, fingerprint: str) -> pd.DataFrame:
+    """Evaluated `runs` on other data (latest per model and data), with why they are left out."""
+    if runs.empty:
+        return pd.DataFrame(columns=list(EXCLUDED_COLUMNS))
+    other = runs.reindex(columns=[MODEL_TAG, "tags.data_fingerprint", "run_id"])
+    other.columns = ["model", "data_fingerprint", "run_id"]
+    other = other[other["data_fingerprint"] != fingerprint]
+    other = other.drop_duplicates(["model", "data_fingerprint"]).reset_index(drop=True)
+    other["reason"] = [
+        f"other data: fingerprint {value} is not the current {fingerprint}"
+        if isinstance(value, str) and value
+        else "no data_fingerprint tag: data unknown"
+        for value in other["data_fingerprint"]
+    ]
+    return other
+
+
+def run_predictions(experiment_id: str, run_id: str) -> pd.DataFrame | None:
+    """The per-image test predictions evaluate logged in a run, or None when absent."""
+    try:
+        return MlflowClient().load_table(experiment_id, PREDICTIONS_ARTIFACT, run_ids=[run_id])
+    except MlflowException:
+        return None
+
+
+def correctness_by_image(table: pd.DataFrame) -> pd.Series:
+    """Whether each test image was classified right, indexed by its path and content hash."""
+    keys = [column for column in ("path", "sha256") if column in table]
+    right = table["actual"] == table["predicted"]
+    return (
+        pd.Series(right.to_numpy(), index=pd.MultiIndex.from_frame(table[keys]))
+        .groupby(level=list(range(len(keys))))
+        .first()
+    )
+
+
+def mcnemar_vs_best(experiment_id: str, board: pd.DataFrame) -> list[float | None]:
+    """Exact McNemar p-value of each model against the best one on their shared test images."""
+    if board.empty:
+        return []
+    tables = {run_id: run_predictions(experiment_id, run_id) for run_id in board["run_id"]}
+    best = tables[board["run_id"].iloc[0]]
+    values: list[float | None] = [None]
+    for run_id in board["run_id"].iloc[1:]:
+        other = tables[run_id]
+        if best is None or other is None:
+            values.append(None)
+            continue
+        pair = pd.concat(
+            [correctness_by_image(best), correctness_by_image(other)], axis=1, join="inner"
+        )
+        values.append(mcnemar_exact(pair.iloc[:, 0], pair.iloc[:, 1]) if len(pair) else None)
+    return values
+
+
+def with_mcnemar(board: pd.DataFrame, experiment_id: str, significance: float) -> pd.DataFrame:
+    """`board` with each model's McNemar p-value against the best and whether it is significant."""
+    board = board.copy()
+    board["mcnemar_p"] = mcnemar_vs_best(experiment_id, board)
+    board["significant"] = [p is not None and p < significance for p in board["mcnemar_p"]]
+    return board
+
+
+def draw_leaderboard(board: pd.DataFrame, rank_by: str, fingerprint: str) -> Any:
+    """Bar chart of the ranking metric per model with its 95% CI, the best highlighted."""
+    figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(board) + 2), 4))
+    colors = ["tab:green" if best else "tab:blue" for best in board["best"]]
+    values = board[rank_by].astype(float).to_numpy()
+    errors = None
+    if f"{rank_by}_ci_low" in board:
+        low = board[f"{rank_by}_ci_low"].astype(float).to_numpy()
+        high = board[f"{rank_by}_ci_high"].astype(float).to_numpy()
+        errors = np.nan_to_num(np.vstack([values - low, high - values]).clip(min=0))
+    axis.bar(board["model"], values, color=colors, yerr=errors, capsize=4)
+    axis.set(title=f"Models on data {fingerprint} (95% CI)", ylabel=rank_by, ylim=(0, 1.05))
+    for position, value in enumerate(values):
+        axis.annotate(f"{value:.3f}", (position, 0.02), ha="center", va="bottom", fontsize=8)
+    return figure
+
+
+def _with_interval(board: pd.DataFrame, name: str) -> list[str]:
+    """`0.850 [0.760, 0.920]`, or the value alone when no interval was logged."""
+    cells = []
+    for _, row in board.iterrows():
+        value, low, high = row.get(name), row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+        if pd.isna(value):
+            cells.append("")
+        elif pd.isna(low) or pd.isna(high):
+            cells.append(f"{value:.3f}")
+        else:
+            cells.append(f"{value:.3f} [{low:.3f}, {high:.3f}]")
+    return cells
+
+
+def markdown_table(board: pd.DataFrame, significance: float = 0.05) -> str:
+    """The leaderboard as a Markdown table, the best marked with a star."""
+
+    def number(column: str, digits: int) -> list[str]:
+        values = board[column] if column in board else pd.Series([None] * len(board))
+        return ["" if pd.isna(value) else f"{value:.{digits}f}" for value in values]
+
+    def p_value(value: Any) -> str:
+        if value is None or pd.isna(value):
+            return ""
+        return f"{value:.3g}{' (significant)' if value < significance else ''}"
+
+    table = pd.DataFrame(
+        {
+            "model": [
+                f"**{name}** *" if best else name
+                for name, best in zip(board["model"], board["best"], strict=True)
+            ],
+            "accuracy [95% CI]": _with_interval(board, "test_accuracy"),
+            "macro F1 [95% CI]": _with_interval(board, "test_f1_macro"),
+            "ROC AUC [95% CI]": _with_interval(board, "test_roc_auc_ovr"),
+            "balanced acc.": number("test_balanced_accuracy", 3),
+            "covid sensitivity": number("test_covid_sensitivity", 3),
+            "parameters": [
+                "" if pd.isna(value) else f"{int(value):,}" for value in board["parameters"]
+            ],
+            "train s": number("train_seconds", 1),
+            "images/s": number("inference_images_per_second", 1),
+            "pretrained": board["pretrained"].fillna("").astype(str),
+            "McNemar p vs best": [
+                p_value(value) for value in board.get("mcnemar_p", [None] * len(board))
+            ],
+            "run": board["run_id"].astype(str).str[:8],
+        }
+    )
+    return table.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def leaderboard_markdown(
+    board: pd.DataFrame,
+    excluded: pd.DataFrame,
+    fingerprint: str,
+    settings: CompareParams,
+    champion: str,
+) -> str:
+    """reports/compare/leaderboard.md: the ranked table, the excluded runs and the champion."""
+    excluded_text = (
+        "\n\nExcluded (other data, never mixed in):\n\n" + excluded.to_markdown(index=False)
+        if len(excluded)
+        else ""
+    )
+    return (
+        f"Leaderboard on data fingerprint `{fingerprint}`, ranked by {settings.rank_by} (* = best; "
+        f"95% bootstrap CIs; McNemar exact test vs the best on the shared test images, "
+        f"significant below {settings.significance})\n\n"
+        + markdown_table(board, settings.significance)
+        + excluded_text
+        + f"\n\n{champion}\n"
+    )
+
+
+def board_entry(row: pd.Series) -> dict[str, Any]:
+    """One leaderboard row as JSON values (None for what was not logged)."""
+    entry: dict[str, Any] = {
+        name: None if pd.isna(row[name]) else float(row[name]) for name in METRICS
+    }
+    entry["parameters"] = None if pd.isna(row["parameters"]) else int(row["parameters"])
+    entry["mcnemar_p_vs_best"] = None if row["mcnemar_p"] is None else float(row["mcnemar_p"])
+    entry["significant"] = bool(row["significant"])
+    entry["pretrained"] = None if pd.isna(row["pretrained"]) else row["pretrained"] == "true"
+    return entry | {"run_id": row["run_id"]}
+
+
+def leaderboard_json(
+    board: pd.DataFrame, excluded: pd.DataFrame, fingerprint: str, champion: dict[str, Any]
+) -> dict[str, Any]:
+    """metrics/compare.json: the best model, every model's entry, the excluded runs, champion."""
+    return {
+        "data_fingerprint": fingerprint,
+        "models": len(board),
+        "best_model": board["model"].iloc[0] if len(board) else None,
+        "leaderboard": {row["model"]: board_entry(row) for _, row in board.iterrows()},
+        "excluded": excluded.to_dict(orient="records"),
+        "champion": champion,
+    }

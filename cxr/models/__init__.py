@@ -1,0 +1,1 @@
+"""The classifiers: Keras backbones and architectures, the classifier head, sklearn baselines."""

@@ -1,0 +1,165 @@
+"""The classifier as an MLflow pyfunc model that takes raw image files and returns classes.
+
+Input: a DataFrame with a column `image` (the bytes of a PNG/JPEG/... file; base64-encoded in
+JSON requests, as MLflow does for binary columns) or a column `path` (a file path readable by
+the serving process); a row uses `image` when it is set, else `path`.
+Output: one row per input row: `class`, `confidence`, `p_<class>` for every class, and `error`
+(empty, or why that image could not be read, in which case the class is empty).
+Every image takes the training path: decode_bytes -> resize_square(cache_size) -> resize_batch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import ColSpec, Schema
+from PIL import Image
+
+from cxr.core.run_record import RunRecord
+from cxr.data.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_bytes, read_file
+from cxr.serving.predictors import LOGGED_MODEL_NAME, Predictor, predictor_from_record
+
+REQUIREMENTS = ("mlflow", "tensorflow", "keras", "scikit-learn", "numpy", "pandas", "pillow")
+REQUIREMENTS_OPTIONAL = ("imagehash", "pyarrow", "scipy", "matplotlib", "pyyaml", "pydantic")
+
+
+class ImageClassifier(PythonModel):  # type: ignore[misc]
+    """Raw image files in, class and probabilities out (see the module docstring)."""
+
+    def __init__(self, record: RunRecord, max_pixels: int = PILLOW_MAX_PIXELS) -> None:
+        # Pickled as plain JSON values, so the logged model does not depend on the class layout.
+        self.record = record.to_json()
+        self.max_pixels = max_pixels
+        self.predictor: Predictor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The loaded model travels as the `model` artifact, never inside the pickle.
+        return {**self.__dict__, "predictor": None}
+
+    def load_context(self, context: Any) -> None:
+        """Load the Keras or scikit-learn model from the `model` artifact."""
+        record = RunRecord.from_json(self.record, "mlflow model")
+        self.predictor = predictor_from_record(
+            record, Path(context.artifacts["model"]), "mlflow model"
+        )
+
+    def predict(self, context: Any, model_input, params: Any = None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+        """Classify every row's image (bytes in `image` or a file in `path`)."""
+        if self.predictor is None:
+            raise RuntimeError("load_context was not called")
+        table = pd.DataFrame(model_input)
+        if "image" not in table and "path" not in table:
+            raise ValueError("input needs a column `image` (file bytes) or `path` (file path)")
+        grays: list[np.ndarray] = []
+        errors: list[str] = []
+        for row in table.itertuples(index=False):
+            try:
+                grays.append(
+                    self.decode_row(getattr(row, "image", None), getattr(row, "path", None))
+                )
+                errors.append("")
+            except UnusableImage as error:
+                errors.append(str(error))
+        probabilities = self.predictor.predict_proba(self.predictor.prepare(grays))
+        return result_table(probabilities, errors, list(self.predictor.class_names))
+
+    def decode_row(self, image: Any, path: Any) -> np.ndarray:
+        """The gray pixels of one row: its file bytes, else the file at its path."""
+        if isinstance(image, bytes | bytearray) and image:
+            content = bytes(image)
+        elif isinstance(path, str) and path:
+            content = read_file(Path(path))
+        else:
+            raise UnusableImage("missing", "neither `image` bytes nor a `path` given")
+        return decode_bytes(content, self.max_pixels).pixels
+
+
+def result_table(probabilities: np.ndarray, errors: list[str], names: list[str]) -> pd.DataFrame:
+    """One output row per input row; rows with an error get an empty class and NaN scores."""
+    rows = len(errors)
+    full = np.full((rows, len(names)), np.nan)
+    ok = np.array([not error for error in errors], dtype=bool)
+    full[ok] = probabilities
+    chosen = np.nan_to_num(full, nan=-1.0).argmax(axis=1)
+    return pd.DataFrame(
+        {
+            "class": [names[index] if good else "" for index, good in zip(chosen, ok, strict=True)],
+            "confidence": [float(full[i].max()) if ok[i] else np.nan for i in range(rows)],
+            **{f"p_{name}": full[:, column] for column, name in enumerate(names)},
+            "error": errors,
+        }
+    )
+
+
+def signature(names: list[str]) -> ModelSignature:
+    """Input: optional binary `image` and string `path`; output: class, scores and error."""
+    inputs = Schema(
+        [ColSpec("binary", "image", required=False), ColSpec("string", "path", required=False)]
+    )
+    outputs = Schema(
+        [
+            ColSpec("string", "class"),
+            ColSpec("double", "confidence"),
+            *[ColSpec("double", f"p_{name}") for name in names],
+            ColSpec("string", "error"),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 gray image (H, W) or (H, W, 1) encoded as PNG file bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8).reshape(image.shape[:2])).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def pinned_requirements() -> list[str]:
+    """Exact pins of what the model needs at serving time, from this environment."""
+    pins = []
+    for package in (*REQUIREMENTS, *REQUIREMENTS_OPTIONAL):
+        try:
+            pins.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def log_classifier(
+    models_dir: Path, record: RunRecord, example_image: np.ndarray, max_pixels: int
+) -> str:
+    """Log models/ as a pyfunc in the active run (name `classifier`); return its model URI."""
+    classifier = ImageClassifier(record, max_pixels)
+    # The whole cxr package travels with the model, so it is served without this checkout.
+    package_dir = Path(__file__).resolve().parents[1]
+    info = mlflow.pyfunc.log_model(
+        name=LOGGED_MODEL_NAME,
+        python_model=classifier,
+        artifacts={"model": str(models_dir / record.model_file)},
+        code_paths=[str(package_dir)],
+        signature=signature(list(record.class_names)),
+        input_example=pd.DataFrame({"image": [png_bytes(example_image)]}),
+        pip_requirements=pinned_requirements(),
+        metadata={
+            "class_names": list(record.class_names),
+            "kind": record.kind,
+            "model": record.model,
+            "preprocessing": (
+                f"decode to 8-bit gray (cxr.data.decoding.decode_bytes, EXIF applied, 16-bit "
+                f"scaled), Lanczos resize to {record.cache_size}x{record.cache_size} "
+                f"(resize_square), area resize to {record.image_size}x{record.image_size} "
+                "(resize_batch); "
+                "raw 0-255 pixels in"
+            ),
+            "input": "DataFrame column `image` (file bytes, base64 in JSON) or `path`",
+        },
+    )
+    return str(info.model_uri)

@@ -1,0 +1,1 @@
+"""Fitting a model: Keras phases and callbacks, scikit-learn baselines, devices, resume."""

@@ -1,0 +1,351 @@
+"""Fitting a Keras classifier: one phase from scratch, or frozen then fine-tuned when pretrained.
+
+Every phase ends on its best validation-loss weights; with train.resume each phase keeps its
+last epoch in the run's backup folder (cxr.training.resume) and continues from there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from mlflow.keras import MlflowCallback
+from sklearn.utils.class_weight import compute_class_weight
+
+from cxr.core.outputs import read_json, write_json
+from cxr.core.params import Params, TrainParams
+from cxr.core.paths import MODEL_FILES
+from cxr.models import layer_names
+from cxr.models.classifier import (
+    GOOGLENET_AUX_LOSS_WEIGHT,
+    auxiliary_targets,
+    build_classifier,
+    googlenet_training_model,
+    unfreeze_top_layers,
+)
+from cxr.models.layer_names import GOOGLENET_AUX_OUTPUTS
+from cxr.training.devices import (
+    AcceleratorPlan,
+    apply_plan,
+    build_info,
+    plan_accelerators,
+    visible_gpus,
+)
+from cxr.training.features import extract_features, split_at_features, use_cached_features
+from cxr.training.inputs import TrainingData, array_dataset
+from cxr.training.result import FitResult
+from cxr.training.resume import completed_epochs
+from cxr.training.schedules import (
+    AdaptiveLearningRate,
+    FullModelCheckpoint,
+    LearningRateLog,
+    MainOutputLogs,
+    ResumeState,
+    learning_rate_for,
+)
+
+HISTORY_FILE = "history.csv"
+BEST_WEIGHTS_FILE = "best.weights.h5"
+
+
+class EpochMetricsCallback(MlflowCallback):
+    """MLflow's Keras callback for per-epoch metrics; logs the optimizer for the first phase only.
+
+    The second phase recompiles with a lower rate; logging its optimizer config again would try
+    to change an MLflow param, which MLflow forbids. Both rates are logged from params.yaml.
+    """
+
+    def __init__(self, log_optimizer: bool) -> None:
+        super().__init__(log_every_epoch=True)
+        self.log_optimizer = log_optimizer
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        """Log the optimizer config and model summary for the first phase only."""
+        if self.log_optimizer:
+            super().on_train_begin(logs)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One fit: frozen/scratch or fine-tune, its base rate and global epoch range."""
+
+    name: str
+    learning_rate: float
+    first_epoch: int
+    epochs: int
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and TensorFlow; optionally make TensorFlow ops deterministic."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def compile_model(
+    model: keras.Model,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    jit_compile: bool,
+    auxiliary: bool = False,
+) -> None:
+    """Adam and sparse categorical cross-entropy; labels are class indices.
+
+    With GoogLeNet's auxiliary classifiers each output gets the loss, the auxiliary ones
+    weighted as in the paper, and accuracy is measured on the main output only.
+    """
+    loss: Any = "sparse_categorical_crossentropy"
+    options: dict[str, Any] = {"loss": loss, "metrics": ["accuracy"]}
+    if auxiliary:
+        weights = {name: GOOGLENET_AUX_LOSS_WEIGHT for name in GOOGLENET_AUX_OUTPUTS}
+        options = {
+            "loss": {name: loss for name in model.output_names},
+            "loss_weights": {**weights, layer_names.PREDICTIONS: 1.0},
+            "metrics": {layer_names.PREDICTIONS: ["accuracy"]},
+        }
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile, **options
+    )
+
+
+def class_weights(mode: str, labels: np.ndarray, class_count: int) -> dict[int, float] | None:
+    """Loss weight per class index: `balanced` = n / (classes * count); None when off."""
+    if mode == "none":
+        return None
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    by_class = {int(label): float(weight) for label, weight in zip(present, weights, strict=True)}
+    return {label: by_class.get(label, 1.0) for label in range(class_count)}
+
+
+def schedule_callbacks(
+    train: TrainParams,
+) -> tuple[
+    list[keras.callbacks.Callback], dict[str, tuple[keras.callbacks.Callback, Sequence[str]]]
+]:
+    """The rate schedule's callbacks, and which of their attributes a resume must restore."""
+    if train.schedule == "constant":
+        plateau = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=train.reduce_lr_factor, patience=train.reduce_lr_patience
+        )
+        return [plateau], {"plateau": (plateau, ("wait", "best", "cooldown_counter"))}
+    if train.schedule == "adaptive":
+        # The best val-loss checkpoint is restored after every phase anyway.
+        adaptive = AdaptiveLearningRate(train.adaptive, restore_best_weights=False)
+        state = ("best_accuracy", "best_val_loss", "wait", "reductions")
+        return [adaptive], {"adaptive": (adaptive, state)}
+    return [], {}  # cosine: the optimizer's own schedule
+
+
+def phase_callbacks(
+    train: TrainParams,
+    phase: Phase,
+    full_model: keras.Model,
+    work: Path,
+    extra: Sequence[keras.callbacks.Callback],
+) -> list[keras.callbacks.Callback]:
+    """Rate schedule, early stopping, best checkpoint, history, MLflow and resume callbacks."""
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=train.early_stopping_patience
+    )
+    checkpoint = FullModelCheckpoint(
+        full_model,
+        work / BEST_WEIGHTS_FILE,
+        monitor="val_loss",
+        save_best_only=True,
+        save_weights_only=True,
+    )
+    schedule, tracked = schedule_callbacks(train)
+    tracked["early_stopping"] = (early_stopping, ("wait", "best", "best_epoch"))
+    tracked["checkpoint"] = (checkpoint, ("best",))
+    callbacks = [
+        MainOutputLogs(),
+        *schedule,
+        LearningRateLog(),
+        early_stopping,
+        checkpoint,
+        keras.callbacks.CSVLogger(str(work / HISTORY_FILE), append=True),
+        EpochMetricsCallback(log_optimizer=phase.first_epoch == 0),
+        *extra,
+    ]
+    if train.resume:
+        backup = str(work / phase.name / "backup")
+        callbacks += [
+            keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False),
+            ResumeState(work / phase.name / "state", tracked),
+        ]
+    return callbacks
+
+
+def phase_batches(
+    model: keras.Model,
+    data: TrainingData,
+    cached: bool,
+    auxiliary: bool,
+    batch_size: int,
+    seed: int,
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Train (shuffled) and val batches: images, or the frozen backbone's features when cached."""
+    inputs = (data.train_images, data.val_images)
+    if cached:
+        extractor, _ = split_at_features(model)
+        inputs = (
+            extract_features(extractor, data.train_images, batch_size),
+            extract_features(extractor, data.val_images, batch_size),
+        )
+    train_batches = array_dataset(inputs[0], data.train_labels.tolist(), batch_size, seed)
+    val_batches = array_dataset(inputs[1], data.val_labels.tolist(), batch_size, None)
+    if auxiliary:
+        return train_batches.map(auxiliary_targets), val_batches.map(auxiliary_targets)
+    return train_batches, val_batches
+
+
+def fitted_model(
+    model: keras.Model, model_name: str, cached: bool, auxiliary: bool, seed: int
+) -> keras.Model:
+    """What `fit` trains: the classifier, its head alone (cached features) or GoogLeNet + aux."""
+    if cached:
+        return split_at_features(model)[1]
+    if auxiliary:
+        return googlenet_training_model(model, model_name, seed)
+    return model
+
+
+def fit_phase(
+    model: keras.Model,
+    phase: Phase,
+    data: TrainingData,
+    cached: bool,
+    params: Params,
+    plan: AcceleratorPlan,
+    work: Path,
+    extra: Sequence[keras.callbacks.Callback],
+) -> int:
+    """Fit one phase, resuming it when asked, end on its best weights; return epochs run."""
+    train = params.train
+    done = work / f"{phase.name}.done.json"
+    if train.resume and done.exists():
+        model.load_weights(work / f"{phase.name}.weights.h5")
+        return int(read_json(done)["epochs_run"])
+    auxiliary = train.head.googlenet_aux and not cached
+    fitted = fitted_model(model, params.model, cached, auxiliary, params.seed)
+    steps_per_epoch = math.ceil(len(data.train_labels) / train.batch_size)
+    rate = learning_rate_for(
+        train.schedule, train.cosine, phase.learning_rate, phase.epochs, steps_per_epoch
+    )
+    compile_model(fitted, rate, plan.jit_compile, auxiliary)
+    train_batches, val_batches = phase_batches(
+        model, data, cached, auxiliary, train.batch_size, params.seed
+    )
+    already = completed_epochs(work, phase.name, phase.first_epoch) if train.resume else 0
+    # A resumed phase must see the shuffles the interrupted one would have: every pass over the
+    # dataset draws the next order, and keras opens two passes per epoch (it opens the next one
+    # when an epoch ends), so those already drawn are drawn again here and dropped. The resume
+    # test in tests/stages/test_train.py checks this against an uninterrupted run.
+    for _ in range(2 * already):
+        iter(train_batches)
+    history = fitted.fit(
+        train_batches,
+        validation_data=val_batches,
+        shuffle=False,  # array_dataset shuffles
+        initial_epoch=phase.first_epoch,
+        epochs=phase.first_epoch + phase.epochs,
+        class_weight=class_weights(train.class_weight, data.train_labels, model.output_shape[-1]),
+        verbose=2,
+        callbacks=phase_callbacks(train, phase, model, work, extra),
+    )
+    if (work / BEST_WEIGHTS_FILE).exists():
+        model.load_weights(work / BEST_WEIGHTS_FILE)
+    # No epoch in the history: the interrupted run had finished every epoch of this phase.
+    epochs_run = int(history.epoch[-1]) + 1 - phase.first_epoch if history.epoch else already
+    if train.resume:
+        model.save_weights(work / f"{phase.name}.weights.h5")
+        write_json(done, {"epochs_run": epochs_run})
+    return epochs_run
+
+
+def fit_phases(
+    model: keras.Model,
+    backbone: keras.Model,
+    pretrained: bool,
+    params: Params,
+    data: TrainingData,
+    plan: AcceleratorPlan,
+    work: Path,
+    extra: Sequence[keras.callbacks.Callback],
+) -> tuple[int, bool]:
+    """Fit frozen then fine-tuned when pretrained, else end to end; return epochs, cached."""
+    train = params.train
+    # Freezing random weights would only train the head on noise features, so a backbone
+    # without pretrained weights trains end to end in a single phase.
+    backbone.trainable = not pretrained
+    cached = use_cached_features(train.cache_features, pretrained, model)
+    first = Phase("frozen" if pretrained else "scratch", train.learning_rate, 0, train.epochs)
+    epochs_run = fit_phase(model, first, data, cached, params, plan, work, extra)
+    if pretrained and train.fine_tune_epochs > 0 and train.fine_tune_layers > 0:
+        unfreeze_top_layers(backbone, train.fine_tune_layers)
+        second = Phase(
+            "fine_tune", train.fine_tune_learning_rate, epochs_run, train.fine_tune_epochs
+        )
+        epochs_run += fit_phase(model, second, data, False, params, plan, work, extra)
+    return epochs_run, cached
+
+
+def read_history(csv: Path) -> pd.DataFrame:
+    """The epoch log; an epoch repeated after a resume keeps its last row."""
+    history = pd.read_csv(csv)
+    return history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+
+
+def fit_keras(
+    params: Params,
+    data: TrainingData,
+    environ: Mapping[str, str],
+    work: Path,
+    out_dir: Path,
+    extra: Sequence[keras.callbacks.Callback] = (),
+) -> FitResult:
+    """Build and fit the Keras classifier `params.model`; save it as <out_dir>/model.keras."""
+    train = params.train
+    seed_everything(params.seed, train.deterministic)
+    plan = plan_accelerators(visible_gpus(), train.mixed_precision, train.jit_compile, environ)
+    strategy = apply_plan(plan)
+    with strategy.scope():
+        model, backbone, pretrained = build_classifier(
+            params.model, train.image_size, data.class_names, train.weights, train.head,
+            train.augment, params.seed,
+        )  # fmt: skip
+        started = time.perf_counter()
+        epochs_run, cached = fit_phases(
+            model, backbone, pretrained, params, data, plan, work, extra
+        )
+        train_seconds = time.perf_counter() - started
+    model_file = out_dir / MODEL_FILES["keras"]
+    model.save(model_file)
+    history = read_history(work / HISTORY_FILE)
+    metrics = {
+        "pretrained": pretrained,
+        "parameters": int(model.count_params()),
+        "epochs_run": epochs_run,
+        "train_seconds": round(train_seconds, 2),
+        "best_val_loss": float(history["val_loss"].min()),
+        "best_val_accuracy": float(history["val_accuracy"].max()),
+        "train_images": len(data.train_labels),
+    }
+    tags = {
+        "pretrained": str(pretrained).lower(),
+        "cached_features": str(cached).lower(),
+        "device": plan.device,
+        "strategy": plan.strategy,
+        "mixed_precision": str(plan.mixed_precision).lower(),
+        "jit_compile": str(plan.jit_compile).lower(),
+        **build_info(),
+    }
+    return FitResult("keras", train.image_size, model_file, metrics, history, tags)

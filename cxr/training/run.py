@@ -1,0 +1,74 @@
+"""One training run: fit the model params name, save models/, record it as an MLflow run."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import mlflow
+
+from cxr.core.outputs import staged_dir, write_table
+from cxr.core.params import Params, flatten_params
+from cxr.core.paths import ProjectPaths
+from cxr.core.registry import is_baseline
+from cxr.core.run_record import RunRecord, write_run_record
+from cxr.tracking import run_tags, use_experiment
+from cxr.training.inputs import load_training_data
+from cxr.training.keras_fit import fit_keras
+from cxr.training.result import FitResult
+from cxr.training.resume import fresh_backup_dir, start_resumable_run
+from cxr.training.sklearn_fit import fit_baseline
+
+
+def train_model(
+    params: Params,
+    paths: ProjectPaths,
+    environ: Mapping[str, str],
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> dict[str, Any]:
+    """Fit `params.model` on the train split; write models/ and the history; return the metrics.
+
+    models/ (model file and run record) appears only when the whole run succeeded.
+    """
+    baseline = is_baseline(params.model)
+    image_size = params.train.baseline.image_size if baseline else params.train.image_size
+    data = load_training_data(paths, image_size)
+    experiment_id = use_experiment(params.mlflow_experiment, paths.root, environ)
+    tags = run_tags(params.model, data.fingerprint, paths.root, environ)
+    # A baseline fits in one go; only Keras runs keep per-epoch state to resume from.
+    work = fresh_backup_dir(paths, params, data.fingerprint)
+    resume = params.train.resume and not baseline
+    with (
+        staged_dir(paths.models_dir) as staging,
+        start_resumable_run(work, resume, experiment_id, tags) as run,
+    ):
+        mlflow.log_params(flatten_params(params))
+        if baseline:
+            result = fit_baseline(params, data, staging)
+        else:
+            result = fit_keras(params, data, environ, work, staging, extra_callbacks)
+        record = RunRecord(
+            run_id=run.info.run_id,
+            experiment_id=experiment_id,
+            class_names=tuple(data.class_names),
+            model=params.model,
+            kind=result.kind,
+            image_size=result.image_size,
+            cache_size=data.cache_size,
+            data_fingerprint=data.fingerprint,
+        )
+        write_run_record(staging, record)
+        log_fit(result, paths)
+    shutil.rmtree(work, ignore_errors=True)  # a finished run has nothing to resume
+    return result.metrics
+
+
+def log_fit(result: FitResult, paths: ProjectPaths) -> None:
+    """Write the epoch history; log tags, metrics, the model file and the history to MLflow."""
+    mlflow.set_tags({"kind": result.kind, **result.tags})
+    mlflow.log_metrics({key: float(value) for key, value in result.metrics.items()})
+    mlflow.log_artifact(str(result.model_file), artifact_path="model")
+    write_table(paths.history, result.history)
+    mlflow.log_artifact(str(paths.history), artifact_path="plots")

@@ -1,0 +1,339 @@
+"""Tests for params.yaml validation (cxr/core/params.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cxr.core.errors import ParamsError, PipelineError
+from cxr.core.params import Params, flatten_params, load_params, parse_params
+from cxr.core.registry import BACKBONES, PHANTOM_CLASSES
+
+
+def _params_error(raw: Any) -> str:
+    """The message of the ParamsError that parsing `raw` raises."""
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw)
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_repository_params_validate(project_root: Path) -> None:
+    # Given the params.yaml committed in the repository
+    path = project_root / "params.yaml"
+
+    # When it is loaded
+    params = load_params(path)
+
+    # Then it validates into frozen typed sections
+    assert isinstance(params, Params)
+    assert params.model in BACKBONES
+    assert 0 < params.split.val_fraction + params.split.test_fraction < 1
+    with pytest.raises(ValueError):
+        params.seed = 1  # type: ignore[misc]
+
+
+def test_params_error_is_a_pipeline_error() -> None:
+    # Given the error type stages raise for params
+    # Then the stage wrapper turns it into one line like every other user error
+    assert issubclass(ParamsError, PipelineError)
+
+
+@pytest.mark.parametrize(
+    ("section", "dotted_key"),
+    [
+        ((), "colour"),
+        (("train",), "train.colour"),
+        (("train", "head"), "train.head.colour"),
+        (("data", "synthetic"), "data.synthetic.colour"),
+    ],
+)
+def test_unknown_key_is_named_with_its_dotted_path(
+    valid_params_dict: dict[str, Any], section: tuple[str, ...], dotted_key: str
+) -> None:
+    # Given valid params with one misspelled key added at some depth
+    target = valid_params_dict
+    for name in section:
+        target = target[name]
+    target["colour"] = "red"
+
+    # When they are parsed
+    message = _params_error(valid_params_dict)
+
+    # Then one line names the dotted key and says it is unknown
+    assert f"{dotted_key}: unknown key" in message
+    assert message.startswith("params.yaml: ")
+
+
+def test_missing_key_is_named(valid_params_dict: dict[str, Any]) -> None:
+    # Given valid params without train.epochs
+    del valid_params_dict["train"]["epochs"]
+
+    # When they are parsed
+    message = _params_error(valid_params_dict)
+
+    # Then the message names the missing key
+    assert "train.epochs: missing" in message
+
+
+def test_unknown_backbone_lists_the_known_ones(valid_params_dict: dict[str, Any]) -> None:
+    # Given a backbone name that does not exist
+    valid_params_dict["model"] = "resnet9000"
+
+    # When the params are parsed
+    message = _params_error(valid_params_dict)
+
+    # Then the message names the key, the value and every known backbone
+    assert "model = 'resnet9000'" in message
+    assert all(name in message for name in BACKBONES)
+
+
+@pytest.mark.parametrize(("val_fraction", "test_fraction"), [(0.5, 0.5), (0.6, 0.45)])
+def test_split_fractions_must_leave_a_train_share(
+    valid_params_dict: dict[str, Any], val_fraction: float, test_fraction: float
+) -> None:
+    # Given val and test fractions that together take everything
+    valid_params_dict["split"].update(val_fraction=val_fraction, test_fraction=test_fraction)
+
+    # When the params are parsed
+    message = _params_error(valid_params_dict)
+
+    # Then the message names both fractions and the rule
+    assert "val_fraction + test_fraction" in message
+    assert "< 1" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("epochs", 0, "train.epochs = 0"),
+        ("image_size", 0, "train.image_size = 0"),
+        ("image_size", 16, "train.image_size = 16"),
+        ("batch_size", -1, "train.batch_size = -1"),
+        ("mixed_precision", "sometimes", "train.mixed_precision = 'sometimes'"),
+    ],
+)
+def test_out_of_range_train_value_names_key_and_value(
+    valid_params_dict: dict[str, Any], key: str, value: object, expected: str
+) -> None:
+    # Given valid params with one train value out of range
+    valid_params_dict["train"][key] = value
+
+    # When they are parsed
+    message = _params_error(valid_params_dict)
+
+    # Then the one-line message names the dotted key and the value
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        ("auto", "auto"),
+        ("AUTO", "auto"),
+        ("ImageNet", "imagenet"),
+        ("none", "none"),
+        ("None", "none"),
+        ("weights/chest.h5", "weights/chest.h5"),
+        ("weights/chest.weights.h5", "weights/chest.weights.h5"),
+        ("models/backbone.keras", "models/backbone.keras"),
+    ],
+)
+def test_weights_choices_are_normalised_and_paths_kept(
+    valid_params_dict: dict[str, Any], weights: str, expected: str
+) -> None:
+    # Given a weights choice spelled in some way
+    valid_params_dict["train"]["weights"] = weights
+
+    # When the params are parsed
+    params = parse_params(valid_params_dict)
+
+    # Then keywords are lower-cased and file paths are kept as written
+    assert params.train.weights == expected
+
+
+@pytest.mark.parametrize("weights", ["garbage", "imagenet21k", "weights.txt"])
+def test_unknown_weights_are_rejected_with_the_choices(
+    valid_params_dict: dict[str, Any], weights: str
+) -> None:
+    # Given weights that are neither a keyword nor a weights file
+    valid_params_dict["train"]["weights"] = weights
+
+    # When the params are parsed
+    message = _params_error(valid_params_dict)
+
+    # Then the message names the key and value and lists what is allowed
+    assert f"train.weights = {weights!r}" in message
+    assert all(choice in message for choice in ("auto", "imagenet", "none", ".h5", ".keras"))
+
+
+def test_unknown_synthetic_class_is_rejected(valid_params_dict: dict[str, Any]) -> None:
+    # Given a synthetic count for a class the phantom generator cannot draw
+    valid_params_dict["data"]["synthetic"]["counts"]["tuberculosis"] = 10
+
+    # When the params are parsed
+    message = _params_error(valid_params_dict)
+
+    # Then the message names the counts key, the class and the allowed classes
+    assert "data.synthetic.counts" in message
+    assert "'tuberculosis'" in message
+    assert all(label in message for label in PHANTOM_CLASSES)
+
+
+def test_synthetic_needs_two_classes(valid_params_dict: dict[str, Any]) -> None:
+    # Given synthetic counts with only one positive class
+    valid_params_dict["data"]["synthetic"]["counts"] = {"covid": 10, "normal": 0}
+
+    # When the params are parsed
+    message = _params_error(valid_params_dict)
+
+    # Then the message says two classes are needed
+    assert "data.synthetic.counts" in message
+    assert "two classes" in message
+
+
+def test_non_mapping_is_rejected() -> None:
+    # Given a YAML document that is a list, not sections
+    # When it is parsed
+    message = _params_error(["seed", 42])
+
+    # Then the message says a mapping is expected
+    assert "must be a YAML mapping" in message
+    assert "list" in message
+
+
+def test_missing_file_says_where_to_run(tmp_path: Path) -> None:
+    # Given a directory without params.yaml
+    path = tmp_path / "params.yaml"
+
+    # When params are loaded from it
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+
+    # Then one line names the file and says it was not found
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert "not found" in message
+
+
+def test_invalid_yaml_is_one_line(tmp_path: Path) -> None:
+    # Given a params.yaml that is not valid YAML
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 42\ntrain: [1, 2\nmodel: vgg16\n", encoding="utf-8")
+
+    # When it is loaded
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+
+    # Then one line names the file and says the YAML is invalid
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: not valid YAML (")
+
+
+def test_loaded_file_errors_name_the_file(
+    tmp_path: Path,
+    valid_params_dict: dict[str, Any],
+    write_params: Callable[[Path, dict[str, Any]], Path],
+) -> None:
+    # Given a params.yaml on disk with a misspelled key
+    valid_params_dict["split"]["undersampel"] = True
+    path = write_params(tmp_path, valid_params_dict)
+
+    # When it is loaded
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+
+    # Then the message starts with the file and names the dotted key
+    assert str(error.value).startswith(f"{path}: split.undersampel: unknown key")
+
+
+def test_flatten_params_gives_dotted_keys(valid_params_dict: dict[str, Any]) -> None:
+    # Given validated params
+    params = parse_params(valid_params_dict)
+
+    # When they are flattened for MLflow
+    flat = flatten_params(params)
+
+    # Then nested sections become dotted keys holding plain values
+    assert flat["seed"] == valid_params_dict["seed"]
+    assert flat["train.head.dropout"] == valid_params_dict["train"]["head"]["dropout"]
+    assert flat["split.val_fraction"] == valid_params_dict["split"]["val_fraction"]
+    assert (
+        flat["data.synthetic.counts.covid"]
+        == valid_params_dict["data"]["synthetic"]["counts"]["covid"]
+    )
+    assert not any(isinstance(value, dict) for value in flat.values())
+    assert "train" not in flat
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"train": {"image_size": 512}},
+            "train.image_size = 512: larger than build.cache_size = 256; raise build.cache_size",
+        ),
+        (
+            {"model": "pixel_rf", "build": {"cache_size": 32}, "train": {"image_size": 32}},
+            "train.baseline.image_size = 33: larger than build.cache_size = 32",
+        ),
+        ({"model": "alexnet"}, "train.image_size = 64: alexnet needs at least 67 px"),
+        (
+            {"train": {"head": {"googlenet_aux": True}}},
+            "train.head.googlenet_aux = True: only googlenet has auxiliary classifiers",
+        ),
+        (
+            {"model": "googlenet", "train": {"head": {"googlenet_aux": True}}},
+            "train.head.googlenet_aux = True: GoogLeNet's auxiliary classifiers need",
+        ),
+    ],
+)
+def test_cross_key_problems_stop_loading_in_one_line(
+    valid_params_dict: dict[str, Any], change: dict[str, Any], message: str
+) -> None:
+    # Given values that are valid alone but not together
+    def merge(target: dict[str, Any], update: dict[str, Any]) -> None:
+        for key, value in update.items():
+            if isinstance(value, dict):
+                merge(target[key], value)
+            else:
+                target[key] = value
+
+    merge(valid_params_dict, change)
+    if valid_params_dict["model"] == "pixel_rf":
+        # a baseline's own size equal to the cache's is fine; one pixel more is not
+        valid_params_dict["train"]["baseline"]["image_size"] = 32
+        parse_params(valid_params_dict)
+        valid_params_dict["train"]["baseline"]["image_size"] = 33
+
+    # When they are loaded
+    with pytest.raises(ParamsError) as error:
+        parse_params(valid_params_dict)
+
+    # Then one line names the key, its value and the fix
+    assert "\n" not in str(error.value)
+    assert str(error.value).startswith(f"params.yaml: {message}")
+
+
+def test_loading_params_imports_no_model_or_numeric_libraries(project_root: Path) -> None:
+    # Given a fresh interpreter
+    code = (
+        "import sys; from pathlib import Path; from cxr.core.params import load_params; "
+        "load_params(Path('params.yaml')); "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'sklearn', 'scipy', 'cxr.models') "
+        "if m in sys.modules))"
+    )
+    # When params.yaml is loaded and validated
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=project_root, capture_output=True, text=True, check=True
+    )
+    # Then none of TensorFlow, Keras, scikit-learn, SciPy or the model code was imported
+    assert result.stdout.strip() == "[]"

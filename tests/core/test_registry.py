@@ -1,0 +1,50 @@
+"""Tests for the name registry (cxr/core/registry.py) that params and the model code share."""
+
+from __future__ import annotations
+
+import pytest
+
+from cxr.core.errors import PipelineError
+from cxr.core.registry import (
+    BACKBONES,
+    BASELINE_NAMES,
+    backbone_spec,
+    googlenet_aux_problem,
+    image_size_problem,
+    is_baseline,
+    model_problem,
+)
+
+
+@pytest.mark.parametrize("name", [*BACKBONES, *BASELINE_NAMES, "wrn_22_2"])
+def test_every_listed_name_and_any_valid_wide_resnet_is_a_model(name: str) -> None:
+    assert model_problem(name) is None
+
+
+def test_an_unknown_model_lists_every_known_name() -> None:
+    problem = model_problem("resnet9000")
+    assert problem is not None and problem.startswith("unknown model; known: ")
+    assert all(name in problem for name in [*BACKBONES, *BASELINE_NAMES])
+    assert "wrn_<depth>_<k>" in problem
+
+
+def test_a_wide_resnet_with_a_bad_depth_says_which_depths_exist() -> None:
+    assert model_problem("wrn_15_2") == (
+        "a wide ResNet is wrn_<depth>_<k> with depth = 6n + 4 >= 10 and k >= 1, "
+        "e.g. wrn_16_4 or wrn_28_10"
+    )
+
+
+def test_baselines_are_not_backbones() -> None:
+    assert is_baseline("pixel_logreg") and not is_baseline("vgg16")
+    with pytest.raises(PipelineError, match="'pixel_svm': a baseline, not a Keras backbone"):
+        backbone_spec("pixel_svm")
+
+
+def test_size_limits_come_from_the_spec() -> None:
+    assert image_size_problem("inceptionv3", 75) is None
+    assert image_size_problem("inceptionv3", 74) == (
+        "inceptionv3 needs at least 75 px; set train.image_size >= 75"
+    )
+    assert googlenet_aux_problem("googlenet", 65) is None
+    assert "need train.image_size >= 65" in str(googlenet_aux_problem("googlenet", 64))

@@ -1,0 +1,333 @@
+"""Tests for data.source resolution: archives, safe extraction, pinned URLs, Kaggle."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import stat
+import sys
+import tarfile
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cxr.core.errors import ParamsError, PipelineError
+from cxr.core.params import parse_params
+from cxr.core.paths import ProjectPaths
+from cxr.data.ingestion import Ingested, ingest
+from cxr.data.sources import extract_archive
+
+# The files of a small two-class dataset inside a wrapper folder, as archives usually have.
+DATASET = {
+    "Covid19-dataset/train/Covid/01 a%.png": b"covid-1",
+    "Covid19-dataset/train/Normal/ü.jpeg": b"normal-1",
+    "Covid19-dataset/test/Covid/02.png": b"covid-2",
+    "Covid19-dataset/test/Normal/03.jpeg": b"normal-2",
+}
+
+
+def _write_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as bundle:
+        for name, content in files.items():
+            bundle.writestr(name, content)
+    return path
+
+
+def _write_tar(path: Path, files: dict[str, bytes], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as bundle:  # type: ignore[call-overload]
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            bundle.addfile(info, io.BytesIO(content))
+    return path
+
+
+def _ingest(tmp_path: Path, params: dict[str, Any], source: str, **data: Any) -> Ingested:
+    params["data"]["source"] = source
+    params["data"].update(data)
+    return ingest(parse_params(params).data, ProjectPaths(tmp_path / "repo"))
+
+
+def _expected_rows() -> set[tuple[str, str, str]]:
+    return {
+        ("Covid19-dataset/train/Covid/01 a%.png", "covid", "train"),
+        ("Covid19-dataset/train/Normal/ü.jpeg", "normal", "train"),
+        ("Covid19-dataset/test/Covid/02.png", "covid", "test"),
+        ("Covid19-dataset/test/Normal/03.jpeg", "normal", "test"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "writer"),
+    [
+        ("data.zip", _write_zip),
+        ("data.tar", _write_tar),
+        ("data.tar.gz", functools.partial(_write_tar, mode="w:gz")),
+        ("data.tgz", functools.partial(_write_tar, mode="w:gz")),
+    ],
+)
+def test_archive_source_is_extracted_into_raw(
+    tmp_path: Path,
+    small_params_dict: dict[str, Any],
+    name: str,
+    writer: Callable[[Path, dict[str, bytes]], Path],
+) -> None:
+    # Given the dataset packed as an archive, and its bytes
+    archive = writer(tmp_path / name, DATASET)
+    before = archive.read_bytes()
+
+    # When it is ingested
+    ingested = _ingest(tmp_path, small_params_dict, str(archive))
+
+    # Then data/raw holds the extracted files byte for byte, the manifest labels them
+    raw_dir = ProjectPaths(tmp_path / "repo").raw_dir
+    assert {
+        path.relative_to(raw_dir).as_posix(): path.read_bytes()
+        for path in raw_dir.rglob("*")
+        if path.is_file()
+    } == DATASET
+    assert ingested.layout == "split_folders"
+    rows = ingested.manifest[["path", "label", "given_split"]].itertuples(index=False)
+    assert {tuple(row) for row in rows} == _expected_rows()
+    # and the archive itself was not changed
+    assert archive.read_bytes() == before
+
+
+def _tar_member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "why"),
+    [
+        (_tar_member("/tmp/evil.png", tarfile.REGTYPE), "has an absolute path"),
+        (_tar_member("data/../../evil.png", tarfile.REGTYPE), "has a '..' component"),
+        (_tar_member("data/link.png", tarfile.SYMTYPE, "/etc/passwd"), "is a symbolic link"),
+        (_tar_member("data/hard.png", tarfile.LNKTYPE, "data/covid/a.png"), "is a hard link"),
+        (_tar_member("data/dev", tarfile.CHRTYPE), "is a device file"),
+        (_tar_member("data/fifo", tarfile.FIFOTYPE), "is a device file or pipe"),
+    ],
+    ids=["absolute", "dotdot", "symlink", "hardlink", "device", "fifo"],
+)
+def test_unsafe_tar_member_is_refused_by_name(
+    tmp_path: Path, member: tarfile.TarInfo, why: str
+) -> None:
+    # Given a tar with a good file followed by an unsafe member
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as bundle:
+        good = tarfile.TarInfo("data/covid/a.png")
+        good.size = 3
+        bundle.addfile(good, io.BytesIO(b"abc"))
+        bundle.addfile(member, io.BytesIO(b"") if member.isreg() else None)
+    target = tmp_path / "sandbox" / "target"
+    target.mkdir(parents=True)
+
+    # When it is extracted
+    with pytest.raises(PipelineError) as error:
+        extract_archive(archive, target)
+
+    # Then the one-line error names the member and why, and nothing at all was written
+    message = str(error.value)
+    assert f"member {member.name!r} {why}" in message
+    assert "\n" not in message
+    assert list(target.iterdir()) == []
+    assert [path.name for path in (tmp_path / "sandbox").iterdir()] == ["target"]
+    assert not (tmp_path / "evil.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("../evil.png", "has a '..' component"), ("/abs/evil.png", "has an absolute path")],
+)
+def test_unsafe_zip_member_is_refused_by_name(tmp_path: Path, name: str, why: str) -> None:
+    # Given a zip whose member would escape the target (zipfile writes such names as given)
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("data/covid/a.png", b"abc")
+        bundle.writestr(zipfile.ZipInfo(name), b"evil")
+    target = tmp_path / "sandbox" / "target"
+    target.mkdir(parents=True)
+
+    # When it is extracted, then the error names it and nothing was written
+    with pytest.raises(PipelineError, match=f"member {name!r} {why}"):
+        extract_archive(archive, target)
+    assert list(target.iterdir()) == []
+    assert not (tmp_path / "sandbox" / "evil.png").exists()
+
+
+def test_zip_symlink_member_is_refused(tmp_path: Path) -> None:
+    # Given a zip holding a symbolic link (as `zip --symlinks` stores it)
+    archive = tmp_path / "link.zip"
+    link = zipfile.ZipInfo("data/covid/link.png")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr(link, "/etc/passwd")
+    target = tmp_path / "target"
+    target.mkdir()
+
+    # When it is extracted, then it is refused by name
+    with pytest.raises(PipelineError, match="'data/covid/link.png' is a symbolic link"):
+        extract_archive(archive, target)
+    assert list(target.iterdir()) == []
+
+
+def test_unsafe_archive_source_leaves_no_raw_data(
+    tmp_path: Path, small_params_dict: dict[str, Any]
+) -> None:
+    # Given an archive source with a '..' member
+    archive = _write_tar(tmp_path / "evil.tar", {**DATASET, "../../escaped.png": b"x"})
+
+    # When it is ingested, then it fails and neither data/raw nor the escape exist
+    with pytest.raises(PipelineError, match="'../../escaped.png' has a '..' component"):
+        _ingest(tmp_path, small_params_dict, str(archive))
+    assert not (tmp_path / "repo" / "data" / "raw").exists()
+    assert not list(tmp_path.rglob("escaped.png"))
+
+
+def test_a_file_that_is_no_archive_is_an_error(
+    tmp_path: Path, small_params_dict: dict[str, Any]
+) -> None:
+    source = tmp_path / "images.rar"
+    source.write_bytes(b"Rar!\x1a\x07\x00 not supported")
+    with pytest.raises(PipelineError, match="not a folder, .zip or .tar"):
+        _ingest(tmp_path, small_params_dict, str(source))
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files from a folder, counting GET requests and staying quiet."""
+
+    requests: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server API name)
+        type(self).requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def http_folder(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
+    """A folder served on 127.0.0.1 in a thread: (base URL, folder, requested paths)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    requests: list[str] = []
+    handler = type("Handler", (_CountingHandler,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(served))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", served, requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_url_source_is_downloaded_once_with_progress_and_verified(
+    tmp_path: Path,
+    small_params_dict: dict[str, Any],
+    http_folder: tuple[str, Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a tar.gz archive served over HTTP, pinned by its sha256
+    base, served, requests = http_folder
+    archive = _write_tar(served / "covid19 data.tar.gz", DATASET, mode="w:gz")
+    sha256 = hashlib.sha256(archive.read_bytes()).hexdigest()
+    url = f"{base}/covid19%20data.tar.gz"
+
+    # When it is ingested
+    ingested = _ingest(tmp_path, small_params_dict, url, sha256=sha256)
+
+    # Then it was downloaded once with a progress bar into data/downloads and extracted
+    paths = ProjectPaths(tmp_path / "repo")
+    assert requests == ["/covid19%20data.tar.gz"]
+    progress = capsys.readouterr().err
+    assert "download" in progress and "100%" in progress
+    downloads = list(paths.downloads_dir.iterdir())
+    assert [path.read_bytes() for path in downloads] == [archive.read_bytes()]
+    assert {tuple(row) for row in ingested.manifest[["path", "label", "given_split"]].values} == (
+        _expected_rows()
+    )
+
+    # When it is ingested again
+    _ingest(tmp_path, small_params_dict, url, sha256=sha256)
+
+    # Then the download with that hash is reused, not fetched again
+    assert requests == ["/covid19%20data.tar.gz"]
+    assert "already downloaded" in capsys.readouterr().out
+
+
+def test_url_source_with_the_wrong_sha256_fails_and_keeps_nothing(
+    tmp_path: Path, small_params_dict: dict[str, Any], http_folder: tuple[str, Path, list[str]]
+) -> None:
+    # Given a served archive and a sha256 that is not its own
+    base, served, _requests = http_folder
+    _write_zip(served / "data.zip", DATASET)
+    wrong = "0" * 64
+
+    # When it is ingested
+    with pytest.raises(PipelineError) as error:
+        _ingest(tmp_path, small_params_dict, f"{base}/data.zip", sha256=wrong)
+
+    # Then the one-line error names data.sha256, and no download or raw data is kept
+    message = str(error.value)
+    assert message.startswith(f"data.sha256 = '{wrong}': {base}/data.zip downloaded with sha256 ")
+    assert "\n" not in message
+    paths = ProjectPaths(tmp_path / "repo")
+    assert list(paths.downloads_dir.iterdir()) == []
+    assert not paths.raw_dir.exists()
+
+
+def test_unreachable_url_is_a_one_line_error(
+    tmp_path: Path, small_params_dict: dict[str, Any], http_folder: tuple[str, Path, list[str]]
+) -> None:
+    base, _served, _requests = http_folder
+    with pytest.raises(PipelineError, match=r"download failed \(HTTP 404 "):
+        _ingest(tmp_path, small_params_dict, f"{base}/missing.zip", sha256="a" * 64)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"source": "https://example.org/x.zip"}, "data.sha256 = '': a URL source needs"),
+        ({"sha256": "abc"}, "data.sha256 = 'abc': must be '' or the 64 hex digits"),
+        ({"source": "kaggle:just-a-name"}, "write kaggle:<owner>/<dataset>"),
+        ({"layout": "folders"}, "data.layout = 'folders'"),
+        ({"classes": ["covid"]}, "at least two classes"),
+        ({"label_map": {"0": "1"}}, "a class name needs a letter"),
+    ],
+)
+def test_bad_data_params_are_one_line_errors(
+    small_params_dict: dict[str, Any], data: dict[str, Any], message: str
+) -> None:
+    small_params_dict["data"].update(data)
+    with pytest.raises(ParamsError, match=message) as error:
+        parse_params(small_params_dict)
+    assert "\n" not in str(error.value)
+
+
+def test_kaggle_source_without_kagglehub_says_how_to_install_it(
+    tmp_path: Path, small_params_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a Kaggle source on a machine where the optional kagglehub package cannot be imported
+    monkeypatch.setitem(sys.modules, "kagglehub", None)
+
+    # When it is ingested, then one line says what to install or do instead
+    with pytest.raises(PipelineError) as error:
+        _ingest(tmp_path, small_params_dict, "kaggle:prashant268/chest-xray-covid19-pneumonia")
+    message = str(error.value)
+    assert message.startswith("data.source = kaggle:prashant268/chest-xray-covid19-pneumonia:")
+    assert "kagglehub" in message and ".[kaggle]" in message
+    assert not (tmp_path / "repo" / "data" / "raw").exists()

@@ -1,0 +1,116 @@
+import pytest
+from evaluation_fixtures import log_run
+
+from cxr.core.params import CompareParams
+from cxr.evaluation.leaderboard import (
+    draw_leaderboard,
+    evaluated_runs,
+    excluded_runs,
+    leaderboard,
+    leaderboard_json,
+    leaderboard_markdown,
+    markdown_table,
+    mcnemar_vs_best,
+    with_mcnemar,
+)
+from cxr.tracking import use_experiment
+
+
+def test_leaderboard_ranks_latest_run_per_model_on_the_same_data(tmp_path, store):
+    experiment_id = use_experiment("cxr-test", tmp_path, store)
+    log_run(experiment_id, "vgg16", "data-a", 0.70)
+    latest_vgg, _ = log_run(experiment_id, "vgg16", "data-a", 0.80)
+    log_run(experiment_id, "mobilenetv2", "data-a", 0.90)
+    other_data, _ = log_run(experiment_id, "resnet50", "data-b", 0.99)  # never mixed in
+    log_run(experiment_id, "densenet121", "data-a", None)  # trained but not evaluated
+    board = leaderboard(evaluated_runs(experiment_id), "data-a", "test_accuracy")
+    assert board["model"].tolist() == ["mobilenetv2", "vgg16"]
+    assert board["best"].tolist() == [True, False]
+    assert board.loc[1, "run_id"] == latest_vgg
+    assert board.loc[1, "test_accuracy"] == pytest.approx(0.80)
+    assert board["parameters"].tolist() == [1234, 1234]
+    ranked_by_f1 = leaderboard(evaluated_runs(experiment_id), "data-a", "test_f1_macro")
+    assert ranked_by_f1["model"].iloc[0] == "mobilenetv2"
+    board["mcnemar_p"] = [None, 0.01]
+    table = markdown_table(board)
+    assert table.startswith("| model ")
+    assert "**mobilenetv2** *" in table and "0.900 [0.800, 1.000]" in table
+    assert "0.01 (significant)" in table and "1,234" in table
+    excluded = excluded_runs(evaluated_runs(experiment_id), "data-a")
+    assert excluded["run_id"].tolist() == [other_data]
+    assert excluded["model"].tolist() == ["resnet50"]
+    assert "fingerprint data-b is not the current data-a" in excluded["reason"].iloc[0]
+
+
+def test_runs_logged_before_the_rename_are_read_from_their_backbone_tag(tmp_path, store):
+    # given a run tagged the old way (backbone) and one tagged the new way (model)
+    experiment_id = use_experiment("cxr-legacy", tmp_path, store)
+    legacy, _ = log_run(experiment_id, "vgg16", "data-a", 0.80, model_tag="backbone")
+    log_run(experiment_id, "mobilenetv2", "data-a", 0.90)
+    log_run(experiment_id, "resnet50", "data-b", 0.70, model_tag="backbone")
+    # when the leaderboard is built, then both count, each under its own model name
+    runs = evaluated_runs(experiment_id)
+    board = leaderboard(runs, "data-a", "test_accuracy")
+    assert board["model"].tolist() == ["mobilenetv2", "vgg16"]
+    assert board.loc[1, "run_id"] == legacy
+    assert excluded_runs(runs, "data-a")["model"].tolist() == ["resnet50"]
+
+
+def test_empty_store_gives_an_empty_board(tmp_path, store):
+    experiment_id = use_experiment("cxr-empty", tmp_path, store)
+    board = leaderboard(evaluated_runs(experiment_id), "data-a", "test_accuracy")
+    assert board.empty and "model" in board.columns
+    assert mcnemar_vs_best(experiment_id, board) == []
+    assert excluded_runs(evaluated_runs(experiment_id), "data-a").empty
+    with_p = with_mcnemar(board, experiment_id, 0.05)
+    empty = leaderboard_json(with_p, excluded_runs(board, "data-a"), "data-a", {})
+    assert empty["best_model"] is None and empty["models"] == 0 and empty["leaderboard"] == {}
+
+
+def test_mcnemar_against_the_best_on_the_shared_test_images(tmp_path, store):
+    # given the best model right on 10 images the other misses, the other right on 2 it misses
+    experiment_id = use_experiment("cxr-mcnemar", tmp_path, store)
+    best = [True] * 10 + [False] * 2 + [True] * 30
+    other = [False] * 10 + [True] * 2 + [True] * 30
+    log_run(experiment_id, "efficientnetb0", "data-a", 40 / 42, correct=best)
+    log_run(experiment_id, "vgg16", "data-a", 32 / 42, correct=other)
+    log_run(experiment_id, "resnet50", "data-a", 0.5)  # no predictions logged
+    board = leaderboard(evaluated_runs(experiment_id), "data-a", "test_accuracy")
+    # then the exact test on the discordant pairs (10 vs 2) matches the binomial by hand
+    p_values = mcnemar_vs_best(experiment_id, board)
+    assert p_values[0] is None and p_values[2] is None
+    assert p_values[1] == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    # and significance is judged against the threshold given
+    assert with_mcnemar(board, experiment_id, 0.05)["significant"].tolist() == [
+        False,
+        True,
+        False,
+    ]
+    assert not with_mcnemar(board, experiment_id, 0.01)["significant"].any()
+
+
+def test_report_json_and_chart_name_the_best_model(tmp_path, store):
+    experiment_id = use_experiment("cxr-report", tmp_path, store)
+    log_run(experiment_id, "vgg16", "data-a", 0.75, correct=[True, False, True])
+    best, _ = log_run(experiment_id, "efficientnetb0", "data-a", 0.85, correct=[True] * 3)
+    log_run(experiment_id, "resnet50", "old-data", 0.95)
+    runs = evaluated_runs(experiment_id)
+    board = with_mcnemar(leaderboard(runs, "data-a", "test_accuracy"), experiment_id, 0.05)
+    excluded = excluded_runs(runs, "data-a")
+    summary = leaderboard_json(board, excluded, "data-a", {"action": "none"})
+    assert summary["best_model"] == "efficientnetb0" and summary["models"] == 2
+    assert summary["leaderboard"]["efficientnetb0"]["run_id"] == best
+    vgg = summary["leaderboard"]["vgg16"]
+    assert vgg["mcnemar_p_vs_best"] == pytest.approx(1.0) and vgg["significant"] is False
+    assert vgg["pretrained"] is False and vgg["parameters"] == 1234
+    assert [row["model"] for row in summary["excluded"]] == ["resnet50"]
+    settings = CompareParams(rank_by="test_accuracy", significance=0.05, registered_model="cxr")
+    markdown = leaderboard_markdown(board, excluded, "data-a", settings, "Champion: none")
+    assert markdown.startswith("Leaderboard on data fingerprint `data-a`, ranked by test_accuracy")
+    assert "Excluded (other data" in markdown and markdown.endswith("\n\nChampion: none\n")
+    no_excluded = leaderboard_markdown(board, excluded.iloc[:0], "data-a", settings, "")
+    assert "Excluded" not in no_excluded
+    figure = draw_leaderboard(board, "test_accuracy", "data-a")
+    axis = figure.axes[0]
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["efficientnetb0", "vgg16"]
+    assert axis.get_title() == "Models on data data-a (95% CI)"

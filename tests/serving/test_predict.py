@@ -1,0 +1,86 @@
+import numpy as np
+import pandas as pd
+import pytest
+from evaluation_fixtures import NAMES, sklearn_models_dir, write_project
+from PIL import Image
+
+from cxr.data.pixels import load_split_pixels
+from cxr.serving.predict import main
+from cxr.serving.predictors import load_predictor
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A trained tiny CNN in models/ and a folder of new PNG and JPEG files, plus junk."""
+    root = tmp_path_factory.mktemp("project")
+    paths = write_project(root, epochs=8)
+    test = pd.read_parquet(paths.split_table("test"))
+    pixels = np.load(paths.pixel_cache)
+    incoming = root / "incoming" / "ward"
+    incoming.mkdir(parents=True)
+    for index in test["cache_index"][:4]:
+        Image.fromarray(pixels[index]).save(incoming / f"scan{index}.png")
+    # a larger RGB JPEG of another image: decoded to gray and resized like the training images
+    big = Image.fromarray(pixels[test["cache_index"].iloc[4]]).resize((96, 96)).convert("RGB")
+    big.save(incoming / "scan_rgb.jpg", quality=95)
+    (incoming / "notes.txt").write_text("not an image")
+    (incoming / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return paths, test, root / "incoming"
+
+
+def test_predict_prints_each_image_and_writes_a_csv_for_a_folder(project, tmp_path, capsys):
+    paths, test, incoming = project
+    csv = tmp_path / "out.csv"
+    # when a folder is classified with the model in models/
+    code = main([str(incoming), "--model", str(paths.models_dir), "--csv", str(csv)])
+    # then every image file gets a line with its class and probabilities, the broken one a reason
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("scan" in line and "[covid " in line for line in lines) == 5
+    assert any("broken.png: unreadable (" in line for line in lines)
+    table = pd.read_csv(csv, keep_default_na=False)
+    assert len(table) == 6 and "notes.txt" not in " ".join(table["path"])
+    readable = table[table["error"] == ""]
+    assert set(readable["class"]) <= set(NAMES)
+    probabilities = readable[[f"p_{name}" for name in NAMES]].to_numpy(float)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_a_file_gets_the_same_probabilities_as_its_cached_pixels_in_evaluate(project, tmp_path):
+    paths, test, incoming = project
+    predictor = load_predictor(paths.models_dir)
+    first = test["cache_index"].iloc[0]
+    cached = load_split_pixels(paths.pixel_cache, [first], predictor.image_size)
+    csv = tmp_path / "one.csv"
+    assert main([str(incoming / "ward" / f"scan{first}.png"), "--csv", str(csv),
+                 "--model", str(paths.model_file())]) == 0  # fmt: skip
+    from_file = pd.read_csv(csv)[[f"p_{name}" for name in NAMES]].to_numpy(float)
+    assert np.allclose(from_file, predictor.predict_proba(cached), atol=1e-4)
+
+
+def test_gradcam_overlays_for_a_cnn_and_a_reason_for_sklearn(project, tmp_path, capsys):
+    paths, test, incoming = project
+    out = tmp_path / "cams"
+    files = [str(incoming / "ward" / "scan_rgb.jpg"), str(incoming / "ward" / "broken.png")]
+    assert main([*files, "--model", str(paths.models_dir), "--gradcam", str(out)]) == 0
+    assert [path.name for path in out.iterdir()] == ["scan_rgb_gradcam.png"]
+    assert Image.open(out / "scan_rgb_gradcam.png").format == "PNG"
+    # a scikit-learn model has no feature map: said, not failed
+    pixels = np.load(paths.pixel_cache)
+    train = pd.read_parquet(paths.split_table("train"))
+    labels = train["label"].map({name: i for i, name in enumerate(NAMES)}).to_numpy()
+    models = sklearn_models_dir(tmp_path / "baseline", pixels[train["cache_index"]], labels)
+    capsys.readouterr()
+    assert main([files[0], "--model", str(models), "--gradcam", str(tmp_path / "none")]) == 0
+    output = capsys.readouterr().out
+    assert "Grad-CAM unavailable for this model" in output and "scan_rgb.jpg:" in output
+
+
+def test_bad_inputs_give_one_line_errors(project, tmp_path, capsys):
+    paths, _, incoming = project
+    assert main([str(tmp_path / "missing.png"), "--model", str(paths.models_dir)]) == 2
+    assert "missing.png: no such file or folder" in capsys.readouterr().err
+    assert main([str(incoming), "--model", str(tmp_path / "nowhere")]) == 2
+    assert "no such directory or model file" in capsys.readouterr().err
+    assert main([str(incoming / "ward" / "notes.txt"), "--model", str(paths.models_dir)]) == 2
+    assert "no given file could be read as an image" in capsys.readouterr().err

@@ -1,0 +1,80 @@
+import io
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from evaluation_fixtures import NAMES, write_project
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from cxr.core.run_record import read_run_record
+from cxr.serving.predict import main as predict_main
+from cxr.serving.predictors import load_models_dir, load_predictor
+from cxr.serving.pyfunc import log_classifier
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """A tiny CNN logged as the pyfunc classifier of a real run and registered as champion."""
+    root = tmp_path_factory.mktemp("serving")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mlflow.set_tracking_uri(uri)
+        paths = write_project(root, epochs=8)
+        pixels = np.load(paths.pixel_cache)
+        local = load_models_dir(paths.models_dir)
+        with mlflow.start_run() as run:
+            record = read_run_record(paths.models_dir)
+            model_uri = log_classifier(paths.models_dir, record, pixels[0], max_pixels=10**7)
+        version = mlflow.register_model(model_uri, "cxr-serving")
+        MlflowClient().set_registered_model_alias("cxr-serving", "champion", version.version)
+        yield paths, run.info.run_id, model_uri, local
+
+
+def encoded(pixels: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_pyfunc_takes_raw_png_and_jpeg_bytes_or_paths(logged, tmp_path):
+    paths, run_id, model_uri, local = logged
+    model = mlflow.pyfunc.load_model(model_uri)
+    # signature, class names and preprocessing travel with the model
+    assert [spec.name for spec in model.metadata.signature.inputs] == ["image", "path"]
+    outputs = [spec.name for spec in model.metadata.signature.outputs]
+    assert outputs == ["class", "confidence", "p_covid", "p_normal", "error"]
+    assert model.metadata.metadata["class_names"] == NAMES
+    assert "resize_square" in model.metadata.metadata["preprocessing"]
+    # raw file bytes (PNG and JPEG) give the local model's probabilities on the cached pixels
+    pixels = np.load(paths.pixel_cache)
+    result = model.predict(
+        pd.DataFrame({"image": [encoded(pixels[0], "PNG"), encoded(pixels[1], "PNG"), b"junk"]})
+    )
+    assert result["error"].iloc[2].startswith("not_an_image")
+    assert result["class"].iloc[2] == "" and np.isnan(result["p_covid"].iloc[2])
+    expected = local.predict_proba(local.prepare([pixels[0], pixels[1]]))
+    assert np.allclose(result[["p_covid", "p_normal"]].to_numpy()[:2], expected, atol=1e-5)
+    assert list(result["class"][:2]) == [NAMES[i] for i in expected.argmax(axis=1)]
+    jpeg = tmp_path / "scan.jpg"
+    jpeg.write_bytes(encoded(pixels[2], "JPEG"))
+    by_path = model.predict(pd.DataFrame({"path": [str(jpeg)]}))
+    assert by_path["error"].iloc[0] == "" and by_path["class"].iloc[0] in NAMES
+
+
+def test_predictors_and_predict_cli_load_runs_and_the_registry_champion(logged, capsys):
+    paths, run_id, _, local = logged
+    pixels = np.load(paths.pixel_cache)
+    images = local.prepare([pixels[0], pixels[5]])
+    for uri in (f"runs:/{run_id}", "models:/cxr-serving@champion"):
+        predictor = load_predictor(uri)
+        assert predictor.class_names == tuple(NAMES) and predictor.kind == "keras"
+        assert np.allclose(predictor.predict_proba(images), local.predict_proba(images), atol=1e-5)
+    file = sorted(paths.raw_dir.rglob("*.png"))[0]
+    assert predict_main([str(file), "--model", "models:/cxr-serving@champion"]) == 0
+    assert f"{file}: " in capsys.readouterr().out
+    assert predict_main([str(file), "--model", "models:/cxr-serving@nobody"]) == 2
+    assert "cannot load this MLflow model" in capsys.readouterr().err

@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from evaluation_fixtures import log_run
+from mlflow.tracking import MlflowClient
+
+from cxr.core.params import CompareParams
+from cxr.core.paths import ProjectPaths
+from cxr.core.tables import data_fingerprint
+from cxr.evaluation.champion import CHAMPION_ALIAS
+from cxr.tracking import use_experiment
+from stages.compare import compare, main
+
+
+def write_splits(paths: ProjectPaths) -> str:
+    """Tiny train / val / test tables; their data fingerprint."""
+    paths.split_dir.mkdir(parents=True)
+    splits = {}
+    for split, labels in {
+        "train": ["covid", "normal"],
+        "val": ["covid"],
+        "test": ["normal"],
+    }.items():
+        table = pd.DataFrame(
+            {
+                "path": [f"{label}/{split}{i}.png" for i, label in enumerate(labels)],
+                "label": labels,
+                "sha256": [f"{split}{i}" for i in range(len(labels))],
+            }
+        )
+        table.to_parquet(paths.split_table(split))
+        splits[split] = table
+    return data_fingerprint(splits)
+
+
+def test_compare_stage_writes_metrics_markdown_chart_and_promotes(tmp_path, store):
+    paths = ProjectPaths(tmp_path)
+    fingerprint = write_splits(paths)
+    experiment_id = use_experiment("cxr-stage", tmp_path, store)
+    # an older run tagged the old way (backbone) still competes
+    log_run(experiment_id, "vgg16", fingerprint, 0.75, [True, False, True], model_tag="backbone")
+    best, best_uri = log_run(
+        experiment_id, "efficientnetb0", fingerprint, 0.85, correct=[True] * 3, with_model=True
+    )
+    log_run(experiment_id, "resnet50", "old-data", 0.95)
+    paths.metrics("evaluate").parent.mkdir(parents=True, exist_ok=True)
+    paths.metrics("evaluate").write_text(json.dumps({"mlflow_run_id": best, "model_uri": best_uri}))
+    params = CompareParams(rank_by="test_accuracy", significance=0.05, registered_model="cxr-stage")
+    board = compare(params, "cxr-stage", paths, store)
+    assert len(board) == 2 and board["model"].tolist() == ["efficientnetb0", "vgg16"]
+    metrics = json.loads(paths.metrics("compare").read_text())
+    assert metrics["best_model"] == "efficientnetb0" and metrics["models"] == 2
+    assert "best_backbone" not in metrics
+    vgg = metrics["leaderboard"]["vgg16"]
+    assert vgg["test_accuracy"] == pytest.approx(0.75) and vgg["parameters"] == 1234
+    assert vgg["mcnemar_p_vs_best"] == pytest.approx(1.0) and vgg["significant"] is False
+    assert vgg["pretrained"] is False and vgg["inference_images_per_second"] == 250.0
+    assert metrics["data_fingerprint"] == fingerprint
+    assert [row["model"] for row in metrics["excluded"]] == ["resnet50"]
+    assert metrics["champion"]["action"] == "promoted"
+    champion = MlflowClient().get_model_version_by_alias("cxr-stage", CHAMPION_ALIAS)
+    assert champion.run_id == best
+    markdown = (paths.reports("compare") / "leaderboard.md").read_text()
+    assert "efficientnetb0" in markdown and fingerprint in markdown
+    assert "Excluded (other data" in markdown and "resnet50" in markdown
+    assert "Champion `cxr-stage@champion`: promoted (first champion)" in markdown
+    assert (paths.reports("compare") / "leaderboard.png").stat().st_size > 0
+    assert np.isfinite(metrics["leaderboard"]["efficientnetb0"]["test_accuracy_ci_low"])
+
+
+def test_main_reads_params_and_reports_an_empty_store(
+    tmp_path, store, small_params_dict, write_params, capsys
+):
+    # given split tables, params and no evaluated run yet
+    paths = ProjectPaths(tmp_path)
+    write_splits(paths)
+    write_params(tmp_path, small_params_dict)
+    # when the stage runs
+    assert main(["--root", str(tmp_path)]) == 0
+    # then it says so, and writes an empty leaderboard with nothing promoted
+    assert "compare: 0 model(s) on this data, no evaluated runs yet" in capsys.readouterr().out
+    metrics = json.loads(paths.metrics("compare").read_text())
+    assert metrics["models"] == 0 and metrics["best_model"] is None
+    assert metrics["champion"]["action"] == "none"
+    assert (paths.reports("compare") / "leaderboard.md").is_file()

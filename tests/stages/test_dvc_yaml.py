@@ -1,0 +1,111 @@
+"""dvc.yaml declares exactly what each stage reads, so DVC re-runs what a change affects."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from import_graph import ROOT, import_cycles, imported_files
+
+from cxr.core.paths import ProjectPaths
+
+STAGE_NAMES = ["ingest", "build", "split", "train", "evaluate", "compare"]
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def test_stage_order_and_commands(pipeline):
+    # given dvc.yaml, then every stage is `python -m stages.<name>`, in pipeline order
+    assert list(pipeline["stages"]) == STAGE_NAMES
+    for name, stage in pipeline["stages"].items():
+        assert stage["cmd"] == f"python -m stages.{name}"
+
+
+@pytest.mark.parametrize("name", STAGE_NAMES)
+def test_code_deps_are_exactly_the_imported_modules(pipeline, name):
+    # given a stage, when its imports are followed through the cxr package (lazy ones too),
+    # then dvc.yaml lists exactly those files: nothing it does not run, nothing it runs missing
+    declared = {
+        dep for dep in pipeline["stages"][name]["deps"] if dep.startswith(("stages/", "cxr/"))
+    }
+    assert declared == imported_files(f"stages.{name}")
+
+
+@pytest.mark.parametrize("name", ["ingest", "build", "split"])
+def test_data_stages_depend_on_no_model_training_or_evaluation_code(pipeline, name):
+    # a change to a model, training or evaluation module must not re-decode the dataset
+    code = [dep for dep in pipeline["stages"][name]["deps"] if dep.startswith("cxr/")]
+    assert code and not [
+        dep for dep in code if dep.startswith(("cxr/models", "cxr/training", "cxr/evaluation"))
+    ]
+
+
+def test_stages_holds_only_the_six_entry_points():
+    assert sorted(path.stem for path in (ROOT / "stages").glob("*.py")) == sorted(
+        [*STAGE_NAMES, "__init__"]
+    )
+
+
+def test_no_import_cycles():
+    # a cycle would tie two concerns into one; each found cycle is listed as a module chain
+    assert import_cycles() == []
+
+
+def test_outputs_match_the_paths_module(pipeline):
+    # given the paths module, then each declared output is where the stage writes it
+    paths = ProjectPaths(Path("."))
+
+    def declared(stage: str) -> set[str]:
+        entries = []
+        for kind in ("outs", "metrics"):
+            for entry in pipeline["stages"][stage].get(kind, []):
+                entries.append(entry if isinstance(entry, str) else next(iter(entry)))
+        return set(entries)
+
+    def rel(path: Path) -> str:
+        return path.as_posix()
+
+    assert declared("ingest") == {
+        rel(paths.raw_dir),
+        rel(paths.manifest),
+        rel(paths.downloads_dir),
+        rel(paths.metrics("ingest")),
+    }
+    assert declared("build") == {
+        rel(paths.images_table),
+        rel(paths.pixel_cache),
+        rel(paths.rejected_table),
+        rel(paths.reports("build")),
+        rel(paths.metrics("build")),
+    }
+    assert declared("split") == {rel(paths.split_dir), rel(paths.metrics("split"))}
+    assert declared("train") == {
+        rel(paths.models_dir),
+        rel(paths.metrics("train")),
+        rel(paths.history),
+    }
+    assert declared("evaluate") == {
+        rel(paths.reports("evaluate")),
+        rel(paths.evaluate_plots),
+        rel(paths.metrics("evaluate")),
+        rel(paths.predictions),
+    }
+    assert declared("compare") == {rel(paths.reports("compare")), rel(paths.metrics("compare"))}
+
+
+def test_declared_params_keys_exist(pipeline):
+    # given params.yaml, then every params key a stage declares exists there, dotted keys too
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, stage in pipeline["stages"].items():
+        for key in stage.get("params", []):
+            value = params
+            for part in key.split("."):
+                assert isinstance(value, dict) and part in value, f"{name}: {key} not in params"
+                value = value[part]
+
+
+def test_compare_always_refreshes(pipeline):
+    # compare reads MLflow runs DVC cannot see, so it must re-run every time
+    assert pipeline["stages"]["compare"]["always_changed"] is True

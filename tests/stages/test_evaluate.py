@@ -1,0 +1,144 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from evaluation_fixtures import NAMES as NAMES_TINY
+from evaluation_fixtures import sklearn_models_dir, write_project
+from mlflow.tracking import MlflowClient
+
+from cxr.core.errors import PipelineError
+from cxr.core.params import EvaluateParams
+from cxr.tracking import use_experiment
+from stages.evaluate import evaluate, main
+
+PARAMS = EvaluateParams(
+    batch_size=8, misclassified_grid=4, bootstrap_samples=50, calibration_bins=5, gradcam_images=2
+)
+
+
+def test_evaluate_stage_continues_the_train_run_and_writes_everything(tmp_path, store):
+    # given a trained tiny CNN whose train run is in the store, and a test split of two sources
+    experiment_id = use_experiment("cxr-evaluate", tmp_path, store)
+    with mlflow.start_run(experiment_id=experiment_id) as train_run:
+        mlflow.log_metric("parameters", 100)
+    paths = write_project(tmp_path, run_id=train_run.info.run_id, sources=("site-a", "site-b"))
+    # when evaluate runs
+    metrics = evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store)
+    # then metrics/evaluate.json keeps the keys compare and the README read, and the new ones
+    written = json.loads(paths.metrics("evaluate").read_text())
+    for key in (
+        "test_accuracy", "test_f1_macro", "test_roc_auc_ovr", "test_balanced_accuracy",
+        "test_cohen_kappa", "test_covid_sensitivity", "test_ece", "inference_images_per_second",
+        "test_accuracy_ci_low", "test_accuracy_ci_high", "per_source", "model_uri",
+    ):  # fmt: skip
+        assert key in written, key
+    assert written["mlflow_run_id"] == train_run.info.run_id
+    assert set(written["per_source"]) == {"site-a", "site-b"}
+    assert written["test_images"] == 12 and metrics["gradcam"] == "4 images"
+    # plots data for DVC and the figures
+    plots = paths.metrics_dir / "evaluate_plots"
+    assert sorted(p.name for p in (plots / "roc").iterdir()) == ["covid.csv", "normal.csv"]
+    assert list(pd.read_csv(plots / "roc" / "covid.csv").columns) == ["fpr", "tpr", "threshold"]
+    assert list(pd.read_csv(plots / "pr" / "normal.csv").columns) == [
+        "recall",
+        "precision",
+        "threshold",
+    ]
+    assert list(pd.read_csv(plots / "calibration.csv").columns) == [
+        "confidence",
+        "accuracy",
+        "images",
+    ]
+    figures = paths.reports("evaluate")
+    for name in (
+        "confusion_matrix.png", "roc_curves.png", "pr_curves.png", "reliability.png",
+        "misclassified.png", "gradcam/covid.png", "gradcam/normal.png", "per_source.csv",
+    ):  # fmt: skip
+        assert (figures / name).stat().st_size > 0, name
+    table = pd.read_csv(paths.predictions)
+    assert {"path", "sha256", "actual", "predicted", "correct", "p_covid"} <= set(table.columns)
+    # and the train run got the metrics, figures, predictions table and a servable model
+    run = MlflowClient().get_run(train_run.info.run_id)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(written["test_accuracy"])
+    assert "test_sensitivity_covid" in run.data.metrics
+    assert "source_site-a_accuracy" in run.data.metrics
+    logged = {item.path for item in MlflowClient().list_artifacts(run.info.run_id, "evaluate")}
+    assert {"evaluate/roc_curves.png", "evaluate/test_predictions.json", "evaluate/plots"} <= logged
+    served = mlflow.pyfunc.load_model(written["model_uri"])
+    raw = sorted(paths.raw_dir.rglob("*.png"))[:2]
+    result = served.predict(pd.DataFrame({"image": [file.read_bytes() for file in raw]}))
+    assert list(result["class"]) != [] and set(result["class"]) <= set(NAMES_TINY)
+
+
+def test_evaluate_a_scikit_learn_model_says_grad_cam_is_unavailable(tmp_path, store, capsys):
+    # given a scikit-learn model whose train run (1...1) is not in this store
+    paths = write_project(tmp_path, epochs=1)
+    pixels = np.load(paths.pixel_cache)
+    train = pd.read_parquet(paths.split_table("train"))
+    labels = train["label"].map({"covid": 0, "normal": 1}).to_numpy()
+    sklearn_models_dir(paths.models_dir, pixels[train["cache_index"]], labels)
+    (paths.models_dir / "model.keras").unlink()
+    metrics = evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store)
+    assert metrics["gradcam"].startswith("unavailable: a Pipeline has no convolutional feature map")
+    assert not (paths.reports("evaluate") / "gradcam").exists() or not any(
+        (paths.reports("evaluate") / "gradcam").iterdir()
+    )
+    assert 0 <= metrics["test_accuracy"] <= 1
+    # and the results went to a new run linked to the train run, tagged with the model
+    assert "run 11111111111111111111111111111111 is not in this store" in capsys.readouterr().out
+    linked = MlflowClient().get_run(metrics["mlflow_run_id"])
+    assert linked.info.run_id != "1" * 32
+    assert linked.data.tags["trained_in_run"] == "1" * 32
+    assert linked.data.tags["model"] == "pixel_logreg" and "backbone" not in linked.data.tags
+    assert linked.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+
+def test_main_stops_on_test_labels_the_model_does_not_know(
+    tmp_path, store, small_params_dict, write_params, capsys
+):
+    # given a test split holding a class the trained model never saw
+    paths = write_project(tmp_path, epochs=1)
+    test = pd.read_parquet(paths.split_table("test"))
+    test.loc[0, "label"] = "lung_opacity"
+    test.to_parquet(paths.split_table("test"))
+    write_params(tmp_path, small_params_dict)
+    # when the stage runs, then it fails in one line naming the label, and writes nothing
+    assert main(["--root", str(tmp_path)]) == 2
+    assert "test labels ['lung_opacity'] unknown to the model" in capsys.readouterr().err
+    assert not paths.metrics("evaluate").exists() and not paths.evaluate_plots.exists()
+    with pytest.raises(PipelineError, match="lung_opacity"):
+        evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store)
+
+
+def test_dvc_plots_show_renders_the_evaluate_plots(tmp_path, store, project_root):
+    # given the evaluate outputs and the repository's plot definitions in a DVC project
+    paths = write_project(tmp_path, epochs=1)
+    evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store)
+    definitions = yaml.safe_load((project_root / "dvc.yaml").read_text())["plots"]
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": definitions}))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    # when dvc renders them
+    shown = subprocess.run(
+        [dvc, "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True
+    )
+    rendered = json.loads(shown.stdout)
+    # then confusion, calibration, ROC and PR (one per class) and the figures have data
+    data = rendered["data"]
+    assert data["confusion"] and data["calibration"]
+    for kind in ("roc", "pr"):
+        for name in NAMES_TINY:
+            assert data[f"metrics/evaluate_plots/{kind}/{name}.csv"], (kind, name)
+    for figure in ("roc_curves", "pr_curves", "reliability", "confusion_matrix"):
+        assert data[f"reports/evaluate/{figure}.png"]
+    assert any(key.startswith("reports/evaluate/gradcam/") for key in data)
+    failed = {error["name"] for error in rendered.get("errors", [])}
+    assert not failed & {"confusion", "calibration"}
+    assert not any("evaluate" in name for name in failed), failed

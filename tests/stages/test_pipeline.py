@@ -1,0 +1,184 @@
+"""End to end: real `dvc repro` / `dvc exp run` in a temporary git repo, MLflow and TensorFlow."""
+
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from dvc_project import ROOT, STAGES, clean_env, copy_project, git_repo, run, stages_run
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_params() -> dict:
+    """The repository's params, shrunk so each training takes seconds."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["synthetic"].update(
+        counts={"covid": 14, "normal": 18, "viral_pneumonia": 12}, image_size=48
+    )
+    params["build"]["histogram_images_per_class"] = 4
+    params["train"].update(image_size=32, epochs=2, batch_size=8, fine_tune_epochs=0)
+    params["train"]["head"]["dense_units"] = [8]
+    params["evaluate"]["bootstrap_samples"] = 50
+    return params
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    repo = tmp_path_factory.mktemp("e2e") / "project"
+    copy_project(repo, tiny_params())
+    env = clean_env()
+    git_repo(repo, env)
+    return repo, env
+
+
+def runs_in_store(repo: Path) -> pd.DataFrame:
+    """All runs of the project's experiment in the repo's own mlflow.db."""
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("cxr-pipeline")
+    assert experiment is not None, "no MLflow experiment in the repo's mlflow.db"
+    return mlflow.search_runs([experiment.experiment_id])
+
+
+def test_repro_builds_every_output(project):
+    repo, env = project
+    # when the whole pipeline runs
+    output = run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    # then every stage ran, in order, and wrote its outputs
+    assert stages_run(output) == STAGES
+    assert sorted(p.name for p in (repo / "data" / "raw").iterdir()) == [
+        "covid",
+        "normal",
+        "viral_pneumonia",
+    ]
+    images = pd.read_parquet(repo / "data" / "interim" / "images.parquet")
+    assert len(images) == 14 + 18 + 12
+    splits = {
+        s: pd.read_parquet(repo / "data" / "processed" / f"{s}.parquet")
+        for s in ("train", "val", "test")
+    }
+    assert splits["train"]["label"].value_counts().nunique() == 1  # undersampled to equal counts
+    assert (repo / "models" / "model.keras").stat().st_size > 0
+    for figure in [
+        "build/class_counts.png",
+        "build/image_sizes.png",
+        "build/intensity_histograms.png",
+        "evaluate/confusion_matrix.png",
+        "evaluate/misclassified.png",
+        "compare/leaderboard.png",
+        "compare/leaderboard.md",
+    ]:
+        assert (repo / "reports" / figure).stat().st_size > 0, figure
+    train = json.loads((repo / "metrics" / "train.json").read_text())
+    history = pd.read_csv(repo / "metrics" / "train_history.csv")
+    assert len(history) == train["epochs_run"] and {
+        "loss",
+        "val_loss",
+        "accuracy",
+        "val_accuracy",
+    } <= set(history)
+    assert train["pretrained"] is False  # no ImageNet download in tests
+    evaluate = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert 0.0 <= evaluate["test_accuracy"] <= 1.0 and evaluate["test_images"] == len(
+        splits["test"]
+    )
+    assert set(evaluate["per_class"]) == {"covid", "normal", "viral_pneumonia"}
+    predictions = pd.read_csv(repo / "metrics" / "test_predictions.csv")
+    assert len(predictions) == len(splits["test"])
+    compare = json.loads((repo / "metrics" / "compare.json").read_text())
+    assert compare["best_model"] == "mobilenetv2" and compare["models"] == 1
+    # and MLflow holds one finished run with curves, test metrics and artifacts
+    runs = runs_in_store(repo)
+    assert len(runs) == 1 and runs.loc[0, "metrics.test_accuracy"] == pytest.approx(
+        evaluate["test_accuracy"]
+    )
+    client = mlflow.tracking.MlflowClient()
+    run_id = runs.loc[0, "run_id"]
+    assert len(client.get_metric_history(run_id, "val_loss")) == train["epochs_run"]
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"model", "evaluate", "plots"} <= artifacts
+
+
+def test_second_repro_runs_only_the_always_changed_compare(project):
+    repo, env = project
+    output = run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    assert stages_run(output) == ["compare"]
+    assert "Stage 'train' didn't change" in output
+
+
+def test_a_change_to_model_code_makes_train_stale_but_not_the_data_stages(project):
+    repo, env = project
+    # given an up-to-date pipeline, when a model module changes
+    module = repo / "cxr" / "models" / "classifier.py"
+    original = module.read_text()
+    module.write_text(original + "\n# a change to the model code\n")
+    try:
+        status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], repo, env))
+    finally:
+        module.write_text(original)
+    # then DVC would re-run train and what follows, and ingest, build and split are up to date
+    stale = {name.split(":")[-1] for name in status}
+    assert {"train", "evaluate", "compare"} <= stale
+    assert not stale & {"ingest", "build", "split"}
+    assert {"cxr/models/classifier.py": "modified"} in [
+        change.get("changed deps") for change in status["train"] if isinstance(change, dict)
+    ]
+
+
+def test_experiment_with_another_backbone_reruns_only_train_evaluate_compare(project):
+    repo, env = project
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "-m", "baseline"], repo, env)
+    # when an experiment changes the backbone
+    output = run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-n", "effnet", "-S", "model=efficientnetb0"],
+        repo,
+        env,
+    )
+    # then only the stages that depend on it re-run
+    assert stages_run(output) == ["train", "evaluate", "compare"]
+    # and the leaderboard and MLflow hold both backbones, the experiment's run tagged with its name
+    compare = json.loads((repo / "metrics" / "compare.json").read_text())
+    assert set(compare["leaderboard"]) == {"mobilenetv2", "efficientnetb0"}
+    runs = runs_in_store(repo)
+    assert set(runs["tags.model"]) == {"mobilenetv2", "efficientnetb0"}
+    assert runs["metrics.test_accuracy"].notna().all()
+    assert set(runs["tags.dvc_experiment"].dropna()) == {"effnet"}
+    # and dvc exp show lists both with their params and metrics
+    shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo, env)
+    assert '"efficientnetb0"' in shown and '"mobilenetv2"' in shown and "test_accuracy" in shown
+    # and dvc plots show renders the history and confusion plots
+    plots = run(
+        [sys.executable, "-m", "dvc", "plots", "show", "-o", str(repo.parent / "plots")], repo, env
+    )
+    page = (repo.parent / "plots" / "index.html").read_text()
+    for rendered in (
+        '"val_loss"',
+        '"val_accuracy"',
+        '"actual"',
+        "reports_evaluate_confusion_matrix_png",
+        "reports_build_class_counts_png",
+        "reports_compare_leaderboard_png",
+    ):
+        assert rendered in page, f"{rendered} missing from {plots}"
+
+
+def test_temp_experiment_logs_to_the_workspace_store(project):
+    repo, env = project
+    before = len(runs_in_store(repo))
+    # when DVC runs the experiment in a throwaway copy under .dvc/tmp
+    run(
+        [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", "temp-seed", "-S", "seed=7"],
+        repo,
+        env,
+    )
+    # then its run lands in the workspace's mlflow.db, its artifacts beside it
+    runs = runs_in_store(repo)
+    assert len(runs) == before + 1
+    newest = runs.sort_values("start_time").iloc[-1]
+    assert newest["tags.dvc_experiment"] == "temp-seed"
+    assert ".dvc/tmp" not in newest["artifact_uri"]
+    assert Path(newest["artifact_uri"].removeprefix("file://")).is_dir()

@@ -1,0 +1,204 @@
+import json
+import os
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from training_fixtures import fresh_copy, tiny_params, write_prepared_project
+
+from cxr.core.params import parse_params
+from cxr.core.paths import ProjectPaths
+from cxr.core.run_record import read_run_record
+from cxr.data.pixels import load_split_pixels
+from cxr.training.inputs import load_training_data
+from cxr.training.keras_fit import class_weights
+from cxr.training.resume import BACKUP_DIR
+from cxr.training.run import train_model
+from stages import train
+
+NO_AUGMENTATION = {"horizontal_flip": False, "rotation": 0.0, "zoom": 0.0, "contrast": 0.0}
+
+
+# Every test gets its own MLflow store (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("mlflow_store")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A project whose build and split outputs exist (pixel cache and split tables)."""
+    return write_prepared_project(tmp_path_factory.mktemp("train") / "prepared")
+
+
+@pytest.fixture(scope="module")
+def pretrained_weights(tmp_path_factory):
+    """Random VGG16 weights saved to a file, standing in for ImageNet weights."""
+    path = tmp_path_factory.mktemp("weights") / "pretrained.weights.h5"
+    keras.utils.set_random_seed(1)
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(
+        path
+    )
+    return path
+
+
+def head_weights(model_file):
+    model = keras.models.load_model(model_file)
+    return [
+        weights
+        for layer in model.layers
+        if layer.name.startswith(("head_", "predictions"))
+        for weights in layer.get_weights()
+    ]
+
+
+@pytest.mark.slow
+def test_train_from_scratch_twice_gives_identical_metrics_and_an_mlflow_run_each(
+    prepared, tmp_path
+):
+    # given the adaptive schedule and balanced class weights
+    params = tiny_params(schedule="adaptive", class_weight="balanced")
+    histories, records = [], []
+    for attempt in ("first", "second"):
+        root = fresh_copy(prepared, tmp_path / attempt, params)
+        # when train runs on a backbone without pretrained weights
+        assert train.main(["--root", str(root)]) == 0
+        histories.append(pd.read_csv(ProjectPaths(root).history))
+        records.append(read_run_record(ProjectPaths(root).models_dir))
+    # then two runs give the same history
+    pd.testing.assert_frame_equal(histories[0], histories[1])
+    # and one trained one phase, saved a loadable model, the history and one MLflow run
+    paths = ProjectPaths(root)
+    metrics = json.loads(paths.metrics("train").read_text())
+    record = records[1]
+    assert metrics["pretrained"] is False and metrics["epochs_run"] == 2 == len(histories[1])
+    assert histories[1]["learning_rate"].notna().all()
+    assert record.class_names == ("covid", "normal", "viral_pneumonia")
+    assert record.kind == "keras" and record.image_size == 32 and record.cache_size == 40
+    assert record.model == "vgg16" and metrics["model"] == "vgg16"
+    model = keras.models.load_model(paths.model_file())
+    assert model.output_shape == (None, 3)
+    assert sorted(p.name for p in paths.models_dir.iterdir()) == ["model.keras", "run.json"]
+    assert not any((root / BACKUP_DIR).glob("*"))
+    run = mlflow.get_run(record.run_id)
+    assert run.data.tags["model"] == "vgg16" and run.data.tags["pretrained"] == "false"
+    assert run.data.tags["data_fingerprint"] == record.data_fingerprint
+    assert run.data.tags["device"] == "CPU" and run.data.tags["kind"] == "keras"
+    assert {"tensorflow_version", "keras_version", "cuda_version", "cudnn_version"} <= set(
+        run.data.tags
+    )
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model"] == "vgg16"
+    steps = mlflow.tracking.MlflowClient().get_metric_history(record.run_id, "val_accuracy")
+    assert [m.step for m in steps] == [0, 1]
+
+
+def test_training_pixels_come_from_the_cache_rows_the_table_names(prepared):
+    paths = ProjectPaths(prepared)
+    table = pd.read_parquet(paths.split_table("val"))
+    names = ["covid", "normal", "viral_pneumonia"]
+    data = load_training_data(paths, 32)
+    expected = load_split_pixels(paths.pixel_cache, table["cache_index"], 32)
+    assert np.array_equal(data.val_images, expected) and data.val_images.shape[1:] == (32, 32, 1)
+    assert data.cache_size == 40 and data.class_names == names
+    assert data.val_labels.tolist() == [names.index(label) for label in table["label"]]
+
+
+@pytest.mark.slow
+def test_pretrained_backbone_trains_frozen_then_fine_tunes(prepared, tmp_path, pretrained_weights):
+    root = fresh_copy(prepared, tmp_path, tiny_params(str(pretrained_weights)))
+    assert train.main(["--root", str(root)]) == 0
+    metrics = json.loads(ProjectPaths(root).metrics("train").read_text())
+    history = pd.read_csv(ProjectPaths(root).history)
+    record = read_run_record(ProjectPaths(root).models_dir)
+    # then the frozen phase (2 epochs) is followed by one fine-tuning epoch at the lower rate
+    assert metrics["pretrained"] is True and metrics["epochs_run"] == 3
+    assert history["epoch"].tolist() == [0, 1, 2]
+    assert history["learning_rate"].iloc[-1] == pytest.approx(1e-5)
+    # augmentation is on in the default params, so the frozen phase ran end to end
+    assert mlflow.get_run(record.run_id).data.tags["cached_features"] == "false"
+
+
+@pytest.mark.slow
+def test_cached_features_give_the_same_head_as_end_to_end(prepared, tmp_path, pretrained_weights):
+    # given a pretrained backbone, no augmentation and only the frozen phase
+    heads = {}
+    for cache_features in ("on", "off"):
+        params = tiny_params(
+            str(pretrained_weights), cache_features=cache_features, fine_tune_epochs=0
+        )
+        params["train"]["augment"] = {**params["train"]["augment"], **NO_AUGMENTATION}
+        root = fresh_copy(prepared, tmp_path / cache_features, params)
+        # when the frozen phase runs on cached features, and end to end
+        assert train.main(["--root", str(root)]) == 0
+        record = read_run_record(ProjectPaths(root).models_dir)
+        tags = mlflow.get_run(record.run_id).data.tags
+        assert tags["cached_features"] == str(cache_features == "on").lower()
+        heads[cache_features] = head_weights(ProjectPaths(root).model_file())
+    # then both give the same head
+    assert len(heads["on"]) == len(heads["off"]) >= 4
+    for cached, end_to_end in zip(heads["on"], heads["off"], strict=True):
+        np.testing.assert_allclose(cached, end_to_end, rtol=1e-4, atol=1e-5)
+
+
+class InterruptedError(Exception):
+    pass
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stands for a killed process: fails at the end of one epoch, before its backup."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise InterruptedError(f"after epoch {epoch}")
+
+
+@pytest.mark.slow
+def test_resume_after_an_interruption_reaches_the_uninterrupted_weights(
+    prepared, tmp_path, pretrained_weights
+):
+    # given frozen (1 epoch) then fine-tuning (2 epochs), cosine rates and augmentation
+    params = tiny_params(
+        str(pretrained_weights), resume=True, epochs=1, fine_tune_epochs=2, schedule="cosine"
+    )
+    environ = dict(os.environ)
+    whole = fresh_copy(prepared, tmp_path / "whole", params)
+    train_model(parse_params(params), ProjectPaths(whole), environ)
+    # and a run interrupted at the end of epoch 2 (fine-tuning's second, not backed up)
+    resumed = fresh_copy(prepared, tmp_path / "resumed", params)
+    with pytest.raises(InterruptedError):
+        train_model(parse_params(params), ProjectPaths(resumed), environ, [Interrupt(2)])
+    assert not ProjectPaths(resumed).models_dir.exists()
+    # when it runs again with train.resume
+    train_model(parse_params(params), ProjectPaths(resumed), environ)
+    # then it continued the same MLflow run and ended on the uninterrupted run's weights
+    history = pd.read_csv(ProjectPaths(resumed).history)
+    pd.testing.assert_frame_equal(history, pd.read_csv(ProjectPaths(whole).history))
+    assert history["epoch"].tolist() == [0, 1, 2]
+    expected = keras.models.load_model(ProjectPaths(whole).model_file()).get_weights()
+    actual = keras.models.load_model(ProjectPaths(resumed).model_file()).get_weights()
+    for left, right in zip(expected, actual, strict=True):
+        np.testing.assert_array_equal(left, right)
+    assert len(mlflow.search_runs(search_all_experiments=True)) == 2
+    assert not any((ProjectPaths(resumed).root / BACKUP_DIR).glob("*"))
+
+
+def test_class_weights_balance_the_loss_of_each_class():
+    labels = np.array([0, 0, 0, 1])
+    assert class_weights("none", labels, 3) is None
+    weights = class_weights("balanced", labels, 3)
+    # n / (classes present * count); a class absent from train keeps weight 1
+    assert weights == pytest.approx({0: 4 / 6, 1: 2.0, 2: 1.0})
+
+
+def test_bad_params_stop_train_before_writing(prepared, tmp_path, capsys):
+    params = tiny_params()
+    params["train"]["epochs"] = 0
+    root = fresh_copy(prepared, tmp_path, params)
+    assert train.main(["--root", str(root)]) == 2
+    assert "train.epochs = 0" in capsys.readouterr().err
+    assert not (root / "models").exists()
+    assert parse_params(tiny_params()).train.epochs == 2

@@ -1,0 +1,131 @@
+"""Tests for the accelerator plan (stages/devices.py); no TensorFlow needed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cxr.core.errors import PipelineError
+from cxr.training.devices import AcceleratorPlan, Gpu, plan_accelerators
+
+ONE_GPU = [Gpu("NVIDIA H100", (9, 0))]
+TWO_GPUS = [Gpu("NVIDIA A100", (8, 0)), Gpu("NVIDIA A100", (8, 0))]
+OLD_GPU = [Gpu("Tesla P100", (6, 0))]
+
+
+def _tf_config(workers: int) -> dict[str, str]:
+    """An environment with a TF_CONFIG naming `workers` workers, this process being the first."""
+    cluster = {"worker": [f"host{index}:12345" for index in range(workers)]}
+    return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})}
+
+
+@pytest.mark.parametrize(
+    ("mixed_precision", "expected"), [("auto", False), ("on", True), ("off", False)]
+)
+def test_no_gpu_trains_on_cpu_with_the_default_strategy(
+    mixed_precision: str, expected: bool
+) -> None:
+    # Given no visible GPU and no cluster
+    # When the accelerators are planned
+    plan = plan_accelerators([], mixed_precision, "auto", {})
+
+    # Then training uses the CPU with the default strategy, mixed precision only when forced
+    assert plan == AcceleratorPlan(
+        strategy="default", mixed_precision=expected, jit_compile=False, device="CPU"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mixed_precision", "expected"), [("auto", True), ("on", True), ("off", False)]
+)
+def test_one_gpu_uses_the_default_strategy_and_mixed_precision_under_auto(
+    mixed_precision: str, expected: bool
+) -> None:
+    # Given one visible GPU
+    # When the accelerators are planned
+    plan = plan_accelerators(ONE_GPU, mixed_precision, "auto", {})
+
+    # Then the default strategy is used, with mixed precision unless switched off
+    assert plan.strategy == "default"
+    assert plan.mixed_precision is expected
+    assert plan.device.startswith("1 GPU")
+    assert "NVIDIA H100 (compute 9.0)" in plan.device
+    assert plan.jit_compile is True
+
+
+def test_two_gpus_are_mirrored() -> None:
+    # Given two visible GPUs
+    # When the accelerators are planned
+    plan = plan_accelerators(TWO_GPUS, "auto", "auto", {})
+
+    # Then training is mirrored over both with mixed precision, and the device says so
+    assert plan.strategy == "mirrored"
+    assert plan.mixed_precision is True
+    assert plan.device.startswith("2 GPU")
+    assert plan.device.count("NVIDIA A100 (compute 8.0)") == 2
+    # keras turns XLA off under tf.distribute, so auto does not ask for it
+    assert plan.jit_compile is False
+
+
+@pytest.mark.parametrize("gpus", [[], ONE_GPU, TWO_GPUS])
+def test_tf_config_with_two_workers_is_multi_worker(gpus: list[str]) -> None:
+    # Given a TF_CONFIG describing a cluster of two workers
+    environ = _tf_config(2)
+
+    # When the accelerators are planned
+    plan = plan_accelerators(gpus, "auto", "auto", environ)
+
+    # Then the multi-worker strategy is used and the device names the workers
+    assert plan.strategy == "multi_worker"
+    assert plan.device.endswith(", 2 workers")
+    assert plan.mixed_precision is bool(gpus)
+
+
+@pytest.mark.parametrize("environ", [_tf_config(1), {"TF_CONFIG": "  "}, {"OTHER": "x"}])
+def test_a_single_worker_or_no_tf_config_is_not_multi_worker(environ: dict[str, str]) -> None:
+    # Given a cluster of one worker, a blank TF_CONFIG or none at all
+    # When the accelerators are planned with two GPUs
+    plan = plan_accelerators(TWO_GPUS, "auto", "auto", environ)
+
+    # Then the GPUs decide: mirrored, and no workers are mentioned
+    assert plan.strategy == "mirrored"
+    assert "workers" not in plan.device
+
+
+def test_malformed_tf_config_is_a_one_line_pipeline_error() -> None:
+    # Given a TF_CONFIG that is not JSON
+    environ = {"TF_CONFIG": "{cluster: worker"}
+
+    # When the accelerators are planned
+    with pytest.raises(PipelineError) as error:
+        plan_accelerators(ONE_GPU, "auto", "auto", environ)
+
+    # Then one line names TF_CONFIG
+    assert "TF_CONFIG" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_mixed_precision_auto_needs_tensor_cores_on_every_gpu() -> None:
+    # Given a pre-Volta GPU, a GPU of unknown capability, and a mix of old and new
+    # When the accelerators are planned with mixed precision on auto
+    plans = [
+        plan_accelerators(gpus, "auto", "auto", {})
+        for gpus in (OLD_GPU, [Gpu("GPU:0")], [*OLD_GPU, *ONE_GPU])
+    ]
+
+    # Then float16 is not used (it would be emulated and slower), unless forced on
+    assert [plan.mixed_precision for plan in plans] == [False, False, False]
+    assert plan_accelerators(OLD_GPU, "on", "auto", {}).mixed_precision is True
+    assert "Tesla P100 (compute 6.0)" in plans[0].device
+
+
+@pytest.mark.parametrize(
+    ("gpus", "jit_compile", "expected"),
+    [([], "auto", False), ([], "on", True), (ONE_GPU, "auto", True), (ONE_GPU, "off", False)],
+)
+def test_xla_is_on_for_one_gpu_under_auto_and_follows_on_off(
+    gpus: list[Gpu], jit_compile: str, expected: bool
+) -> None:
+    # Given a CPU or one GPU, When planned with train.jit_compile, Then XLA follows it
+    assert plan_accelerators(gpus, "off", jit_compile, {}).jit_compile is expected
