@@ -40,7 +40,7 @@ def plain_pillow(files: list[Path], size: int) -> int:
 
 def pipeline(root: Path, relatives: list[str], size: int, workers: int) -> int:
     """The build's decode_files (processes, sha256, perceptual hash); return how many decoded."""
-    results = decode_files(root, relatives, PILLOW_MAX_PIXELS, size, workers)
+    results = decode_files(root, relatives, PILLOW_MAX_PIXELS, size, "stretch", workers)
     return sum(result.pixels is not None for result in results)
 
 

@@ -1,4 +1,8 @@
-"""Stage ingest: copy data.source into data/raw as it is and list its files in a manifest."""
+"""Stage ingest: copy data.source into data/raw as it is and list its files in a manifest.
+
+Table rows it cannot use go to data/interim/ingest_rejected.csv; warnings and rows dropped
+are counted in metrics/ingest.json.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for split, per_class in metrics["given_splits"].items()
         )
         print(f"  {label}: {count}" + (f" ({splits})" if splits else ""))
+    if metrics["groups"]:
+        print(f"  {metrics['groups']} groups (kept whole by split)")
+    dropped = metrics["dropped_rows"]
+    if dropped:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in dropped.items())
+        print(
+            f"  {sum(dropped.values())} table rows dropped ({reasons}) -> {paths.ingest_rejected}"
+        )
     return 0
 
 

@@ -1,7 +1,9 @@
 """Stage split: leakage-safe train / val / test; copies, groups and near-duplicates stay together.
 
 Units of images that must not be separated (see cxr.data.splitting) are assigned to splits;
-the three tables go to data/processed, their counts and the duplicates found to the metrics.
+the three tables go to data/processed; their counts, the duplicates found and the warnings
+(a line each on stderr: classes missing or thin in a split, heavy undersampling, large units)
+to the metrics.
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from cxr.core.outputs import staged_dir, write_json, write_table
 from cxr.core.params import SplitParams, load_params
 from cxr.core.paths import ProjectPaths, paths_from_argv
 from cxr.core.tables import read_table
+from cxr.core.warnings import DataWarnings
 from cxr.data.splitting import split_counts, split_with_report
 
 
-def run_split(split: SplitParams, seed: int, paths: ProjectPaths) -> dict[str, pd.DataFrame]:
-    """Write the three split tables, their counts and the duplicates found."""
-    tables, found = split_with_report(read_table(paths.images_table), split, seed)
+def run_split(
+    split: SplitParams, seed: int, paths: ProjectPaths, warnings: DataWarnings
+) -> dict[str, pd.DataFrame]:
+    """Write the three split tables, their counts, the duplicates found and the warnings."""
+    tables, found = split_with_report(read_table(paths.images_table), split, seed, warnings)
     with staged_dir(paths.split_dir) as staging:
         for name, table in tables.items():
             write_table(staging / paths.split_table(name).name, table)
-    write_json(paths.metrics("split"), {**split_counts(tables), "duplicates": found})
+    metrics = {**split_counts(tables), "duplicates": found, "warnings": warnings.to_metrics()}
+    write_json(paths.metrics("split"), metrics)
     return tables
 
 
@@ -33,9 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the split stage from the repository root."""
     paths = paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
-    tables = run_split(params.split, params.seed, paths)
+    warnings = DataWarnings()
+    tables = run_split(params.split, params.seed, paths, warnings)
     sizes = ", ".join(f"{name} {len(table)}" for name, table in tables.items())
-    print(f"split: {sizes} -> {paths.split_dir}")
+    warned = sum(warnings.to_metrics().values())
+    print(f"split: {sizes} -> {paths.split_dir}" + (f" ({warned} warning(s))" if warned else ""))
     return 0
 
 

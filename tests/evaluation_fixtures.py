@@ -98,6 +98,7 @@ def write_project(
         kind="keras",
         image_size=IMAGE_SIZE,
         cache_size=CACHE_SIZE,
+        resize="pad",
         data_fingerprint=data_fingerprint(splits),
     )
     write_run_record(paths.models_dir, record)
@@ -123,6 +124,7 @@ def sklearn_models_dir(models_dir: Path, pixels: np.ndarray, labels: np.ndarray)
         kind="sklearn",
         image_size=IMAGE_SIZE,
         cache_size=CACHE_SIZE,
+        resize="pad",
         data_fingerprint="none",
     )
     joblib.dump(model, models_dir / record.model_file)

@@ -6,9 +6,11 @@ cxr.core.registry, so every stage validates all of params.yaml in a fraction of 
 
 from __future__ import annotations
 
+import codecs
 import re
-from pathlib import Path
-from typing import Any, Literal
+import string
+from pathlib import Path, PureWindowsPath
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -63,11 +65,64 @@ class SyntheticParams(Section):
 class CsvParams(Section):
     """The metadata table of the csv layout: which file, and which columns say what."""
 
-    file: str = Field(description="path of the table relative to the dataset root; '' = none")
+    file: str = Field(description="path of the table inside the dataset root; '' = none")
     file_column: str = Field(min_length=1)
+    file_template: str = Field(
+        description="each row's image from its values when there is no file column, e.g. "
+        "images/{patientid}.* (`*` matches one file); '' = read file_column"
+    )
     label_column: str = Field(min_length=1)
     group_column: str = Field(description="e.g. a patient id column; '' = no groups")
-    images_dir: str = Field(description="folder the file column is relative to; '' = root")
+    images_dir: str = Field(description="folder file_column and file_template are relative to")
+    encoding: str = Field(
+        min_length=1, description="auto (UTF-8, else cp1252, else latin-1) or a Python codec"
+    )
+
+    @field_validator("file", "file_template", "images_dir")
+    @classmethod
+    def _inside_the_dataset(cls, path: str, info: ValidationInfo) -> str:
+        # A table or folder outside the source would not be copied into data/raw, so DVC
+        # would not see it change; it has to travel with the images.
+        parts = path.replace("\\", "/").split("/")
+        if path.startswith(("/", "\\", "~")) or PureWindowsPath(path).drive or ".." in parts:
+            what = "the table" if info.field_name == "file" else "it"
+            raise ValueError(
+                "must be a path inside the dataset (no leading /, ~ or '..'); put "
+                f"{what} inside the data.source folder or archive, so DVC tracks it"
+            )
+        return path
+
+    @field_validator("file_template")
+    @classmethod
+    def _template_fields(cls, template: str) -> str:
+        if not template:
+            return template
+        try:
+            fields = [
+                (name, spec, conversion)
+                for _text, name, spec, conversion in string.Formatter().parse(template)
+                if name is not None
+            ]
+        except ValueError as error:
+            raise ValueError(f"not a template ({error}); write {{{{ and }}}} for a brace") from None
+        if not fields or any(not name or spec or conversion for name, spec, conversion in fields):
+            raise ValueError(
+                "needs one or more plain {column} fields (no format spec), e.g. "
+                "images/{patientid}.*"
+            )
+        return template
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        if encoding != "auto":
+            try:
+                codecs.lookup(encoding)
+            except LookupError:
+                raise ValueError(
+                    "unknown encoding; use auto or a Python codec such as utf-8, cp1252, latin-1"
+                ) from None
+        return encoding
 
 
 class DataParams(Section):
@@ -84,7 +139,14 @@ class DataParams(Section):
     layout: Literal["auto", "class_folders", "split_folders", "radiography", "binary", "csv"]
     label_map: dict[str, str] = Field(description="raw or canonical label -> class name")
     classes: list[str] = Field(description="classes to keep; empty = all")
+    group_pattern: str = Field(
+        description="regex on each file's path in the dataset; its first group is the group"
+    )
     synthetic: SyntheticParams
+
+    # The label_map key of a blank label: `''` cannot be typed on the `dvc exp run -S` line
+    # (Hydra's override grammar has no quoted or empty mapping keys); `''` in YAML means it too.
+    BLANK_LABEL: ClassVar[str] = "_blank_"
 
     @field_validator("source")
     @classmethod
@@ -122,10 +184,15 @@ class DataParams(Section):
     def _numeric_keys_as_text(cls, label_map: Any) -> Any:
         # YAML reads `0: normal` with an int key; folder names and CSV labels are text.
         if isinstance(label_map, dict):
-            return {
+            label_map = {
                 str(key) if isinstance(key, int) and not isinstance(key, bool) else key: value
                 for key, value in label_map.items()
             }
+            # One spelling of the blank label, so logged params never hold an empty key.
+            if "" in label_map:
+                if cls.BLANK_LABEL in label_map:
+                    raise ValueError(f"'' and {cls.BLANK_LABEL!r} both map the blank label")
+                label_map[cls.BLANK_LABEL] = label_map.pop("")
         return label_map
 
     @field_validator("label_map")
@@ -145,11 +212,40 @@ class DataParams(Section):
             raise ValueError("a classifier needs at least two classes; use [] for all")
         return classes
 
+    @field_validator("group_pattern")
+    @classmethod
+    def _one_capturing_group(cls, pattern: str) -> str:
+        if not pattern:
+            return pattern
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"not a regular expression ({error})") from None
+        if compiled.groups < 1:
+            raise ValueError(
+                "needs a capturing group (...) whose text is the group, e.g. (\\d{8})_\\d+\\.png$"
+            )
+        return pattern
+
+    @model_validator(mode="after")
+    def _one_source_of_groups(self) -> DataParams:
+        if self.group_pattern and self.csv.group_column:
+            raise CrossKeyError(
+                "data.group_pattern",
+                self.group_pattern,
+                f"data.csv.group_column = {self.csv.group_column!r} is set too; groups come "
+                "from one of them, set the other to ''",
+            )
+        return self
+
 
 class BuildParams(Section):
     """Decoding every image once into the pixel cache, and the exploration plots."""
 
     cache_size: int = Field(ge=32, le=1024, description="side of the cached gray squares")
+    resize: Literal["pad", "crop", "stretch"] = Field(
+        description="non-square images: pad to a square (aspect kept), crop the centre, or stretch"
+    )
     # Pillow refuses images above 2 x 89,478,485 pixels as decompression bombs; the build's
     # own limit stays below its warning threshold so only this limit ever applies.
     max_pixels: int = Field(ge=1, le=89_478_485, description="larger images are rejected")

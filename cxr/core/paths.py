@@ -56,6 +56,11 @@ class ProjectPaths:
         return self.root / "data" / "interim" / "images.parquet"
 
     @property
+    def ingest_rejected(self) -> Path:
+        """Table rows ingest dropped (blank label, no or several files), with the reason (CSV)."""
+        return self.root / "data" / "interim" / "ingest_rejected.csv"
+
+    @property
     def rejected_table(self) -> Path:
         """Raw files the build could not use, with the reason (CSV, for people to read)."""
         return self.root / "data" / "interim" / "rejected.csv"

@@ -23,6 +23,9 @@ GOOGLENET_AUX_MIN_IMAGE_SIZE = 65
 # train.weights: anything else is a path to a weights file.
 WEIGHT_CHOICES = ("auto", "imagenet", "none")
 
+# build.resize: how a non-square image becomes the pixel cache's square (cxr.data.decoding).
+RESIZE_MODES = ("pad", "crop", "stretch")
+
 # The scikit-learn baselines of cxr.models.baselines (model: pixel_logreg, ...).
 BASELINE_NAMES = ("pixel_logreg", "pixel_svm", "pixel_rf")
 

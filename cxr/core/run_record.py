@@ -28,6 +28,7 @@ class RunRecord:
     kind: ModelKind
     image_size: int  # the model's input side
     cache_size: int  # the pixel cache's side, the first resize of every image
+    resize: str  # build.resize: how a non-square image became the cache's square
     data_fingerprint: str
 
     @property
@@ -61,6 +62,8 @@ class RunRecord:
                 # A record without cache_size predates the pixel cache: images then went
                 # straight to image_size, which resizing to image_size twice reproduces.
                 cache_size=int(payload.get("cache_size") or image_size),
+                # Before build.resize existed every image was stretched to the square.
+                resize=str(payload.get("resize", "stretch")),
                 data_fingerprint=str(payload.get("data_fingerprint", "")),
             )
         except KeyError as missing:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxr.core.errors import PipelineError
+from cxr.core.registry import RESIZE_MODES
 
 # What Pillow raises on a damaged file, by format plugin: truncated data (OSError), broken
 # chunks (SyntaxError), bad header fields (ValueError, struct.error, IndexError), early EOF.
@@ -168,13 +169,32 @@ def scale_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.round(wide * (255.0 / top)).clip(0, 255).astype(np.uint8)
 
 
-def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
-    """Resize uint8 (H, W) gray to uint8 (size, size), antialiased (Lanczos)."""
+def resize_square(gray: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """Resize uint8 (H, W) gray to uint8 (size, size), antialiased (Lanczos), by build.resize.
+
+    pad keeps the aspect ratio and pads the short side with black (centred); crop keeps the
+    aspect ratio and cuts the long side (centred); stretch scales each side on its own.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r}; must be one of {', '.join(RESIZE_MODES)}")
     if gray.shape == (size, size):
         return np.ascontiguousarray(gray, dtype=np.uint8)
-    # reducing_gap first box-reduces very large images by an integer factor: much faster,
-    # and indistinguishable from a full Lanczos at these scales.
-    resized = Image.fromarray(gray).resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    image = Image.fromarray(gray)
+    if mode == "stretch":
+        # reducing_gap first box-reduces very large images by an integer factor: much faster,
+        # and indistinguishable from a full Lanczos at these scales.
+        resized = image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return np.asarray(resized, dtype=np.uint8)
+    # The same integer box-reduction before ImageOps (which has no reducing_gap): the side that
+    # sets the scale (the long one to pad, the short one to crop) stays >= 3x the target.
+    governing = max(image.size) if mode == "pad" else min(image.size)
+    factor = governing // (3 * size)
+    if factor > 1:
+        image = image.reduce(factor)
+    if mode == "pad":
+        resized = ImageOps.pad(image, (size, size), Image.Resampling.LANCZOS, color=0)
+    else:
+        resized = ImageOps.fit(image, (size, size), Image.Resampling.LANCZOS)
     return np.asarray(resized, dtype=np.uint8)
 
 
@@ -183,14 +203,16 @@ def perceptual_hash(square: np.ndarray) -> str:
     return str(imagehash.dhash(Image.fromarray(square), hash_size=8))
 
 
-def decode_file(raw_dir: Path, relative: str, max_pixels: int, cache_size: int) -> DecodedFile:
+def decode_file(
+    raw_dir: Path, relative: str, max_pixels: int, cache_size: int, resize: str
+) -> DecodedFile:
     """Read raw_dir/relative once: metadata, sha256, perceptual hash and cache pixels."""
     try:
         content = read_file(raw_dir / relative)
         decoded = decode_bytes(content, max_pixels)
     except UnusableImage as rejection:
         return DecodedFile(relative, None, None, rejection)
-    square = resize_square(decoded.pixels, cache_size)
+    square = resize_square(decoded.pixels, cache_size, resize)
     info: dict[str, object] = {
         "width": decoded.width,
         "height": decoded.height,
@@ -215,11 +237,14 @@ def decode_files(
     relatives: Sequence[str],
     max_pixels: int,
     cache_size: int,
+    resize: str,
     workers: int = 0,
 ) -> Iterator[DecodedFile]:
     """decode_file over every path, in processes on `workers` cores (0 = all), in input order."""
     workers = min(workers or available_cores(), max(len(relatives), 1))
-    decode = functools.partial(decode_file, raw_dir, max_pixels=max_pixels, cache_size=cache_size)
+    decode = functools.partial(
+        decode_file, raw_dir, max_pixels=max_pixels, cache_size=cache_size, resize=resize
+    )
     if workers <= 1:
         yield from map(decode, relatives)
         return

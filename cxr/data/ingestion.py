@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +13,50 @@ from cxr.core.errors import PipelineError
 from cxr.core.outputs import staged_dir, write_table
 from cxr.core.params import DataParams
 from cxr.core.paths import ProjectPaths, workspace_root
+from cxr.core.tables import REJECTED_COLUMNS
+from cxr.core.warnings import DataWarnings
 from cxr.data.counts import label_counts
-from cxr.data.layouts import CsvLayout, Entry, dataset_root, label_entries, list_files
+from cxr.data.groups import apply_group_pattern
+from cxr.data.labels import label_entries
+from cxr.data.layouts import DatasetRoot, Entry, Rejection, dataset_root, list_files
+from cxr.data.metadata import csv_entries
 from cxr.data.phantoms import write_phantom_dataset
 from cxr.data.sources import copy_tree, extract_archive, resolve_source
+
+# What each kind of dropped row means, and what to change to keep it.
+DROP_HINTS = {
+    "blank_label": (
+        "blank label",
+        f"to keep them set data.label_map {{{DataParams.BLANK_LABEL}: <class>}} "
+        f"(-S ++data.label_map.{DataParams.BLANK_LABEL}=<class>)",
+    ),
+    "missing_file": ("file not found", "check data.csv.file_column and data.csv.images_dir"),
+    "no_file_match": ("no file matches", "check data.csv.file_template and data.csv.images_dir"),
+    "several_file_matches": (
+        "several files match",
+        "make data.csv.file_template match one file (e.g. .png instead of .*)",
+    ),
+}
 
 
 @dataclass(frozen=True)
 class Ingested:
-    """What ingest wrote: the manifest rows and the layout it read them with."""
+    """What ingest wrote: the manifest rows, the layout read, the rows dropped and warnings."""
 
     manifest: pd.DataFrame
     layout: str
+    rejected: list[Rejection] = field(default_factory=list)
+    warnings: dict[str, int] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
         """Files per canonical class."""
         return label_counts(self.manifest["label"])
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Table rows dropped per reason (blank_label, missing_file, no_file_match, ...)."""
+        return dict(sorted(Counter(rejection.kind for rejection in self.rejected).items()))
 
 
 def _synthetic(data: DataParams, staging: Path) -> list[Entry]:
@@ -42,10 +70,8 @@ def _synthetic(data: DataParams, staging: Path) -> list[Entry]:
     ]
 
 
-def _read_source(data: DataParams, paths: ProjectPaths, staging: Path) -> tuple[str, pd.DataFrame]:
-    """Copy or extract the source into staging; return the layout and the manifest."""
-    if data.source == "synthetic":
-        return "class_folders", label_entries(_synthetic(data, staging), {}, data.classes)
+def _stage_source(data: DataParams, paths: ProjectPaths, staging: Path) -> DatasetRoot:
+    """Copy or extract data.source into staging; its dataset root, named as the user knows it."""
     resolved = resolve_source(
         data.source, data.sha256, workspace_root(paths.root), paths.downloads_dir
     )
@@ -54,38 +80,90 @@ def _read_source(data: DataParams, paths: ProjectPaths, staging: Path) -> tuple[
     else:
         copy_tree(resolved.path, staging)
     root = dataset_root(staging)
-    csv = CsvLayout(
-        data.csv.file,
-        data.csv.file_column,
-        data.csv.label_column,
-        data.csv.group_column,
-        data.csv.images_dir,
+    member = root.relative_to(staging).as_posix()
+    return DatasetRoot(
+        root, str(resolved.path), "" if member == "." else member, resolved.is_archive
     )
-    layout: str = "csv" if data.layout == "auto" and data.csv.file else data.layout
-    layout, entries = list_files(root, layout, csv)
-    prefix = root.relative_to(staging).as_posix()
-    manifest = label_entries(entries, data.label_map, data.classes, "" if prefix == "." else prefix)
-    classes = manifest["label"].nunique()
-    if classes < 2:
-        raise PipelineError(
-            f"data.source = {data.source!r}: found {classes} class(es) with files in the "
-            f"{layout} layout; need at least two (see data.layout in the README)"
+
+
+def _source_entries(
+    data: DataParams, dataset: DatasetRoot, warnings: DataWarnings
+) -> tuple[str, list[Entry]]:
+    """Every file (or table row) of the source with its raw label: (layout used, entries)."""
+    layout = "csv" if data.layout == "auto" and data.csv.file else data.layout
+    if layout == "csv":
+        return layout, csv_entries(dataset, data.csv, warnings)
+    return list_files(dataset, layout, warnings)
+
+
+def _report_dropped(rejected: list[Rejection], listed_in: Path, warnings: DataWarnings) -> None:
+    """One warning per reason rows were dropped for, with an example and what to change."""
+    for kind, count in Counter(rejection.kind for rejection in rejected).items():
+        first = next(rejection for rejection in rejected if rejection.kind == kind)
+        what, hint = DROP_HINTS.get(kind, (kind, ""))
+        warnings.warn(
+            kind,
+            f"{count} table row(s) dropped ({what}), e.g. {first.path}: {first.detail}; "
+            f"all are listed in {listed_in}; {hint}",
         )
-    return layout, manifest
 
 
-def ingest(data: DataParams, paths: ProjectPaths) -> Ingested:
-    """Write data.source into data/raw and the manifest, atomically; never touch the source."""
+def _check_classes(
+    manifest: pd.DataFrame, data: DataParams, layout: str, warnings: DataWarnings
+) -> None:
+    """No file is an error; a single class is a warning (a classifier needs two)."""
+    counts = label_counts(manifest["label"])
+    if not counts:
+        raise PipelineError(
+            f"data.source = {data.source!r}: no image files found in the {layout} layout; "
+            "see data.layout in the README for the folder layouts it reads"
+        )
+    if len(counts) == 1:
+        (label, files), *_ = counts.items()
+        warnings.warn(
+            "single_class_source",
+            f"data.source = {data.source!r}: one class ({label}, {files} files) in the {layout} "
+            "layout; a classifier needs two or more (is a class folder missing?)",
+        )
+
+
+def _read_source(
+    data: DataParams, paths: ProjectPaths, staging: Path, warnings: DataWarnings
+) -> tuple[str, pd.DataFrame, list[Rejection]]:
+    """Copy or extract the source into staging; the layout, the manifest and the rows dropped."""
+    if data.source == "synthetic":
+        layout, entries, prefix, label_map = "class_folders", _synthetic(data, staging), "", {}
+    else:
+        dataset = _stage_source(data, paths, staging)
+        layout, entries = _source_entries(data, dataset, warnings)
+        prefix, label_map = dataset.member, data.label_map
+    entries = apply_group_pattern(entries, data.group_pattern, warnings)
+    manifest, rejected = label_entries(entries, label_map, data.classes, prefix)
+    _report_dropped(rejected, paths.ingest_rejected.relative_to(paths.root), warnings)
+    _check_classes(manifest, data, layout, warnings)
+    return layout, manifest, rejected
+
+
+def ingest(data: DataParams, paths: ProjectPaths, warnings: DataWarnings | None = None) -> Ingested:
+    """Write data.source into data/raw, the manifest and the rows dropped, atomically."""
+    warnings = DataWarnings() if warnings is None else warnings
     # DVC tracks data/downloads as an output, so it exists even when nothing is downloaded.
     paths.downloads_dir.mkdir(parents=True, exist_ok=True)
     with staged_dir(paths.raw_dir) as staging:
-        layout, manifest = _read_source(data, paths, staging)
+        layout, manifest, rejected = _read_source(data, paths, staging, warnings)
         write_table(paths.manifest, manifest)
-    return Ingested(manifest, layout)
+        write_table(
+            paths.ingest_rejected,
+            pd.DataFrame(
+                [(rejection.path, str(rejection)) for rejection in rejected],
+                columns=list(REJECTED_COLUMNS),
+            ),
+        )
+    return Ingested(manifest, layout, rejected, warnings.to_metrics())
 
 
 def ingest_metrics(ingested: Ingested) -> dict[str, Any]:
-    """Layout and file counts per class and per given split, for metrics/ingest.json."""
+    """Layout, files per class and given split, groups, rows dropped and warnings."""
     manifest = ingested.manifest
     per_split = {
         str(split): label_counts(rows["label"])
@@ -97,4 +175,7 @@ def ingest_metrics(ingested: Ingested) -> dict[str, Any]:
         "files": len(manifest),
         "classes": ingested.counts,
         "given_splits": per_split,
+        "groups": int(manifest.loc[manifest["group"] != "", "group"].nunique()),
+        "dropped_rows": ingested.dropped,
+        "warnings": ingested.warnings,
     }

@@ -56,6 +56,7 @@ def decode_into_cache(
         manifest["path"].tolist(),
         build_params.max_pixels,
         size,
+        build_params.resize,
         build_params.workers,
     )
     for entry, result in zip(manifest.to_dict("records"), results, strict=True):

@@ -172,11 +172,11 @@ def _refuse(archive: Path, member: str, why: str) -> PipelineError:
     )
 
 
-def _inside(target: Path, name: str) -> Path:
-    """The destination of a member, checked to resolve inside target."""
+def _inside(archive: Path, target: Path, name: str) -> Path:
+    """The destination of a member, checked to resolve inside target (named by the archive)."""
     destination = (target / name).resolve()
     if not destination.is_relative_to(target.resolve()):
-        raise PipelineError(f"archive member {name!r} resolves outside {target}; refusing it")
+        raise _refuse(archive, name, "resolves outside the extraction folder")
     return destination
 
 
@@ -193,7 +193,7 @@ def _extract_zip(archive: Path, target: Path) -> None:
             if why:
                 raise _refuse(archive, info.filename, why)
         for info in members:
-            destination = _inside(target, info.filename)
+            destination = _inside(archive, target, info.filename)
             if info.is_dir():
                 destination.mkdir(parents=True, exist_ok=True)
                 continue
@@ -217,7 +217,7 @@ def _extract_tar(archive: Path, target: Path) -> None:
                 why = "is not a plain file or folder"
             if why:
                 raise _refuse(archive, member.name, why)
-            _inside(target, member.name)
+            _inside(archive, target, member.name)
         # The data filter also drops unsafe permissions and ownership; the checks above name
         # the offending member before anything is written.
         bundle.extractall(target, members=members, filter="data")

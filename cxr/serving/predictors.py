@@ -72,14 +72,16 @@ class Predictor:
     def prepare(self, grays: Sequence[np.ndarray]) -> np.ndarray:
         """Decoded gray images (H, W) -> model input, resized exactly as the training images were.
 
-        Training pixels went file -> decode_gray -> resize_square(cache_size) -> resize_batch;
-        a new image takes the same path so it meets the model at the same scale and blur.
+        Training pixels went file -> decode_gray -> resize_square(cache_size, build.resize) ->
+        resize_batch; a new image takes the same path, so it meets the model at the same scale,
+        blur and aspect ratio.
         """
         from cxr.data.decoding import resize_square
 
         if not grays:
             return np.zeros((0, self.image_size, self.image_size, 1), dtype=np.uint8)
-        squares = np.stack([resize_square(gray, self.record.cache_size) for gray in grays])
+        cache_size, mode = self.record.cache_size, self.record.resize
+        squares = np.stack([resize_square(gray, cache_size, mode) for gray in grays])
         return resize_batch(squares[..., np.newaxis], self.image_size)
 
 

@@ -155,8 +155,8 @@ def log_classifier(
             "preprocessing": (
                 f"decode to 8-bit gray (cxr.data.decoding.decode_bytes, EXIF applied, 16-bit "
                 f"scaled), Lanczos resize to {record.cache_size}x{record.cache_size} "
-                f"(resize_square), area resize to {record.image_size}x{record.image_size} "
-                "(resize_batch); "
+                f"(resize_square, mode {record.resize}), area resize to "
+                f"{record.image_size}x{record.image_size} (resize_batch); "
                 "raw 0-255 pixels in"
             ),
             "input": "DataFrame column `image` (file bytes, base64 in JSON) or `path`",

@@ -57,6 +57,7 @@ def train_model(
             kind=result.kind,
             image_size=result.image_size,
             cache_size=data.cache_size,
+            resize=params.build.resize,
             data_fingerprint=data.fingerprint,
         )
         write_run_record(staging, record)

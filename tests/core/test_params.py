@@ -337,3 +337,49 @@ def test_loading_params_imports_no_model_or_numeric_libraries(project_root: Path
     )
     # Then none of TensorFlow, Keras, scikit-learn, SciPy or the model code was imported
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("csv", "message"),
+    [
+        ({"file": "../metadata.csv"}, "data.csv.file = '../metadata.csv': must be a path inside"),
+        ({"file": "/data/metadata.csv"}, "put the table inside the data.source folder or archive"),
+        ({"images_dir": "~/images"}, "data.csv.images_dir = '~/images': must be a path inside"),
+        ({"file_template": "images/patient.png"}, "needs one or more plain {column} fields"),
+        ({"file_template": "images/{id:08d}.png"}, "needs one or more plain {column} fields"),
+        ({"file_template": "images/{id.png"}, "not a template ("),
+        ({"file_template": "../{id}.png"}, "must be a path inside the dataset"),
+        ({"encoding": "klingon"}, "data.csv.encoding = 'klingon': unknown encoding; use auto"),
+    ],
+)
+def test_bad_csv_params_are_one_line_errors(
+    valid_params_dict: dict[str, Any], csv: dict[str, str], message: str
+) -> None:
+    # Given csv params with a table outside the dataset, a bad template or encoding
+    valid_params_dict["data"]["csv"].update(csv)
+
+    # When the params are parsed, then one line names the key and what is allowed
+    assert message in _params_error(valid_params_dict)
+
+
+def test_csv_encodings_and_templates_that_load(valid_params_dict: dict[str, Any]) -> None:
+    # Given a codec name and a template with two columns and an escaped brace
+    valid_params_dict["data"]["csv"].update(
+        encoding="cp1252", file_template="images/{patient id}/{{scan}}_{view}.*"
+    )
+
+    # When the params are parsed, then they are kept as written
+    csv = parse_params(valid_params_dict).data.csv
+    assert (csv.encoding, csv.file_template) == ("cp1252", "images/{patient id}/{{scan}}_{view}.*")
+
+
+def test_blank_label_key_is_one_spelling(valid_params_dict: dict[str, Any]) -> None:
+    # Given label_map mapping the blank label as '' (YAML) and a digit as an int key
+    valid_params_dict["data"]["label_map"] = {"": "normal", 0: "covid"}
+
+    # When the params are parsed, then '' is stored as _blank_ (what -S can type) and 0 as '0'
+    assert parse_params(valid_params_dict).data.label_map == {"_blank_": "normal", "0": "covid"}
+
+    # and giving both spellings is an error
+    valid_params_dict["data"]["label_map"] = {"": "normal", "_blank_": "covid"}
+    assert "'' and '_blank_' both map the blank label" in _params_error(valid_params_dict)

@@ -18,6 +18,7 @@ RECORD = RunRecord(
     kind="keras",
     image_size=64,
     cache_size=256,
+    resize="pad",
     data_fingerprint="0123456789abcdef",
 )
 
@@ -49,6 +50,7 @@ def test_a_record_of_an_earlier_version_still_loads(tmp_path: Path) -> None:
     # then the old names map to the new fields and the cache side defaults to the input side
     assert record.model == "pixel_logreg" and record.kind == "sklearn"
     assert record.cache_size == 32 and record.model_file == "model.joblib"
+    assert record.resize == "stretch"  # every image was stretched before build.resize
 
 
 @pytest.mark.parametrize(

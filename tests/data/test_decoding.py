@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cxr.data.decoding import (
     UnusableImage,
@@ -314,17 +314,17 @@ def test_resize_square_gives_uint8_squares() -> None:
     # When they are resized to 64
     # Then both are uint8 (64, 64), a flat image stays flat, and same-size input is unchanged
     for gray in (wide, flat):
-        square = resize_square(gray, 64)
+        square = resize_square(gray, 64, "stretch")
         assert square.shape == (64, 64)
         assert square.dtype == np.uint8
-    assert (resize_square(flat, 64) == 77).all()
+    assert (resize_square(flat, 64, "stretch") == 77).all()
     square = _gradient(64, 64)
-    np.testing.assert_array_equal(resize_square(square, 64), square)
+    np.testing.assert_array_equal(resize_square(square, 64, "pad"), square)
 
 
 def test_perceptual_hash_is_close_for_a_recompressed_copy() -> None:
     # Given an image, a JPEG re-encoded copy and an unrelated image
-    smooth = resize_square(_gradient(200, 200), 64)
+    smooth = resize_square(_gradient(200, 200), 64, "stretch")
     buffer = io.BytesIO()
     Image.fromarray(smooth).save(buffer, format="JPEG", quality=60)
     recompressed = decode_bytes(buffer.getvalue(), LIMIT).pixels
@@ -347,8 +347,8 @@ def test_parallel_decode_matches_one_process_in_order(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_text("not an image")
 
     # When they are decoded in two processes and in one
-    parallel = list(decode_files(tmp_path, names, LIMIT, 32, workers=2))
-    serial = list(decode_files(tmp_path, names, LIMIT, 32, workers=1))
+    parallel = list(decode_files(tmp_path, names, LIMIT, 32, "pad", workers=2))
+    serial = list(decode_files(tmp_path, names, LIMIT, 32, "pad", workers=1))
 
     # Then both give the same results, in input order, with the bad file rejected
     assert [result.path for result in parallel] == names
@@ -365,3 +365,51 @@ def test_parallel_decode_matches_one_process_in_order(tmp_path: Path) -> None:
         False,
     ]
     assert parallel[3].rejection is not None and parallel[3].rejection.kind == "not_an_image"
+
+
+def test_pad_keeps_the_aspect_ratio_with_black_borders() -> None:
+    # Given a wide uniform image, three times wider than high
+    wide = np.full((100, 300), 200, dtype=np.uint8)
+
+    # When it is padded to a 60 px square
+    square = resize_square(wide, 60, "pad")
+
+    # Then the image fills a centred 60 x 20 band and black fills the rest
+    rows_with_image = np.flatnonzero(square.mean(axis=1) > 100)
+    assert rows_with_image.min() == 20 and rows_with_image.max() == 39
+    assert (square[:19] == 0).all() and (square[41:] == 0).all()
+    assert (square[22:38] == 200).all()
+
+
+def test_crop_keeps_the_centre_and_stretch_squeezes() -> None:
+    # Given a wide image: dark thirds left and right, a bright centre third
+    wide = np.zeros((100, 300), dtype=np.uint8)
+    wide[:, 100:200] = 255
+
+    # When it is cropped and stretched to 60 px squares
+    cropped = resize_square(wide, 60, "crop")
+    stretched = resize_square(wide, 60, "stretch")
+
+    # Then the crop is the bright centre, and the stretch keeps all three thirds side by side
+    assert cropped[:, 5:55].min() > 240
+    assert stretched[:, :15].max() < 15 and stretched[:, 25:35].min() > 240
+
+
+@pytest.mark.parametrize("mode", ["pad", "crop"])
+def test_a_large_image_is_box_reduced_first_to_the_same_result(mode: str) -> None:
+    # Given a large smooth image (the fast path reduces it by an integer factor first)
+    large = np.add.outer(np.linspace(0, 100, 1200), np.linspace(0, 150, 3000)).astype(np.uint8)
+
+    # When it is resized, and the same done by Pillow's ImageOps without the reduction
+    fast = resize_square(large, 64, mode).astype(int)
+    image = Image.fromarray(large)
+    operation = ImageOps.pad if mode == "pad" else ImageOps.fit
+    full = np.asarray(operation(image, (64, 64), Image.Resampling.LANCZOS)).astype(int)
+
+    # Then both agree to a gray level
+    assert np.abs(fast - full).max() <= 1
+
+
+def test_an_unknown_resize_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="resize mode 'zoom'; must be one of pad, crop, stretch"):
+        resize_square(np.zeros((10, 20), np.uint8), 8, "zoom")

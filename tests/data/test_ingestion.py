@@ -101,7 +101,10 @@ def test_synthetic_source_writes_class_folders_and_a_manifest(
         "interim",
         "raw",
     ]
-    assert [path.name for path in paths.manifest.parent.iterdir()] == ["manifest.parquet"]
+    assert sorted(path.name for path in paths.manifest.parent.iterdir()) == [
+        "ingest_rejected.csv",
+        "manifest.parquet",
+    ]
 
 
 def test_synthetic_source_is_byte_for_byte_reproducible(
@@ -284,21 +287,18 @@ def test_relative_source_in_a_dvc_temp_experiment_means_the_checkout(
     assert (experiment_copy / "data" / "raw" / "covid" / "a.png").is_file()
 
 
-@pytest.mark.parametrize("layout", ["missing", "a file", "one class", "no classes"])
+@pytest.mark.parametrize("layout", ["missing", "a file", "no images"])
 def test_unusable_source_fails_naming_data_source(
     tmp_path: Path, small_params_dict: dict[str, Any], layout: str
 ) -> None:
-    # Given a source that is missing, a file, or holds fewer than two class folders with images
+    # Given a source that is missing, a file, or holds no image in any class folder
     source = tmp_path / "source"
     if layout == "a file":
         source.write_text("not a folder", encoding="utf-8")
-    elif layout == "one class":
+    elif layout == "no images":
         _class_folders(source)
-        for image in (source / "normal").iterdir():
+        for image in [*(source / "normal").iterdir(), *(source / "covid").glob("*.*[gG]")]:
             image.unlink()
-    elif layout == "no classes":
-        source.mkdir()
-        (source / "image.png").write_bytes(_png(0))
     data = _data_params(small_params_dict, str(source))
     paths = ProjectPaths(tmp_path / "repo")
 

@@ -46,6 +46,7 @@ def _manifest(raw_dir: Path, bad: set[int], count: int = 6) -> pd.DataFrame:
 def _build_params() -> BuildParams:
     return BuildParams(
         cache_size=CACHE_SIZE,
+        resize="pad",
         max_pixels=1_000_000,
         workers=1,
         histogram_images_per_class=2,
@@ -79,7 +80,7 @@ def test_cache_holds_exactly_the_accepted_images(tmp_path: Path, bad: set[int]) 
     assert pixels.dtype == np.uint8
     assert cache.stat().st_size == pixels.offset + pixels.size
     for row in images.itertuples():
-        expected = resize_square(decode_gray(raw_dir / row.path, 10**6), CACHE_SIZE)
+        expected = resize_square(decode_gray(raw_dir / row.path, 10**6), CACHE_SIZE, "pad")
         np.testing.assert_array_equal(pixels[row.cache_index], expected)
     # and no temporary file is left beside the cache
     assert [path.name for path in cache_dir.iterdir()] == ["pixels.npy"]

@@ -1,10 +1,13 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 from evaluation_fixtures import NAMES, sklearn_models_dir, write_project
 from PIL import Image
 
-from cxr.data.pixels import load_split_pixels
+from cxr.data.decoding import resize_square
+from cxr.data.pixels import load_split_pixels, resize_batch
 from cxr.serving.predict import main
 from cxr.serving.predictors import load_predictor
 
@@ -84,3 +87,20 @@ def test_bad_inputs_give_one_line_errors(project, tmp_path, capsys):
     assert "no such directory or model file" in capsys.readouterr().err
     assert main([str(incoming / "ward" / "notes.txt"), "--model", str(paths.models_dir)]) == 2
     assert "no given file could be read as an image" in capsys.readouterr().err
+
+
+def test_a_new_image_is_squared_the_way_the_training_images_were(project):
+    # given the trained model (its record says how the build squared images) and a wide image
+    paths, _, _ = project
+    predictor = load_predictor(paths.models_dir)
+    wide = np.tile(np.linspace(0, 255, 90, dtype=np.uint8), (30, 1))
+    for mode in ("pad", "crop", "stretch"):
+        record = dataclasses.replace(predictor.record, resize=mode)
+        squared = dataclasses.replace(predictor, record=record).prepare([wide])
+        # when it is prepared, then it took the record's mode to the cache side, then the model's
+        expected = resize_batch(
+            resize_square(wide, record.cache_size, mode)[np.newaxis, ..., np.newaxis],
+            predictor.image_size,
+        )
+        np.testing.assert_array_equal(squared, expected)
+    assert predictor.record.resize == "pad"

@@ -27,6 +27,7 @@ CACHE_SIZE = 32
 def _params(**changes: Any) -> BuildParams:
     values: dict[str, Any] = {
         "cache_size": CACHE_SIZE,
+        "resize": "pad",
         "max_pixels": 1_000_000,
         "workers": 2,
         "histogram_images_per_class": 4,
@@ -120,7 +121,7 @@ def test_each_cache_row_is_the_image_of_its_cache_index(
     pixels = np.load(paths.pixel_cache, mmap_mode="r")
     assert len(pixels) == len(images)
     for row in images.itertuples():
-        expected = resize_square(decode_gray(phantom_raw_dir / row.path, 10**6), CACHE_SIZE)
+        expected = resize_square(decode_gray(phantom_raw_dir / row.path, 10**6), CACHE_SIZE, "pad")
         np.testing.assert_array_equal(pixels[row.cache_index], expected)
 
 

@@ -70,6 +70,7 @@ def test_outputs_match_the_paths_module(pipeline):
     assert declared("ingest") == {
         rel(paths.raw_dir),
         rel(paths.manifest),
+        rel(paths.ingest_rejected),
         rel(paths.downloads_dir),
         rel(paths.metrics("ingest")),
     }
