@@ -5,7 +5,7 @@
 1. Accuracy: the pipeline's own ingest, build and split stages run in a temporary project on
    --data (default ../shared/datasets/covid19-dataset: its given test folder is the test split,
    copies across splits removed by split); then each model trains as the train stage does for at
-   most --minutes of training (a time-limit callback beside the params' EarlyStopping) and is
+   most --minutes of training (train.time_budget_minutes, beside the params' EarlyStopping) and is
    scored on the test split: accuracy and macro F1. No ImageNet weights (train.weights: none).
 2. Throughput, on the first Keras model: (a) training images/second fed by the input pipeline
    (cxr.training.inputs.array_dataset) versus the same model fed one in-memory batch over and over
@@ -48,25 +48,6 @@ from cxr.training.keras_fit import compile_model  # noqa: E402
 from cxr.training.run import train_model  # noqa: E402
 
 
-class TimeLimit(keras.callbacks.Callback):
-    """Stop training at the end of the first epoch that ends past `seconds` from train begin."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-        self.started = 0.0
-
-    def on_train_begin(self, logs: Any = None) -> None:
-        """Start the clock (each phase gets what is left of the budget)."""
-        if not self.started:
-            self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        """Stop once the budget is spent."""
-        if time.perf_counter() - self.started > self.seconds:
-            self.model.stop_training = True
-
-
 def set_dotted(params: dict[str, Any], assignment: str) -> None:
     """Apply `train.image_size=96` (YAML value) to a params mapping."""
     key, _, value = assignment.partition("=")
@@ -96,11 +77,12 @@ def score_model(root: Path, model_name: str, minutes: float) -> dict[str, Any]:
     """Train `model_name` through the train stage within the budget; test accuracy and F1."""
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["model"] = model_name
+    raw["train"]["time_budget_minutes"] = minutes
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     paths = ProjectPaths(root)
     params = load_params(paths.params)
     started = time.perf_counter()
-    metrics = train_model(params, paths, dict(os.environ), [TimeLimit(minutes * 60)])
+    metrics = train_model(params, paths, dict(os.environ))
     seconds = time.perf_counter() - started
     predictor = load_models_dir(paths.models_dir)
     test = read_splits(paths)["test"]

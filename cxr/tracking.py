@@ -20,6 +20,8 @@ ARTIFACTS_DIR = "mlartifacts"
 # Where evaluate logs its results in a run; compare reads the test predictions back from there.
 EVALUATE_ARTIFACTS = "evaluate"
 PREDICTIONS_ARTIFACT = f"{EVALUATE_ARTIFACTS}/test_predictions.json"
+# The model tag of compare's ensemble runs: never a single model, never the champion.
+ENSEMBLE_MODEL = "ensemble"
 
 
 def tracking_uri(cwd: Path, environ: Mapping[str, str]) -> str:
@@ -118,3 +120,17 @@ def log_results(
         mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
     for artifact_file, table in tables.items():
         mlflow.log_table(table, artifact_file=artifact_file)
+
+
+def tag_run(tags: Mapping[str, str]) -> None:
+    """Set `tags` on the active run."""
+    mlflow.set_tags(dict(tags))
+
+
+def find_run(experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    """The newest active run of the experiment carrying all of `tags`, or None."""
+    query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+    runs = MlflowClient().search_runs(
+        [experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0].info.run_id if runs else None

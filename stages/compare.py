@@ -1,4 +1,7 @@
-"""Stage compare: leaderboard of every model evaluated on the current data, from MLflow."""
+"""Stage compare: leaderboard of every model evaluated on the current data, from MLflow.
+
+With an ensemble row: the mean probabilities of the top models, logged as a run of its own.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,17 @@ import pandas as pd
 
 from cxr.core.errors import report_errors
 from cxr.core.outputs import read_json, save_figure, staged_dir, write_json
-from cxr.core.params import CompareParams, load_params
+from cxr.core.params import CompareParams, EvaluateParams, load_params
 from cxr.core.paths import ProjectPaths, paths_from_argv
 from cxr.core.tables import data_fingerprint, read_splits
 from cxr.evaluation.champion import champion_summary, update_champion
+from cxr.evaluation.ensemble import (
+    Ensemble,
+    build_ensemble,
+    ensemble_note,
+    log_ensemble,
+    with_ensemble,
+)
 from cxr.evaluation.leaderboard import (
     draw_leaderboard,
     evaluated_runs,
@@ -22,29 +32,45 @@ from cxr.evaluation.leaderboard import (
     leaderboard_markdown,
     with_mcnemar,
 )
-from cxr.tracking import use_experiment
+from cxr.tracking import ENSEMBLE_MODEL, run_tags, use_experiment
 
 
 def compare(
-    settings: CompareParams, experiment: str, paths: ProjectPaths, environ: Mapping[str, str]
+    settings: CompareParams,
+    scoring: EvaluateParams,
+    seed: int,
+    experiment: str,
+    paths: ProjectPaths,
+    environ: Mapping[str, str],
 ) -> pd.DataFrame:
-    """Write the leaderboard as metrics JSON, Markdown and a bar chart; update the champion."""
+    """Write the leaderboard as metrics JSON, Markdown and a bar chart; update the champion.
+
+    The ensemble is scored as evaluate scores a model (`scoring`, `seed`: same bootstrap).
+    """
     fingerprint = data_fingerprint(read_splits(paths))
     experiment_id = use_experiment(experiment, paths.root, environ)
     runs = evaluated_runs(experiment_id)
     board = leaderboard(runs, fingerprint, settings.rank_by)
+    ensemble = build_ensemble(board, settings.ensemble_size, experiment_id, scoring, seed)
+    if isinstance(ensemble, Ensemble):
+        tags = run_tags(ENSEMBLE_MODEL, fingerprint, paths.root, environ)
+        board = with_ensemble(board, ensemble, log_ensemble(ensemble, experiment_id, tags))
     board = with_mcnemar(board, experiment_id, settings.significance)
+    note = ensemble_note(ensemble)
     excluded = excluded_runs(runs, fingerprint)
     evaluated = read_json(paths.metrics("evaluate")) if paths.metrics("evaluate").exists() else {}
     champion = update_champion(settings.registered_model, evaluated, settings.rank_by, fingerprint)
     summary = champion_summary(settings.registered_model, champion)
     with staged_dir(paths.reports("compare")) as reports_dir:
         (reports_dir / "leaderboard.md").write_text(
-            leaderboard_markdown(board, excluded, fingerprint, settings, summary), encoding="utf-8"
+            leaderboard_markdown(board, excluded, fingerprint, settings, summary, note),
+            encoding="utf-8",
         )
         chart = draw_leaderboard(board, settings.rank_by, fingerprint)
         save_figure(chart, reports_dir / "leaderboard.png")
-    write_json(paths.metrics("compare"), leaderboard_json(board, excluded, fingerprint, champion))
+    write_json(
+        paths.metrics("compare"), leaderboard_json(board, excluded, fingerprint, champion, note)
+    )
     return board
 
 
@@ -53,9 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the compare stage from the repository root."""
     paths = paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
-    board = compare(params.compare, params.mlflow_experiment, paths, dict(os.environ))
-    best = f"best {board['model'].iloc[0]}" if len(board) else "no evaluated runs yet"
-    print(f"compare: {len(board)} model(s) on this data, {best} -> {paths.reports('compare')}")
+    environ = dict(os.environ)
+    board = compare(
+        params.compare, params.evaluate, params.seed, params.mlflow_experiment, paths, environ
+    )
+    single = board[board["model"] != ENSEMBLE_MODEL]
+    best = f"best {single['model'].iloc[0]}" if len(single) else "no evaluated runs yet"
+    averaged = ", with an ensemble row" if len(single) < len(board) else ""
+    print(
+        f"compare: {len(single)} model(s) on this data{averaged}, {best} "
+        f"-> {paths.reports('compare')}"
+    )
     return 0
 
 

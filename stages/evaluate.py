@@ -24,6 +24,7 @@ from cxr.evaluation.metrics import (
     per_source_scores,
     prediction_table,
 )
+from cxr.evaluation.tta import with_tta
 from cxr.serving.predictors import load_models_dir
 from cxr.serving.pyfunc import log_classifier
 from cxr.tracking import (
@@ -31,6 +32,7 @@ from cxr.tracking import (
     PREDICTIONS_ARTIFACT,
     log_results,
     reopen_run,
+    tag_run,
     use_experiment,
 )
 
@@ -44,7 +46,7 @@ def evaluate(
     environ: Mapping[str, str],
 ) -> dict[str, Any]:
     """Predict the test split, write metrics, plots and figures, and log them to the train run."""
-    predictor = load_models_dir(paths.models_dir)
+    predictor, tta = with_tta(load_models_dir(paths.models_dir), settings.tta)
     record = predictor.record
     test = read_table(paths.split_table("test"))
     true = known_label_indices(test, record.class_names)
@@ -54,7 +56,7 @@ def evaluate(
     metrics = evaluation_metrics(
         predictions, settings.bootstrap_samples, settings.calibration_bins, seed
     )
-    metrics["inference_images_per_second"] = round(images_per_second, 1)
+    metrics |= tta | {"inference_images_per_second": round(images_per_second, 1)}
     by_source = per_source_scores(test, true, predictions.predicted, record.class_names)
     if by_source is not None:
         metrics["per_source"] = per_source_json(by_source)
@@ -72,6 +74,7 @@ def evaluate(
         experiment_id = use_experiment(experiment, paths.root, environ)
         linked = {"model": record.model, "data_fingerprint": record.data_fingerprint}
         with reopen_run(record.run_id, experiment_id, linked) as run:
+            tag_run({"tta": str(settings.tta).lower()})
             log_results(
                 flat_metrics(metrics),
                 {EVALUATE_ARTIFACTS: figures_dir, f"{EVALUATE_ARTIFACTS}/plots": plots_dir},
@@ -105,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"evaluate: test accuracy {metrics['test_accuracy']:.3f}{interval}, "
         f"macro F1 {metrics['test_f1_macro']:.3f} on {metrics['test_images']} images; "
-        f"Grad-CAM {metrics['gradcam']}"
+        f"Grad-CAM {metrics['gradcam']}; TTA {'on' if metrics['tta'] else 'off'}"
     )
     return 0
 

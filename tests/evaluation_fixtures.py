@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cxr.core.paths import SPLITS, ProjectPaths
@@ -186,3 +187,36 @@ def log_run(
                 name="classifier", python_model=Constant(), pip_requirements=["mlflow"]
             ).model_uri
     return run.info.run_id, model_uri
+
+
+def log_scored_run(
+    experiment_id: str,
+    model: str,
+    fingerprint: str,
+    actual: list[str],
+    p_covid: list[float],
+    first_image: int = 0,
+) -> str:
+    """A log_run whose logged test predictions carry probabilities (p_covid, p_normal); its id.
+
+    Image i is `img/<first_image + i>.png`, so runs given the same `first_image` share images.
+    """
+    probabilities = np.column_stack([p_covid, 1 - np.asarray(p_covid)])
+    predicted = [NAMES[index] for index in probabilities.argmax(axis=1)]
+    correct = [guess == truth for guess, truth in zip(predicted, actual, strict=True)]
+    run_id, _ = log_run(experiment_id, model, fingerprint, float(np.mean(correct)))
+    images = range(first_image, first_image + len(actual))
+    table = pd.DataFrame(
+        {
+            "path": [f"img/{i}.png" for i in images],
+            "sha256": [f"{i:064x}" for i in images],
+            "source": "",
+            "actual": actual,
+            "predicted": predicted,
+            "correct": correct,
+            "confidence": probabilities.max(axis=1),
+            **{f"p_{name}": probabilities[:, i] for i, name in enumerate(NAMES)},
+        }
+    )
+    MlflowClient().log_table(run_id, table.sample(frac=1, random_state=0), PREDICTIONS_ARTIFACT)
+    return run_id

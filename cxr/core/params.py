@@ -365,11 +365,17 @@ class TrainParams(Section):
     batch_size: int = Field(ge=1)
     epochs: int = Field(ge=1)
     learning_rate: float = Field(gt=0.0)
+    optimizer: Literal["adam", "adamw"]
+    weight_decay: float = Field(ge=0.0, lt=1.0, description="decoupled weight decay of adamw")
+    label_smoothing: float = Field(ge=0.0, lt=0.5, description="0 = hard one-hot targets")
     fine_tune_epochs: int = Field(ge=0)
     fine_tune_layers: int = Field(ge=0)
     fine_tune_learning_rate: float = Field(gt=0.0)
     weights: str = Field(min_length=1)
     early_stopping_patience: int = Field(ge=1)
+    time_budget_minutes: float = Field(
+        ge=0.0, description="stop after the epoch that passes this much training time; 0 = none"
+    )
     reduce_lr_patience: int = Field(ge=1)
     reduce_lr_factor: float = Field(gt=0.0, lt=1.0)
     mixed_precision: Literal["auto", "on", "off"]
@@ -384,6 +390,16 @@ class TrainParams(Section):
     baseline: BaselineParams
     head: HeadParams
     augment: AugmentParams
+
+    @model_validator(mode="after")
+    def _decay_needs_adamw(self) -> TrainParams:
+        if self.optimizer == "adam" and self.weight_decay > 0:
+            raise CrossKeyError(
+                "train.weight_decay",
+                self.weight_decay,
+                "needs train.optimizer: adamw (decoupled decay); set it, or weight_decay: 0",
+            )
+        return self
 
     @field_validator("weights")
     @classmethod
@@ -410,6 +426,10 @@ class EvaluateParams(Section):
     gradcam_images: int = Field(
         ge=0, le=16, description="correct and wrong images per class explained; 0 = none"
     )
+    tta: bool = Field(
+        description="test-time augmentation: mean probabilities over the image, its mirror "
+        "and four small shifts"
+    )
 
 
 class CompareParams(Section):
@@ -421,6 +441,16 @@ class CompareParams(Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="MLflow registry name whose `champion` alias compare moves",
     )
+    ensemble_size: int = Field(
+        ge=0, description="top models whose mean probabilities make the ensemble row; 0 = none"
+    )
+
+    @field_validator("ensemble_size")
+    @classmethod
+    def _ensemble_of_two_or_more(cls, size: int) -> int:
+        if size == 1:
+            raise ValueError("an ensemble needs at least 2 models; use 0 for no ensemble row")
+        return size
 
 
 class Params(Section):

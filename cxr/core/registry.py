@@ -97,6 +97,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     # AlexNet's valid 11x11/4 stem and three valid 3x3/2 poolings need 67 px to keep 1x1.
     "alexnet": _built_here(227, minimum=67),
     "googlenet": _built_here(224),
+    # A compact VGG-style network for a few hundred images trained from scratch.
+    "compact_cnn": _built_here(128),
     "resnet18": _built_here(224),
     "resnet34": _built_here(224),
     # Two wide ResNets of the paper; any other wrn_<depth>_<k> is accepted too.

@@ -9,6 +9,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from cxr.tracking import ENSEMBLE_MODEL
+
 CHAMPION_ALIAS = "champion"
 
 
@@ -18,13 +20,16 @@ def update_champion(
     """Register the just-evaluated model and move the champion alias to it if it is better.
 
     Better means a strictly higher `rank_by` on the same data; a champion scored on other data
-    cannot be compared and is left alone. Returns what happened and why.
+    cannot be compared and is left alone, and an ensemble run never becomes champion (the
+    registry serves one model). Returns what happened and why.
     """
     run_id, model_uri = evaluated.get("mlflow_run_id"), evaluated.get("model_uri")
     if not run_id or not model_uri:
         return {"action": "none", "reason": "metrics/evaluate.json names no logged model"}
     client = MlflowClient()
     candidate = client.get_run(run_id)
+    if candidate.data.tags.get("model") == ENSEMBLE_MODEL:
+        return {"action": "none", "reason": f"run {run_id} is an ensemble, not a single model"}
     score = candidate.data.metrics.get(rank_by)
     if candidate.data.tags.get("data_fingerprint") != fingerprint or score is None:
         return {"action": "none", "reason": f"run {run_id} has no {rank_by} on the current data"}

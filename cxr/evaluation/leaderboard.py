@@ -1,11 +1,12 @@
 """The leaderboard: every model evaluated on the current data, read from MLflow and ranked.
 
 Runs logged before the `backbone` tag was renamed `model` still count: their model is read
-from the old tag.
+from the old tag. The ensemble row (cxr/evaluation/ensemble.py) is added last, never ranked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
@@ -20,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from cxr.core.params import CompareParams
 from cxr.evaluation.statistics import INTERVAL_METRICS, mcnemar_exact
-from cxr.tracking import PREDICTIONS_ARTIFACT
+from cxr.tracking import ENSEMBLE_MODEL, PREDICTIONS_ARTIFACT
 
 MODEL_TAG = "tags.model"
 LEGACY_MODEL_TAG = "tags.backbone"  # what runs logged before the rename call the model
@@ -52,7 +53,10 @@ def with_model_tag(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluated_runs(experiment_id: str) -> pd.DataFrame:
-    """Finished runs of the experiment that the evaluate stage scored, newest first."""
+    """Finished runs of the experiment that the evaluate stage scored, newest first.
+
+    compare's own ensemble runs are left out: they are not models to rank.
+    """
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id],
         filter_string="attributes.status = 'FINISHED'",
@@ -60,7 +64,8 @@ def evaluated_runs(experiment_id: str) -> pd.DataFrame:
     )
     if runs.empty or "metrics.test_accuracy" not in runs:
         return pd.DataFrame(columns=["run_id", MODEL_TAG, "tags.data_fingerprint"])
-    return with_model_tag(runs.dropna(subset=["metrics.test_accuracy"]))
+    runs = with_model_tag(runs.dropna(subset=["metrics.test_accuracy"]))
+    return runs[runs[MODEL_TAG] != ENSEMBLE_MODEL]
 
 
 def leaderboard(runs: pd.DataFrame, fingerprint: str, rank_by: str) -> pd.DataFrame:
@@ -103,13 +108,16 @@ def run_predictions(experiment_id: str, run_id: str) -> pd.DataFrame | None:
 
 
 def correctness_by_image(table: pd.DataFrame) -> pd.Series:
-    """Whether each test image was classified right, indexed by its path and content hash."""
+    """Whether each test image was classified right, indexed by its path and content hash.
+
+    A run evaluated twice holds its table twice (MLflow appends): the latest rows count.
+    """
     keys = [column for column in ("path", "sha256") if column in table]
     right = table["actual"] == table["predicted"]
     return (
         pd.Series(right.to_numpy(), index=pd.MultiIndex.from_frame(table[keys]))
         .groupby(level=list(range(len(keys))))
-        .first()
+        .last()
     )
 
 
@@ -140,17 +148,36 @@ def with_mcnemar(board: pd.DataFrame, experiment_id: str, significance: float) -
     return board
 
 
+def ensemble_name(members: Sequence[str], separator: str = "") -> str:
+    """ensemble(<model>+<model>+...): the ensemble row's label, naming its members."""
+    return f"{ENSEMBLE_MODEL}{separator}({'+'.join(members)})"
+
+
+def model_label(row: pd.Series, separator: str = "") -> str:
+    """A row's model name; for the ensemble row, ensemble_name of its members."""
+    if row["model"] == ENSEMBLE_MODEL:
+        return ensemble_name(row["members"], separator)
+    return str(row["model"])
+
+
 def draw_leaderboard(board: pd.DataFrame, rank_by: str, fingerprint: str) -> Any:
-    """Bar chart of the ranking metric per model with its 95% CI, the best highlighted."""
+    """Bar chart of the ranking metric per model with its 95% CI, the best highlighted.
+
+    The ensemble row, last, is orange.
+    """
     figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(board) + 2), 4))
-    colors = ["tab:green" if best else "tab:blue" for best in board["best"]]
+    colors = [
+        "tab:orange" if model == ENSEMBLE_MODEL else "tab:green" if best else "tab:blue"
+        for model, best in zip(board["model"], board["best"], strict=True)
+    ]
     values = board[rank_by].astype(float).to_numpy()
     errors = None
     if f"{rank_by}_ci_low" in board:
         low = board[f"{rank_by}_ci_low"].astype(float).to_numpy()
         high = board[f"{rank_by}_ci_high"].astype(float).to_numpy()
         errors = np.nan_to_num(np.vstack([values - low, high - values]).clip(min=0))
-    axis.bar(board["model"], values, color=colors, yerr=errors, capsize=4)
+    labels = [model_label(row, separator="\n") for _, row in board.iterrows()]
+    axis.bar(labels, values, color=colors, yerr=errors, capsize=4)
     axis.set(title=f"Models on data {fingerprint} (95% CI)", ylabel=rank_by, ylim=(0, 1.05))
     for position, value in enumerate(values):
         axis.annotate(f"{value:.3f}", (position, 0.02), ha="center", va="bottom", fontsize=8)
@@ -186,8 +213,8 @@ def markdown_table(board: pd.DataFrame, significance: float = 0.05) -> str:
     table = pd.DataFrame(
         {
             "model": [
-                f"**{name}** *" if best else name
-                for name, best in zip(board["model"], board["best"], strict=True)
+                f"**{model_label(row)}** *" if row["best"] else model_label(row)
+                for _, row in board.iterrows()
             ],
             "accuracy [95% CI]": _with_interval(board, "test_accuracy"),
             "macro F1 [95% CI]": _with_interval(board, "test_f1_macro"),
@@ -215,8 +242,9 @@ def leaderboard_markdown(
     fingerprint: str,
     settings: CompareParams,
     champion: str,
+    ensemble: str,
 ) -> str:
-    """reports/compare/leaderboard.md: the ranked table, the excluded runs and the champion."""
+    """reports/compare/leaderboard.md: the ranked table, the ensemble, excluded runs, champion."""
     excluded_text = (
         "\n\nExcluded (other data, never mixed in):\n\n" + excluded.to_markdown(index=False)
         if len(excluded)
@@ -227,6 +255,7 @@ def leaderboard_markdown(
         f"95% bootstrap CIs; McNemar exact test vs the best on the shared test images, "
         f"significant below {settings.significance})\n\n"
         + markdown_table(board, settings.significance)
+        + f"\n{ensemble}\n"
         + excluded_text
         + f"\n\n{champion}\n"
     )
@@ -244,15 +273,36 @@ def board_entry(row: pd.Series) -> dict[str, Any]:
     return entry | {"run_id": row["run_id"]}
 
 
+def ensemble_entry(row: pd.Series) -> dict[str, Any]:
+    """The ensemble row as JSON: a board_entry plus its name, members and shared test images."""
+    return board_entry(row) | {
+        "name": model_label(row),
+        "members": list(row["members"]),
+        "member_run_ids": list(row["member_run_ids"]),
+        "test_images": int(row["test_images"]),
+    }
+
+
 def leaderboard_json(
-    board: pd.DataFrame, excluded: pd.DataFrame, fingerprint: str, champion: dict[str, Any]
+    board: pd.DataFrame,
+    excluded: pd.DataFrame,
+    fingerprint: str,
+    champion: dict[str, Any],
+    ensemble: str,
 ) -> dict[str, Any]:
-    """metrics/compare.json: the best model, every model's entry, the excluded runs, champion."""
+    """metrics/compare.json: the best model, every model's entry, the ensemble, excluded, champion.
+
+    `ensemble` is the line saying what the ensemble row averages, or why there is none.
+    """
+    single = board[board["model"] != ENSEMBLE_MODEL]
+    averaged = board[board["model"] == ENSEMBLE_MODEL]
     return {
         "data_fingerprint": fingerprint,
-        "models": len(board),
-        "best_model": board["model"].iloc[0] if len(board) else None,
-        "leaderboard": {row["model"]: board_entry(row) for _, row in board.iterrows()},
+        "models": len(single),
+        "best_model": single["model"].iloc[0] if len(single) else None,
+        "leaderboard": {row["model"]: board_entry(row) for _, row in single.iterrows()},
+        "ensemble": ensemble_entry(averaged.iloc[0]) if len(averaged) else None,
+        "ensemble_note": ensemble,
         "excluded": excluded.to_dict(orient="records"),
         "champion": champion,
     }

@@ -49,6 +49,7 @@ from cxr.training.schedules import (
     LearningRateLog,
     MainOutputLogs,
     ResumeState,
+    TimeBudget,
     learning_rate_for,
 )
 
@@ -95,13 +96,19 @@ def compile_model(
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
     jit_compile: bool,
     auxiliary: bool = False,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    label_smoothing: float = 0.0,
 ) -> None:
-    """Adam and sparse categorical cross-entropy; labels are class indices.
+    """Adam or AdamW and cross-entropy: on class indices, or on smoothed one-hot targets.
 
-    With GoogLeNet's auxiliary classifiers each output gets the loss, the auxiliary ones
-    weighted as in the paper, and accuracy is measured on the main output only.
+    With label smoothing the datasets must carry one-hot labels (phase_batches does it). With
+    GoogLeNet's auxiliary classifiers each output gets the loss, the auxiliary ones weighted as
+    in the paper, and accuracy is measured on the main output only.
     """
     loss: Any = "sparse_categorical_crossentropy"
+    if label_smoothing > 0:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     options: dict[str, Any] = {"loss": loss, "metrics": ["accuracy"]}
     if auxiliary:
         weights = {name: GOOGLENET_AUX_LOSS_WEIGHT for name in GOOGLENET_AUX_OUTPUTS}
@@ -110,9 +117,11 @@ def compile_model(
             "loss_weights": {**weights, layer_names.PREDICTIONS: 1.0},
             "metrics": {layer_names.PREDICTIONS: ["accuracy"]},
         }
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile, **options
-    )
+    if optimizer == "adamw":
+        chosen = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+    else:
+        chosen = keras.optimizers.Adam(learning_rate)
+    model.compile(optimizer=chosen, jit_compile=jit_compile, **options)
 
 
 def class_weights(mode: str, labels: np.ndarray, class_count: int) -> dict[int, float] | None:
@@ -191,8 +200,12 @@ def phase_batches(
     auxiliary: bool,
     batch_size: int,
     seed: int,
+    one_hot: bool = False,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Train (shuffled) and val batches: images, or the frozen backbone's features when cached."""
+    """Train (shuffled) and val batches: images, or the frozen backbone's features when cached.
+
+    Labels are class indices, or one-hot rows when `one_hot` (for label smoothing).
+    """
     inputs = (data.train_images, data.val_images)
     if cached:
         extractor, _ = split_at_features(model)
@@ -202,6 +215,13 @@ def phase_batches(
         )
     train_batches = array_dataset(inputs[0], data.train_labels.tolist(), batch_size, seed)
     val_batches = array_dataset(inputs[1], data.val_labels.tolist(), batch_size, None)
+    if one_hot:
+        depth = len(data.class_names)
+
+        def encode(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return images, tf.one_hot(labels, depth)
+
+        train_batches, val_batches = train_batches.map(encode), val_batches.map(encode)
     if auxiliary:
         return train_batches.map(auxiliary_targets), val_batches.map(auxiliary_targets)
     return train_batches, val_batches
@@ -240,9 +260,12 @@ def fit_phase(
     rate = learning_rate_for(
         train.schedule, train.cosine, phase.learning_rate, phase.epochs, steps_per_epoch
     )
-    compile_model(fitted, rate, plan.jit_compile, auxiliary)
+    compile_model(
+        fitted, rate, plan.jit_compile, auxiliary,
+        train.optimizer, train.weight_decay, train.label_smoothing,
+    )  # fmt: skip
     train_batches, val_batches = phase_batches(
-        model, data, cached, auxiliary, train.batch_size, params.seed
+        model, data, cached, auxiliary, train.batch_size, params.seed, train.label_smoothing > 0
     )
     already = completed_epochs(work, phase.name, phase.first_epoch) if train.resume else 0
     # A resumed phase must see the shuffles the interrupted one would have: every pass over the
@@ -287,6 +310,8 @@ def fit_phases(
     # without pretrained weights trains end to end in a single phase.
     backbone.trainable = not pretrained
     cached = use_cached_features(train.cache_features, pretrained, model)
+    if train.time_budget_minutes > 0:
+        extra = [*extra, TimeBudget(train.time_budget_minutes)]
     first = Phase("frozen" if pretrained else "scratch", train.learning_rate, 0, train.epochs)
     epochs_run = fit_phase(model, first, data, cached, params, plan, work, extra)
     if pretrained and train.fine_tune_epochs > 0 and train.fine_tune_layers > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,33 @@ class MainOutputLogs(keras.callbacks.Callback):
         for prefix in ("", "val_"):
             if f"{prefix}predictions_accuracy" in logs:
                 logs[f"{prefix}accuracy"] = logs[f"{prefix}predictions_accuracy"]
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training at the end of the first epoch that ends past `minutes` (train.time_budget).
+
+    One instance serves every phase of a run: the clock starts with the first phase, so the
+    budget covers frozen and fine-tuning epochs together. The best checkpoint is restored after
+    the stop as after any other.
+    """
+
+    def __init__(self, minutes: float, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.seconds = minutes * 60
+        self.clock = clock
+        self.started: float | None = None
+        self.stopped_epoch: int | None = None
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        """Start the clock with the first phase."""
+        if self.started is None:
+            self.started = self.clock()
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        """Stop once the budget is spent."""
+        if self.started is not None and self.clock() - self.started >= self.seconds:
+            self.model.stop_training = True
+            self.stopped_epoch = epoch
 
 
 class FullModelCheckpoint(keras.callbacks.ModelCheckpoint):

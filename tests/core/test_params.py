@@ -285,13 +285,20 @@ def test_flatten_params_gives_dotted_keys(valid_params_dict: dict[str, Any]) -> 
             {"model": "pixel_rf", "build": {"cache_size": 32}, "train": {"image_size": 32}},
             "train.baseline.image_size = 33: larger than build.cache_size = 32",
         ),
-        ({"model": "alexnet"}, "train.image_size = 64: alexnet needs at least 67 px"),
+        (
+            {"model": "alexnet", "train": {"image_size": 64}},
+            "train.image_size = 64: alexnet needs at least 67 px",
+        ),
+        (
+            {"train": {"optimizer": "adam", "weight_decay": 0.01}},
+            "train.weight_decay = 0.01: needs train.optimizer: adamw",
+        ),
         (
             {"train": {"head": {"googlenet_aux": True}}},
             "train.head.googlenet_aux = True: only googlenet has auxiliary classifiers",
         ),
         (
-            {"model": "googlenet", "train": {"head": {"googlenet_aux": True}}},
+            {"model": "googlenet", "train": {"image_size": 64, "head": {"googlenet_aux": True}}},
             "train.head.googlenet_aux = True: GoogLeNet's auxiliary classifiers need",
         ),
     ],
@@ -383,3 +390,33 @@ def test_blank_label_key_is_one_spelling(valid_params_dict: dict[str, Any]) -> N
     # and giving both spellings is an error
     valid_params_dict["data"]["label_map"] = {"": "normal", "_blank_": "covid"}
     assert "'' and '_blank_' both map the blank label" in _params_error(valid_params_dict)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("compare", "ensemble_size", 1, "compare.ensemble_size = 1: an ensemble needs at least 2"),
+        ("compare", "ensemble_size", -1, "compare.ensemble_size = -1: Input should be greater"),
+        ("evaluate", "tta", "yes", "evaluate.tta = 'yes': Input should be a valid boolean"),
+    ],
+)
+def test_bad_ensemble_size_and_tta_are_one_line_errors(
+    valid_params_dict: dict[str, Any], section: str, key: str, value: Any, message: str
+) -> None:
+    # Given an ensemble of one model, a negative size, or a TTA switch that is not a boolean
+    valid_params_dict[section][key] = value
+
+    # When the params are parsed, then one line names the key, the value and what is allowed
+    assert message in _params_error(valid_params_dict)
+
+
+def test_ensemble_size_zero_turns_the_row_off_and_tta_loads(
+    valid_params_dict: dict[str, Any],
+) -> None:
+    # Given no ensemble row and TTA on
+    valid_params_dict["compare"]["ensemble_size"] = 0
+    valid_params_dict["evaluate"]["tta"] = True
+
+    # When the params are parsed, then they are kept as written
+    params = parse_params(valid_params_dict)
+    assert (params.compare.ensemble_size, params.evaluate.tta) == (0, True)

@@ -32,6 +32,7 @@ def _split_rows(root: Path, group_pattern: str) -> pd.DataFrame:
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     params["data"].update(source=str(DATASET), group_pattern=group_pattern)
     params["build"].update(cache_size=64, histogram_images_per_class=2)
+    params["train"].update(image_size=64)  # no larger than the small cache
     params["split"].update(undersample=False)
     paths.params.write_text(yaml.safe_dump(params), encoding="utf-8")
     for stage in (ingest, build, split):

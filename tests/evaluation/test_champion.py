@@ -42,3 +42,15 @@ def test_champion_alias_moves_only_on_improvement(tmp_path, store):
 def test_champion_summary_names_the_alias_the_action_and_the_reason():
     status = {"action": "promoted", "reason": "first champion"}
     assert champion_summary("cxr", status) == "Champion `cxr@champion`: promoted (first champion)"
+
+
+def test_an_ensemble_run_never_becomes_champion(tmp_path, store):
+    # given a better-scoring run tagged model=ensemble, with a logged model
+    experiment_id = use_experiment("cxr-champion-ensemble", tmp_path, store)
+    ensemble, ensemble_uri = log_run(experiment_id, "ensemble", "data-a", 0.99, with_model=True)
+    # when it is offered as the champion
+    status = update_champion("cxr-ensemble", {"mlflow_run_id": ensemble, "model_uri": ensemble_uri},
+                             "test_accuracy", "data-a")  # fmt: skip
+    # then nothing is registered: the champion is a single model
+    assert status["action"] == "none" and "is an ensemble" in status["reason"]
+    assert not MlflowClient().search_model_versions("name = 'cxr-ensemble'")

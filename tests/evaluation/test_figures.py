@@ -74,7 +74,7 @@ def test_every_evaluate_figure_is_drawn(tmp_path):
     per_image = prediction_table(pd.DataFrame({"path": [""] * 8}), predictions)
     settings = EvaluateParams(
         batch_size=4, misclassified_grid=1, bootstrap_samples=0, calibration_bins=5,
-        gradcam_images=0,
+        gradcam_images=0, tta=False,
     )  # fmt: skip
     drawn = draw_evaluation_figures(
         tmp_path, tiny_keras_model(), images, predictions, per_image, settings, 0

@@ -1,8 +1,10 @@
+import pandas as pd
 import pytest
 from evaluation_fixtures import log_run
 
 from cxr.core.params import CompareParams
 from cxr.evaluation.leaderboard import (
+    correctness_by_image,
     draw_leaderboard,
     evaluated_runs,
     excluded_runs,
@@ -63,7 +65,7 @@ def test_empty_store_gives_an_empty_board(tmp_path, store):
     assert mcnemar_vs_best(experiment_id, board) == []
     assert excluded_runs(evaluated_runs(experiment_id), "data-a").empty
     with_p = with_mcnemar(board, experiment_id, 0.05)
-    empty = leaderboard_json(with_p, excluded_runs(board, "data-a"), "data-a", {})
+    empty = leaderboard_json(with_p, excluded_runs(board, "data-a"), "data-a", {}, "")
     assert empty["best_model"] is None and empty["models"] == 0 and empty["leaderboard"] == {}
 
 
@@ -97,20 +99,51 @@ def test_report_json_and_chart_name_the_best_model(tmp_path, store):
     runs = evaluated_runs(experiment_id)
     board = with_mcnemar(leaderboard(runs, "data-a", "test_accuracy"), experiment_id, 0.05)
     excluded = excluded_runs(runs, "data-a")
-    summary = leaderboard_json(board, excluded, "data-a", {"action": "none"})
+    summary = leaderboard_json(board, excluded, "data-a", {"action": "none"}, "No ensemble row.")
     assert summary["best_model"] == "efficientnetb0" and summary["models"] == 2
+    assert summary["ensemble"] is None and summary["ensemble_note"] == "No ensemble row."
     assert summary["leaderboard"]["efficientnetb0"]["run_id"] == best
     vgg = summary["leaderboard"]["vgg16"]
     assert vgg["mcnemar_p_vs_best"] == pytest.approx(1.0) and vgg["significant"] is False
     assert vgg["pretrained"] is False and vgg["parameters"] == 1234
     assert [row["model"] for row in summary["excluded"]] == ["resnet50"]
-    settings = CompareParams(rank_by="test_accuracy", significance=0.05, registered_model="cxr")
-    markdown = leaderboard_markdown(board, excluded, "data-a", settings, "Champion: none")
+    settings = CompareParams(
+        rank_by="test_accuracy", significance=0.05, registered_model="cxr", ensemble_size=0
+    )
+    note = "No ensemble row (compare.ensemble_size = 0)."
+    markdown = leaderboard_markdown(board, excluded, "data-a", settings, "Champion: none", note)
     assert markdown.startswith("Leaderboard on data fingerprint `data-a`, ranked by test_accuracy")
     assert "Excluded (other data" in markdown and markdown.endswith("\n\nChampion: none\n")
-    no_excluded = leaderboard_markdown(board, excluded.iloc[:0], "data-a", settings, "")
+    assert f"\n{note}\n" in markdown
+    no_excluded = leaderboard_markdown(board, excluded.iloc[:0], "data-a", settings, "", note)
     assert "Excluded" not in no_excluded
     figure = draw_leaderboard(board, "test_accuracy", "data-a")
     axis = figure.axes[0]
     assert [label.get_text() for label in axis.get_xticklabels()] == ["efficientnetb0", "vgg16"]
     assert axis.get_title() == "Models on data data-a (95% CI)"
+
+
+def test_a_run_evaluated_twice_counts_with_its_latest_predictions():
+    # given a predictions table logged twice in one run (MLflow appends): wrong, then right
+    table = pd.DataFrame(
+        {
+            "path": ["a.png", "b.png", "a.png", "b.png"],
+            "sha256": ["1", "2", "1", "2"],
+            "actual": "covid",
+            "predicted": ["normal", "normal", "covid", "covid"],
+        }
+    )
+    # when its correctness per image is read, then the latest rows count
+    assert correctness_by_image(table).tolist() == [True, True]
+
+
+def test_ensemble_runs_are_not_ranked_as_models(tmp_path, store):
+    # given a model run and a run compare logged for an ensemble
+    experiment_id = use_experiment("cxr-ensemble-excluded", tmp_path, store)
+    log_run(experiment_id, "vgg16", "data-a", 0.80)
+    log_run(experiment_id, "ensemble", "data-a", 0.95)
+    log_run(experiment_id, "ensemble", "data-b", 0.95)
+    # when the evaluated runs are read, then the ensemble runs are neither ranked nor excluded
+    runs = evaluated_runs(experiment_id)
+    assert leaderboard(runs, "data-a", "test_accuracy")["model"].tolist() == ["vgg16"]
+    assert excluded_runs(runs, "data-a").empty

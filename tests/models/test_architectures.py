@@ -92,6 +92,7 @@ def test_resnets_match_the_reference_implementation_exactly():
         ("resnet18", 224, (7, 7, 512)),
         ("resnet34", 224, (7, 7, 512)),
         ("wrn_16_4", 32, (8, 8, 256)),
+        ("compact_cnn", 128, (8, 8, 256)),
     ],
 )
 def test_feature_maps_have_the_papers_shape(name, image_size, feature_map):
@@ -206,3 +207,8 @@ def test_auxiliary_classifiers_only_for_googlenet_at_65_px_or_more():
     plain, _, _ = build_classifier("googlenet", 64, classes, "none", head(), NO_AUGMENT, 1)
     with pytest.raises(PipelineError, match="GoogLeNet's auxiliary classifiers need"):
         googlenet_training_model(plain, "googlenet", seed=1)
+
+
+def test_compact_cnn_is_a_tenth_of_resnet18():
+    # the small-data backbone: four conv stages, 1.18M weights against ResNet-18's 11.2M
+    assert build_architecture("compact_cnn", 128).count_params() == 1_175_136

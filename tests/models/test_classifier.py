@@ -57,7 +57,9 @@ def head_layers(model: keras.Model) -> list[tuple[str, str]]:
 
 
 def test_unknown_backbone_lists_the_known_ones():
-    with pytest.raises(PipelineError, match="unknown model; known: alexnet, convnext_tiny, dense"):
+    with pytest.raises(
+        PipelineError, match="unknown model; known: alexnet, compact_cnn, convnext_tiny, dense"
+    ):
         backbone_spec("resnet9000")
 
 

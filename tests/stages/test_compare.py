@@ -3,15 +3,20 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from evaluation_fixtures import log_run
+from evaluation_fixtures import log_run, log_scored_run
 from mlflow.tracking import MlflowClient
 
-from cxr.core.params import CompareParams
+from cxr.core.params import CompareParams, EvaluateParams
 from cxr.core.paths import ProjectPaths
 from cxr.core.tables import data_fingerprint
 from cxr.evaluation.champion import CHAMPION_ALIAS
 from cxr.tracking import use_experiment
 from stages.compare import compare, main
+
+SCORING = EvaluateParams(
+    batch_size=8, misclassified_grid=0, bootstrap_samples=50, calibration_bins=5,
+    gradcam_images=0, tta=False,
+)  # fmt: skip
 
 
 def write_splits(paths: ProjectPaths) -> str:
@@ -47,8 +52,10 @@ def test_compare_stage_writes_metrics_markdown_chart_and_promotes(tmp_path, stor
     log_run(experiment_id, "resnet50", "old-data", 0.95)
     paths.metrics("evaluate").parent.mkdir(parents=True, exist_ok=True)
     paths.metrics("evaluate").write_text(json.dumps({"mlflow_run_id": best, "model_uri": best_uri}))
-    params = CompareParams(rank_by="test_accuracy", significance=0.05, registered_model="cxr-stage")
-    board = compare(params, "cxr-stage", paths, store)
+    params = CompareParams(
+        rank_by="test_accuracy", significance=0.05, registered_model="cxr-stage", ensemble_size=3
+    )
+    board = compare(params, SCORING, 42, "cxr-stage", paths, store)
     assert len(board) == 2 and board["model"].tolist() == ["efficientnetb0", "vgg16"]
     metrics = json.loads(paths.metrics("compare").read_text())
     assert metrics["best_model"] == "efficientnetb0" and metrics["models"] == 2
@@ -68,6 +75,9 @@ def test_compare_stage_writes_metrics_markdown_chart_and_promotes(tmp_path, stor
     assert "Champion `cxr-stage@champion`: promoted (first champion)" in markdown
     assert (paths.reports("compare") / "leaderboard.png").stat().st_size > 0
     assert np.isfinite(metrics["leaderboard"]["efficientnetb0"]["test_accuracy_ci_low"])
+    # no run logged probabilities, so there is no ensemble row, and the files say why
+    assert metrics["ensemble"] is None and "no ensemble row" in metrics["ensemble_note"].lower()
+    assert "only 0 logged its test probabilities" in markdown
 
 
 def test_main_reads_params_and_reports_an_empty_store(
@@ -85,3 +95,41 @@ def test_main_reads_params_and_reports_an_empty_store(
     assert metrics["models"] == 0 and metrics["best_model"] is None
     assert metrics["champion"]["action"] == "none"
     assert (paths.reports("compare") / "leaderboard.md").is_file()
+
+
+def test_compare_adds_the_ensemble_row_and_logs_it_once(tmp_path, store):
+    # given three models on the current data, each wrong on a different test image
+    paths = ProjectPaths(tmp_path)
+    fingerprint = write_splits(paths)
+    experiment_id = use_experiment("cxr-stage-ensemble", tmp_path, store)
+    actual = ["covid", "covid", "normal", "normal"]
+    members = {
+        log_scored_run(experiment_id, "mobilenetv2", fingerprint, actual, [0.9, 0.4, 0.3, 0.2]),
+        log_scored_run(experiment_id, "vgg16", fingerprint, actual, [0.4, 0.9, 0.2, 0.3]),
+        log_scored_run(experiment_id, "resnet50", fingerprint, actual, [0.8, 0.8, 0.7, 0.1]),
+    }
+    params = CompareParams(
+        rank_by="test_accuracy", significance=0.05, registered_model="cxr-ens", ensemble_size=3
+    )
+    # when compare runs twice
+    first = compare(params, SCORING, 42, "cxr-stage-ensemble", paths, store)
+    board = compare(params, SCORING, 42, "cxr-stage-ensemble", paths, store)
+    # then the three models are ranked and the ensemble of all three comes last
+    assert board["model"].tolist()[-1] == "ensemble" and len(board) == 4
+    assert first["run_id"].tolist() == board["run_id"].tolist()
+    metrics = json.loads(paths.metrics("compare").read_text())
+    assert metrics["models"] == 3 and metrics["best_model"] != "ensemble"
+    ensemble = metrics["ensemble"]
+    assert ensemble["test_accuracy"] == 1.0 and ensemble["test_images"] == 4
+    assert set(ensemble["member_run_ids"]) == members
+    assert ensemble["mcnemar_p_vs_best"] == pytest.approx(1.0)
+    assert ensemble["test_accuracy_ci_low"] is not None
+    markdown = (paths.reports("compare") / "leaderboard.md").read_text()
+    assert f"| {ensemble['name']} " in markdown
+    # and one MLflow run holds it, tagged for the data and its members
+    runs = MlflowClient().search_runs([experiment_id], "tags.model = 'ensemble'")
+    assert [run.info.run_id for run in runs] == [ensemble["run_id"]]
+    tags = runs[0].data.tags
+    assert tags["data_fingerprint"] == fingerprint
+    assert tags["ensemble_members"] == ",".join(sorted(members))
+    assert runs[0].data.metrics["test_accuracy"] == 1.0

@@ -14,11 +14,19 @@ from mlflow.tracking import MlflowClient
 
 from cxr.core.errors import PipelineError
 from cxr.core.params import EvaluateParams
+from cxr.data.pixels import load_split_pixels
+from cxr.evaluation.tta import tta_views
+from cxr.serving.predictors import load_models_dir
 from cxr.tracking import use_experiment
 from stages.evaluate import evaluate, main
 
 PARAMS = EvaluateParams(
-    batch_size=8, misclassified_grid=4, bootstrap_samples=50, calibration_bins=5, gradcam_images=2
+    batch_size=8,
+    misclassified_grid=4,
+    bootstrap_samples=50,
+    calibration_bins=5,
+    gradcam_images=2,
+    tta=False,
 )
 
 
@@ -142,3 +150,37 @@ def test_dvc_plots_show_renders_the_evaluate_plots(tmp_path, store, project_root
     failed = {error["name"] for error in rendered.get("errors", [])}
     assert not failed & {"confusion", "calibration"}
     assert not any("evaluate" in name for name in failed), failed
+
+
+def test_tta_scores_the_mean_over_the_views_and_off_keeps_the_plain_probabilities(tmp_path, store):
+    # given a trained tiny CNN and its test images
+    paths = write_project(tmp_path, epochs=1)
+    predictor = load_models_dir(paths.models_dir)
+    test = pd.read_parquet(paths.split_table("test"))
+    images = load_split_pixels(paths.pixel_cache, test["cache_index"], predictor.image_size)
+    columns = [f"p_{name}" for name in NAMES_TINY]
+    quick = PARAMS.model_copy(update={"gradcam_images": 0, "bootstrap_samples": 0})
+    # when evaluate runs with TTA off
+    plain = evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store)
+    plain_table = pd.read_csv(paths.predictions)
+    # then the probabilities are the plain model's, and TTA is recorded as off
+    np.testing.assert_allclose(
+        plain_table[columns], predictor.predict_proba(images).round(4), atol=1e-4
+    )
+    assert plain["tta"] is False and plain["tta_views"] == 1
+    # when it runs with TTA on
+    augmented = evaluate(
+        quick.model_copy(update={"tta": True}), 42, 10**7, "cxr-evaluate", paths, store
+    )
+    table = pd.read_csv(paths.predictions)
+    # then each image's probabilities are the mean of the model's over its six views
+    expected = np.mean([predictor.predict_proba(view) for view in tta_views(images)], axis=0)
+    np.testing.assert_allclose(table[columns], expected.round(4), atol=1e-4)
+    assert not np.allclose(table[columns], plain_table[columns])
+    # and metrics/evaluate.json and the MLflow run say so; the speed is still per test image
+    written = json.loads(paths.metrics("evaluate").read_text())
+    assert written["tta"] is True and written["tta_views"] == 6
+    assert written["inference_images_per_second"] > 0
+    run = MlflowClient().get_run(augmented["mlflow_run_id"])
+    assert run.data.tags["tta"] == "true" and run.data.metrics["tta_views"] == 6
+    assert MlflowClient().get_run(plain["mlflow_run_id"]).data.tags["tta"] == "false"

@@ -60,7 +60,9 @@ def test_repro_builds_every_output(project):
         s: pd.read_parquet(repo / "data" / "processed" / f"{s}.parquet")
         for s in ("train", "val", "test")
     }
-    assert splits["train"]["label"].value_counts().nunique() == 1  # undersampled to equal counts
+    # no undersampling by default: every image is in a split, each class in each split
+    assert sum(len(table) for table in splits.values()) == len(images)
+    assert all(set(table["label"]) == set(images["label"]) for table in splits.values())
     assert (repo / "models" / "model.keras").stat().st_size > 0
     for figure in [
         "build/class_counts.png",
@@ -89,7 +91,7 @@ def test_repro_builds_every_output(project):
     predictions = pd.read_csv(repo / "metrics" / "test_predictions.csv")
     assert len(predictions) == len(splits["test"])
     compare = json.loads((repo / "metrics" / "compare.json").read_text())
-    assert compare["best_model"] == "mobilenetv2" and compare["models"] == 1
+    assert compare["best_model"] == "compact_cnn" and compare["models"] == 1
     # and MLflow holds one finished run with curves, test metrics and artifacts
     runs = runs_in_store(repo)
     assert len(runs) == 1 and runs.loc[0, "metrics.test_accuracy"] == pytest.approx(
@@ -142,14 +144,16 @@ def test_experiment_with_another_backbone_reruns_only_train_evaluate_compare(pro
     assert stages_run(output) == ["train", "evaluate", "compare"]
     # and the leaderboard and MLflow hold both backbones, the experiment's run tagged with its name
     compare = json.loads((repo / "metrics" / "compare.json").read_text())
-    assert set(compare["leaderboard"]) == {"mobilenetv2", "efficientnetb0"}
+    assert set(compare["leaderboard"]) == {"compact_cnn", "efficientnetb0"}
+    # and the ensemble row averages the two
+    assert sorted(compare["ensemble"]["members"]) == ["compact_cnn", "efficientnetb0"]
     runs = runs_in_store(repo)
-    assert set(runs["tags.model"]) == {"mobilenetv2", "efficientnetb0"}
+    assert set(runs["tags.model"]) == {"compact_cnn", "efficientnetb0", "ensemble"}
     assert runs["metrics.test_accuracy"].notna().all()
     assert set(runs["tags.dvc_experiment"].dropna()) == {"effnet"}
     # and dvc exp show lists both with their params and metrics
     shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo, env)
-    assert '"efficientnetb0"' in shown and '"mobilenetv2"' in shown and "test_accuracy" in shown
+    assert '"efficientnetb0"' in shown and '"compact_cnn"' in shown and "test_accuracy" in shown
     # and dvc plots show renders the history and confusion plots
     plots = run(
         [sys.executable, "-m", "dvc", "plots", "show", "-o", str(repo.parent / "plots")], repo, env

@@ -28,6 +28,7 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> ProjectPaths:
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     params["data"]["source"] = str(DATASET)
     params["build"].update(cache_size=64, histogram_images_per_class=5)
+    params["train"].update(image_size=64)  # no larger than the small cache
     params["split"].update(undersample=False, resplit=False, duplicates="drop-from-test")
     paths.params.write_text(yaml.safe_dump(params), encoding="utf-8")
     for stage in (ingest, build, split):

@@ -18,7 +18,14 @@ from cxr.training.resume import BACKUP_DIR
 from cxr.training.run import train_model
 from stages import train
 
-NO_AUGMENTATION = {"horizontal_flip": False, "rotation": 0.0, "zoom": 0.0, "contrast": 0.0}
+NO_AUGMENTATION = {
+    "horizontal_flip": False,
+    "rotation": 0.0,
+    "zoom": 0.0,
+    "translation": 0.0,
+    "contrast": 0.0,
+    "brightness": 0.0,
+}
 
 
 # Every test gets its own MLflow store (tests/conftest.py).
@@ -105,7 +112,9 @@ def test_training_pixels_come_from_the_cache_rows_the_table_names(prepared):
 
 @pytest.mark.slow
 def test_pretrained_backbone_trains_frozen_then_fine_tunes(prepared, tmp_path, pretrained_weights):
-    root = fresh_copy(prepared, tmp_path, tiny_params(str(pretrained_weights)))
+    # a constant rate per phase, so the fine-tuning rate shows as it is set
+    params = tiny_params(str(pretrained_weights), schedule="constant")
+    root = fresh_copy(prepared, tmp_path, params)
     assert train.main(["--root", str(root)]) == 0
     metrics = json.loads(ProjectPaths(root).metrics("train").read_text())
     history = pd.read_csv(ProjectPaths(root).history)
@@ -202,3 +211,23 @@ def test_bad_params_stop_train_before_writing(prepared, tmp_path, capsys):
     assert "train.epochs = 0" in capsys.readouterr().err
     assert not (root / "models").exists()
     assert parse_params(tiny_params()).train.epochs == 2
+
+
+@pytest.mark.slow
+def test_adamw_label_smoothing_and_a_time_budget_reach_the_fit(prepared, tmp_path):
+    # given AdamW with weight decay, smoothed targets and a budget that one epoch exhausts
+    params = tiny_params(
+        optimizer="adamw", weight_decay=1e-4, label_smoothing=0.1, time_budget_minutes=1e-4
+    )
+    root = fresh_copy(prepared, tmp_path, params)
+    # when train runs
+    assert train.main(["--root", str(root)]) == 0
+    # then it stopped after the first of its 2 epochs and saved a model compiled that way
+    paths = ProjectPaths(root)
+    metrics = json.loads(paths.metrics("train").read_text())
+    assert metrics["epochs_run"] == 1 and len(pd.read_csv(paths.history)) == 1
+    model = keras.models.load_model(paths.model_file())
+    assert type(model.optimizer).__name__ == "AdamW"
+    assert float(model.optimizer.weight_decay) == pytest.approx(1e-4)
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+    assert model.predict(np.zeros((1, 32, 32, 1), np.uint8), verbose=0).shape == (1, 3)

@@ -3,7 +3,12 @@ import numpy as np
 import pytest
 
 from cxr.core.params import AdaptiveParams, CosineParams
-from cxr.training.schedules import AdaptiveLearningRate, ResumeState, learning_rate_for
+from cxr.training.schedules import (
+    AdaptiveLearningRate,
+    ResumeState,
+    TimeBudget,
+    learning_rate_for,
+)
 
 COSINE = CosineParams(warmup_epochs=0, restart_epochs=0, restart_multiplier=2.0, final_fraction=0.0)
 ADAPTIVE = AdaptiveParams(accuracy_threshold=0.9, patience=2, factor=0.5, stop_patience=2)
@@ -124,3 +129,22 @@ def test_resume_state_restores_counters_and_seed_states(tmp_path):
         for model in (saving, restoring)
     ]
     np.testing.assert_array_equal(seeds[0][0], seeds[1][0])
+
+
+def test_time_budget_stops_after_the_epoch_that_passes_it_across_phases():
+    # given a budget of one minute and a clock the test moves
+    now = [0.0]
+    budget = TimeBudget(1.0, clock=lambda: now[0])
+    model = tiny_model()
+    budget.set_model(model)
+    # when a first phase runs two 25 s epochs, then a second phase starts and runs on
+    budget.on_train_begin()
+    for epoch in range(2):
+        now[0] += 25
+        budget.on_epoch_end(epoch)
+    assert not model.stop_training and budget.stopped_epoch is None
+    budget.on_train_begin()  # the second phase keeps the first phase's clock
+    now[0] += 25
+    budget.on_epoch_end(2)
+    # then training stops at the end of the epoch that passed 60 s, the third
+    assert model.stop_training and budget.stopped_epoch == 2

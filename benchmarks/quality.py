@@ -1,0 +1,213 @@
+"""Benchmark what the pipeline learns on real data: the default recipe against pixel_logreg.
+
+    .venv/bin/python benchmarks/quality.py [--models compact_cnn pixel_logreg] [--minutes 20]
+        [--datasets covid19-dataset covid-ct-cropped] [--set KEY=VALUE ...]
+
+For each dataset under ../shared/datasets (skipped with a line when absent), a temporary project
+runs the real stages (`python -m stages.<name>`): ingest, build and split once, then train and
+evaluate per model with the repository's params.yaml (the default recipe) and
+train.time_budget_minutes = --minutes, then compare (the leaderboard, with its ensemble row).
+covid19-dataset keeps its given test folder (less the copies of train images);
+covid-ct-cropped is split afresh with data.group_pattern, so no paper's slices straddle splits.
+Prints accuracy, macro F1 and ROC AUC with 95% bootstrap CIs, McNemar's exact p against
+pixel_logreg on the same test images, and the training time. With --tta each CNN is scored again
+with evaluate.tta (a `<model>+tta` row; the ensemble then averages those TTA probabilities).
+Prints figures; never fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cxr.core.params import parse_params  # noqa: E402
+from cxr.core.registry import is_baseline  # noqa: E402
+from cxr.evaluation.ensemble import mean_probabilities, score_mean  # noqa: E402
+from cxr.evaluation.statistics import mcnemar_exact  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "datasets"
+# The paper before -p<page>-<figure>, the figure before %<crop> (README, Real data).
+CT_GROUP_PATTERN = r"([^/]+?)(?:-p\d+-[^/]*|_\d+[^/]*|%\d+)?\.\w+$"
+DATASETS: dict[str, dict[str, Any]] = {
+    "covid19-dataset": {},
+    "covid-ct-cropped": {"data.group_pattern": CT_GROUP_PATTERN},
+}
+BASELINE = "pixel_logreg"
+
+
+def set_dotted(params: dict[str, Any], key: str, value: Any) -> None:
+    """Set `train.image_size`-style dotted keys in a params mapping."""
+    *parents, leaf = key.split(".")
+    section = params
+    for parent in parents:
+        section = section[parent]
+    section[leaf] = value
+
+
+def run_stage(stage: str, root: Path) -> None:
+    """Run one stage as DVC would, on the project at `root`."""
+    subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}", "--root", str(root)], cwd=REPO, check=True
+    )
+
+
+def write_params(root: Path, params: dict[str, Any]) -> None:
+    """Write params.yaml of the project at `root`."""
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def evaluate_model(root: Path, params: dict[str, Any], model: str, out: Path) -> dict[str, Any]:
+    """Train and evaluate `model`; keep its metrics and per-image predictions in `out`."""
+    params["model"] = model
+    write_params(root, params)
+    run_stage("train", root)
+    run_stage("evaluate", root)
+    return keep_results(root, out)
+
+
+def keep_results(root: Path, out: Path) -> dict[str, Any]:
+    """Copy the last train and evaluate metrics and predictions into `out`; return them."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train.json", "evaluate.json", "test_predictions.csv"):
+        shutil.copy2(root / "metrics" / name, out / name)
+    metrics = json.loads((out / "evaluate.json").read_text())
+    metrics["train_seconds"] = json.loads((out / "train.json").read_text())["train_seconds"]
+    metrics["epochs_run"] = json.loads((out / "train.json").read_text())["epochs_run"]
+    return metrics
+
+
+def correct_by_image(table: pd.DataFrame) -> pd.Series:
+    """Whether each test image was classified right, keyed by path and content."""
+    return pd.Series(
+        (table["actual"] == table["predicted"]).to_numpy(),
+        index=pd.MultiIndex.from_frame(table[["path", "sha256"]]),
+    )
+
+
+def mcnemar_against(baseline: pd.DataFrame | None, table: pd.DataFrame) -> float | None:
+    """Exact McNemar p of `table` against the baseline's predictions on their shared images."""
+    if baseline is None:
+        return None
+    pair = pd.concat([correct_by_image(baseline), correct_by_image(table)], axis=1, join="inner")
+    return mcnemar_exact(pair.iloc[:, 0], pair.iloc[:, 1]) if len(pair) else None
+
+
+def cell(metrics: dict[str, Any], name: str) -> str:
+    """`0.850 [0.760, 0.920]`, or the value alone without an interval."""
+    value = metrics.get(name)
+    if value is None:
+        return "-"
+    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+    return f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def ensemble_row(
+    name: str, ensemble: dict[str, Any], tables: dict[str, pd.DataFrame], params: dict[str, Any]
+) -> str:
+    """The leaderboard's ensemble as a table row, with its McNemar p against the baseline."""
+    members = ensemble["members"]
+    if all(member in tables for member in members):
+        joined = mean_probabilities([tables[member] for member in members])
+        per_image, _ = score_mean(joined, parse_params(params).evaluate, int(params["seed"]))
+        p = mcnemar_against(tables.get(BASELINE), per_image)
+    else:
+        p = None
+    return (
+        f"| {name} | ensemble ({' + '.join(members)}) | {cell(ensemble, 'test_accuracy')} | "
+        f"{cell(ensemble, 'test_f1_macro')} | {cell(ensemble, 'test_roc_auc_ovr')} | "
+        f"{'-' if p is None else f'{p:.3g}'} | - | - |"
+    )
+
+
+def benchmark(name: str, options: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """Run one dataset through the stages; return its Markdown table rows."""
+    source = SHARED / name
+    if not source.is_dir():
+        print(f"skip {name}: {source} not found")
+        return []
+    with tempfile.TemporaryDirectory(prefix=f"cxr-quality-{name}-") as scratch:
+        root = Path(scratch) / "project"
+        root.mkdir()
+        params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+        overrides = {
+            "data.source": str(source),
+            **options,
+            "train.time_budget_minutes": args.minutes,
+        }
+        overrides |= {
+            key: yaml.safe_load(value) for key, value in (s.split("=", 1) for s in args.set)
+        }
+        for key, value in overrides.items():
+            set_dotted(params, key, value)
+        write_params(root, params)
+        for stage in ("ingest", "build", "split"):
+            run_stage(stage, root)
+        split = json.loads((root / "metrics" / "split.json").read_text())
+        print(
+            f"{name}: " + ", ".join(f"{s} {split[s]['images']}" for s in ("train", "val", "test"))
+        )
+        results = {}
+        for model in args.models:
+            results[model] = evaluate_model(root, params, model, root / "results" / model)
+            if args.tta and not is_baseline(model):
+                # The same trained model scored again with test-time augmentation.
+                params["evaluate"]["tta"] = True
+                write_params(root, params)
+                run_stage("evaluate", root)
+                params["evaluate"]["tta"] = False
+                write_params(root, params)
+                results[f"{model}+tta"] = keep_results(root, root / "results" / f"{model}+tta")
+
+        run_stage("compare", root)
+        compare = json.loads((root / "metrics" / "compare.json").read_text())
+        tables = {m: pd.read_csv(root / "results" / m / "test_predictions.csv") for m in results}
+        baseline = tables.get(BASELINE)
+        rows = []
+        for model, metrics in results.items():
+            p = None if model == BASELINE else mcnemar_against(baseline, tables[model])
+            rows.append(
+                f"| {name} | {model} | {cell(metrics, 'test_accuracy')} | "
+                f"{cell(metrics, 'test_f1_macro')} | {cell(metrics, 'test_roc_auc_ovr')} | "
+                f"{'-' if p is None else f'{p:.3g}'} | {metrics['epochs_run']} | "
+                f"{metrics['train_seconds']:.0f} |"
+            )
+        ensemble = compare.get("ensemble")
+        if ensemble:
+            rows.append(ensemble_row(name, ensemble, tables, params))
+        return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every dataset and print one Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=[BASELINE, "compact_cnn"])
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget per model")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--tta", action="store_true", help="also score each CNN with evaluate.tta")
+    args = parser.parse_args(argv)
+    rows = [row for name in args.datasets for row in benchmark(name, DATASETS[name], args)]
+    print(f"\nbudget {args.minutes:g} min per model, 2 CPU cores, no ImageNet weights")
+    print(
+        "| data | model | accuracy [95% CI] | macro F1 [95% CI] | ROC AUC [95% CI] "
+        f"| McNemar p vs {BASELINE} | epochs | train s |"
+    )
+    print("|---|---|---|---|---|---|---:|---:|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
