@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from cxr.core.params import parse_params  # noqa: E402
 from cxr.core.registry import is_baseline  # noqa: E402
 from cxr.evaluation.ensemble import mean_probabilities, score_mean  # noqa: E402
-from cxr.evaluation.statistics import mcnemar_exact  # noqa: E402
+from cxr.evaluation.leaderboard import paired_mcnemar  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "datasets"
 # The paper before -p<page>-<figure>, the figure before %<crop> (README, Real data).
@@ -88,22 +88,6 @@ def keep_results(root: Path, out: Path) -> dict[str, Any]:
     return metrics
 
 
-def correct_by_image(table: pd.DataFrame) -> pd.Series:
-    """Whether each test image was classified right, keyed by path and content."""
-    return pd.Series(
-        (table["actual"] == table["predicted"]).to_numpy(),
-        index=pd.MultiIndex.from_frame(table[["path", "sha256"]]),
-    )
-
-
-def mcnemar_against(baseline: pd.DataFrame | None, table: pd.DataFrame) -> float | None:
-    """Exact McNemar p of `table` against the baseline's predictions on their shared images."""
-    if baseline is None:
-        return None
-    pair = pd.concat([correct_by_image(baseline), correct_by_image(table)], axis=1, join="inner")
-    return mcnemar_exact(pair.iloc[:, 0], pair.iloc[:, 1]) if len(pair) else None
-
-
 def cell(metrics: dict[str, Any], name: str) -> str:
     """`0.850 [0.760, 0.920]`, or the value alone without an interval."""
     value = metrics.get(name)
@@ -121,7 +105,7 @@ def ensemble_row(
     if all(member in tables for member in members):
         joined = mean_probabilities([tables[member] for member in members])
         per_image, _ = score_mean(joined, parse_params(params).evaluate, int(params["seed"]))
-        p = mcnemar_against(tables.get(BASELINE), per_image)
+        p = paired_mcnemar(tables.get(BASELINE), per_image)
     else:
         p = None
     return (
@@ -176,7 +160,7 @@ def benchmark(name: str, options: dict[str, Any], args: argparse.Namespace) -> l
         baseline = tables.get(BASELINE)
         rows = []
         for model, metrics in results.items():
-            p = None if model == BASELINE else mcnemar_against(baseline, tables[model])
+            p = None if model == BASELINE else paired_mcnemar(baseline, tables[model])
             rows.append(
                 f"| {name} | {model} | {cell(metrics, 'test_accuracy')} | "
                 f"{cell(metrics, 'test_f1_macro')} | {cell(metrics, 'test_roc_auc_ovr')} | "

@@ -127,17 +127,17 @@ def mcnemar_vs_best(experiment_id: str, board: pd.DataFrame) -> list[float | Non
         return []
     tables = {run_id: run_predictions(experiment_id, run_id) for run_id in board["run_id"]}
     best = tables[board["run_id"].iloc[0]]
-    values: list[float | None] = [None]
-    for run_id in board["run_id"].iloc[1:]:
-        other = tables[run_id]
-        if best is None or other is None:
-            values.append(None)
-            continue
-        pair = pd.concat(
-            [correctness_by_image(best), correctness_by_image(other)], axis=1, join="inner"
-        )
-        values.append(mcnemar_exact(pair.iloc[:, 0], pair.iloc[:, 1]) if len(pair) else None)
-    return values
+    return [None, *(paired_mcnemar(best, tables[run_id]) for run_id in board["run_id"].iloc[1:])]
+
+
+def paired_mcnemar(first: pd.DataFrame | None, second: pd.DataFrame | None) -> float | None:
+    """Exact McNemar p of two prediction tables on the test images both hold (None: no pair)."""
+    if first is None or second is None:
+        return None
+    pair = pd.concat(
+        [correctness_by_image(first), correctness_by_image(second)], axis=1, join="inner"
+    )
+    return mcnemar_exact(pair.iloc[:, 0], pair.iloc[:, 1]) if len(pair) else None
 
 
 def with_mcnemar(board: pd.DataFrame, experiment_id: str, significance: float) -> pd.DataFrame:
