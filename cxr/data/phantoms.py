@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from scipy.special import expit
 
 from cxr.core.registry import PHANTOM_CLASSES
+from cxr.data.portable_math import arctan2, cos, exp, expit, hypot, power, sin
 
 MIN_IMAGE_SIZE = 32
 
@@ -128,8 +128,10 @@ def _write_png_atomically(path: Path, pixels: np.ndarray) -> None:
     # Encode in memory, then write a temp file beside the target and rename it over the
     # target, so readers (or a killed run) never see a half-written PNG.
     buffer = io.BytesIO()
-    # No pnginfo/metadata is passed, so the bytes depend on the pixels only.
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    # No pnginfo/metadata is passed, so the bytes depend on the pixels only. Stored (level 0)
+    # deflate blocks: Pillow's zlib-ng picks its match finder by CPU at run time, so compressed
+    # bytes could differ between machines; stored blocks cannot (about 1.4x the size).
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -153,17 +155,16 @@ def _posed_coordinates(rng: np.random.Generator, size: int) -> tuple[np.ndarray,
     """Anatomical (u, v) of every pixel under a random rotation, translation and scale."""
     centres = (np.arange(size) + 0.5) / size * 2.0 - 1.0
     y, x = np.meshgrid(centres, centres, indexing="ij")
-    angle = np.deg2rad(rng.uniform(-7.0, 7.0))
+    angle = rng.uniform(-7.0, 7.0) * (np.pi / 180.0)
     shift_x, shift_y = rng.uniform(-0.06, 0.06, size=2)
     scale = rng.uniform(0.92, 1.06)
     # Inverse mapping (pixel -> anatomy) so every shape can be evaluated on the pixel grid.
     dx, dy = x - shift_x, y - shift_y
-    cos, sin = np.cos(angle), np.sin(angle)
-    u = (cos * dx + sin * dy) / scale
-    v = (-sin * dx + cos * dy) / scale
-    # float32 halves the memory traffic of every shape evaluated on the grid; 8-bit output
-    # needs nowhere near float64 precision.
-    return u.astype(np.float32), v.astype(np.float32)
+    cos_angle, sin_angle = cos(angle), sin(angle)
+    u = (cos_angle * dx + sin_angle * dy) / scale
+    v = (-sin_angle * dx + cos_angle * dy) / scale
+    # float64 throughout: cxr.data.portable_math computes in float64 so every CPU rounds alike.
+    return u, v
 
 
 def _lung_mask(
@@ -189,7 +190,7 @@ def _draw_anatomy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Body, lungs, mediastinum, heart, spine, ribs and clavicles; returns (image, lung mask)."""
     # Body: sloping shoulders on top, flanks near the image edges, plus the neck.
-    shoulder_top = -0.84 + 0.5 * np.clip(np.abs(u) - 0.25, 0.0, None) ** 1.5
+    shoulder_top = -0.84 + 0.5 * power(np.clip(np.abs(u) - 0.25, 0.0, None), 1.5)
     flank = 0.92 + 0.06 * v
     torso = expit((v - shoulder_top) / 0.03) * expit((flank - np.abs(u)) / 0.02)
     neck = expit((0.22 - np.abs(u)) / 0.02)
@@ -207,7 +208,7 @@ def _draw_anatomy(
 
     heart_level = np.sqrt(((u - heart_u) / heart_w) ** 2 + ((v - heart_v) / heart_h) ** 2)
     heart = _soft_inside(heart_level, 0.05)
-    knob_level = np.hypot(u - 0.11, v + 0.32) / 0.08
+    knob_level = hypot(u - 0.11, v + 0.32) / 0.08
     aortic_knob = _soft_inside(knob_level, 0.12)
     mediastinum = expit((0.12 - np.abs(u + 0.01)) / 0.025)
 
@@ -247,7 +248,7 @@ def _jitter_lung(
 def _draw_spine(u: np.ndarray, v: np.ndarray, body: np.ndarray) -> np.ndarray:
     """Bright vertical band with faint vertebral segmentation."""
     band = expit((0.06 - np.abs(u)) / 0.012)
-    segments = 0.75 + 0.25 * np.cos(2.0 * np.pi * v / 0.13) ** 2
+    segments = 0.75 + 0.25 * cos(2.0 * np.pi * v / 0.13) ** 2
     return 0.06 * band * segments * body
 
 
@@ -274,7 +275,7 @@ def _draw_ribs(
     posterior = profile * expit(lateral / 0.015) * expit((0.86 - np.abs(u)) / 0.03)
 
     # Anterior ribs run the other way (down towards the sternum) and are faint on a PA film.
-    anterior_curve = 0.2 - 0.5 * (0.8 - np.clip(lateral, 0.0, 0.8)) ** 1.5
+    anterior_curve = 0.2 - 0.5 * power(0.8 - np.clip(lateral, 0.0, 0.8), 1.5)
     anterior_distance = _distance_to_nearest_rib(v - anterior_curve, first, spacing, n_ribs) / 0.03
     anterior_extent = expit((lateral - 0.2) / 0.03) * expit((0.84 - np.abs(u)) / 0.03)
     anterior = expit((1.0 - anterior_distance) / 0.2) * anterior_extent
@@ -319,23 +320,23 @@ def _radial_streaks(
     """Thin tapering line segments from `origin` along `angles` (max, not sum, where they meet)."""
     result = np.zeros_like(u)
     # Only pixels within reach of the longest streak can be touched: evaluate just those.
-    reach = np.hypot(u - origin[0], v - origin[1]) < lengths.max() + 3.0 * width
+    reach = hypot(u - origin[0], v - origin[1]) < lengths.max() + 3.0 * width
     du, dv = u[reach] - origin[0], v[reach] - origin[1]
     angles = (angles + np.pi) % (2.0 * np.pi) - np.pi  # same range as arctan2, for the search
     order = np.argsort(angles)
     angles, lengths = angles[order], lengths[order]
     # Away from the origin a pixel is only near the streaks either side of it in angle, so
     # evaluating those two is enough (and much cheaper than one pass per streak).
-    after = np.searchsorted(angles, np.arctan2(dv, du)) % len(angles)
+    after = np.searchsorted(angles, arctan2(dv, du)) % len(angles)
     nearby = np.zeros_like(du)
     for candidate in (after, (after - 1) % len(angles)):
-        direction_u, direction_v = np.cos(angles[candidate]), np.sin(angles[candidate])
+        direction_u, direction_v = cos(angles[candidate]), sin(angles[candidate])
         length = lengths[candidate]
         along = np.clip(du * direction_u + dv * direction_v, 0.0, length)
-        across = np.hypot(du - along * direction_u, dv - along * direction_v)
+        across = hypot(du - along * direction_u, dv - along * direction_v)
         # Fade in over the first few hundredths and taper outwards, like branching vessels.
         taper = (1.0 - 0.7 * along / length) * np.clip(along / 0.06, 0.0, 1.0)
-        nearby = np.maximum(nearby, np.exp(-((across / (width * (0.3 + taper))) ** 2)) * taper)
+        nearby = np.maximum(nearby, exp(-((across / (width * (0.3 + taper))) ** 2)) * taper)
     result[reach] = nearby
     return result
 
@@ -358,7 +359,7 @@ def _vascular_markings(
     markings = np.zeros_like(u)
     for lung, side in ((right_lung, -1), (left_lung, 1)):
         hu, hv = _hilum(lung, side)
-        markings += 0.05 * np.exp(-(((u - hu) / 0.07) ** 2 + ((v - hv) / 0.11) ** 2))
+        markings += 0.05 * exp(-(((u - hu) / 0.07) ** 2 + ((v - hv) / 0.11) ** 2))
         angles = _side_angles(rng, side, 7)
         lengths = rng.uniform(0.2, 0.4, size=7)
         markings += 0.035 * _radial_streaks(u, v, (hu, hv), angles, lengths, 0.012)
@@ -439,7 +440,7 @@ def _viral_pneumonia(
         hu += rng.uniform(-0.03, 0.03)
         hv += rng.uniform(-0.05, 0.05)
         spread_u, spread_v = rng.uniform(0.17, 0.24), rng.uniform(0.22, 0.3)
-        haze = np.exp(-(((u - hu) / spread_u) ** 2 + ((v - hv) / spread_v) ** 2))
+        haze = exp(-(((u - hu) / spread_u) ** 2 + ((v - hv) / spread_v) ** 2))
         count = int(rng.integers(10, 16))
         angles = _side_angles(rng, side, count)
         lengths = rng.uniform(0.2, 0.42, size=count)
@@ -476,7 +477,7 @@ def _acquire(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarr
     """Detector effects: slight blur, random brightness/contrast/gamma, noise, 8-bit."""
     scale = size / REFERENCE_SIZE
     image = ndimage.gaussian_filter(image, rng.uniform(0.5, 1.0) * scale)
-    image = np.clip(image, 0.0, 1.0) ** rng.uniform(0.85, 1.15)
+    image = power(np.clip(image, 0.0, 1.0), rng.uniform(0.85, 1.15))
     contrast = rng.uniform(0.8, 1.25)
     brightness = rng.normal(0.0, 0.05)
     image = (image - 0.35) * contrast + 0.35 + brightness

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cpu_features import dispatched_features, run_without_dispatch
 from PIL import Image
 from scipy import ndimage
 
@@ -397,3 +398,47 @@ def test_classes_are_learnable_from_pixels_but_not_from_mean_intensity(tmp_path:
     # Then pixels beat chance (0.25) clearly while overall brightness says little
     assert pixel_accuracy > 0.6, pixel_accuracy
     assert mean_accuracy < 0.4, mean_accuracy
+
+
+# sha256 of the first phantom of each class at the default size, seed and difficulty. They are
+# the same on every CPU and NumPy/Pillow build (cxr.data.portable_math, stored PNG blocks), so a
+# difference on another machine fails here instead of silently changing dvc.lock's data/raw.
+PINNED_PHANTOM_DIGESTS = {
+    "covid/covid_00000.png": "a2b7ede64182d176401845f8323faab75536634badeff9b4e1c3a27cc37585c8",
+    "lung_opacity/lung_opacity_00000.png": (
+        "1ec30c3c75fadd3546b86a11229b2b3562bdc6d1ffc9a1daaf7db27697d5bb70"
+    ),
+    "normal/normal_00000.png": "734e91d718d150b4add0aeefb971cef2ea0b60fde7683a84d8aaf59703ded73b",
+    "viral_pneumonia/viral_pneumonia_00000.png": (
+        "54b275a111684a838a7822f60a07523496af65ce208872f6304547a6a3817b16"
+    ),
+}
+
+
+def test_phantom_bytes_are_pinned(tmp_path: Path) -> None:
+    # Given one phantom of each class at the default size (128), difficulty 0.5 and seed 42
+    write_phantom_dataset(tmp_path, {label: 1 for label in PHANTOM_CLASSES}, 128, 0.5, seed=42)
+
+    # Then their bytes are exactly the pinned ones
+    assert _tree_digests(tmp_path) == PINNED_PHANTOM_DIGESTS
+
+
+@pytest.mark.skipif(
+    not dispatched_features(),
+    reason="this CPU has no SIMD targets NumPy dispatches to, so there is no other path to compare",
+)
+def test_phantoms_are_bit_identical_with_numpy_simd_dispatch_turned_off(tmp_path: Path) -> None:
+    # Given phantoms written here (NumPy free to use AVX2 / AVX-512 loops)
+    counts = {label: 3 for label in PHANTOM_CLASSES}
+    write_phantom_dataset(tmp_path / "here", counts, 96, 0.5, seed=7)
+
+    # When the same phantoms are written where NumPy may only use its baseline loops
+    elsewhere = tmp_path / "elsewhere"
+    run_without_dispatch(
+        "from pathlib import Path\n"
+        "from cxr.data.phantoms import write_phantom_dataset\n"
+        f"write_phantom_dataset(Path({str(elsewhere)!r}), {counts!r}, 96, 0.5, seed=7)\n"
+    )
+
+    # Then every file has the same bytes, as on another CPU
+    assert _tree_digests(tmp_path / "here") == _tree_digests(elsewhere)

@@ -186,3 +186,22 @@ def test_temp_experiment_logs_to_the_workspace_store(project):
     assert newest["tags.dvc_experiment"] == "temp-seed"
     assert ".dvc/tmp" not in newest["artifact_uri"]
     assert Path(newest["artifact_uri"].removeprefix("file://")).is_dir()
+
+
+def test_a_fresh_clone_can_run_an_experiment_on_one_stage(project, tmp_path):
+    repo, env = project
+    # given a fresh clone of the committed project: dvc.lock, but an empty DVC cache
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "results"], repo, env)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    # when an experiment reproduces only the split stage (and what it needs)
+    output = run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "split.val_fraction=0.2", "split"],
+        clone,
+        env,
+    )
+    # then it succeeds without the cached outputs of the later stages (reports/..., models)
+    assert stages_run(output) == ["ingest", "build", "split"]
+    assert "Ran experiment(s)" in output
+    assert (clone / "data" / "processed" / "val.parquet").is_file()
