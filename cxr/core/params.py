@@ -143,6 +143,14 @@ class DataParams(Section):
         description="regex on each file's path in the dataset; its first group is the group"
     )
     synthetic: SyntheticParams
+    # Checked on an archive's member table before anything is written: a few hundred KB can
+    # declare gigabytes (a zip bomb), and data/raw plus its DVC cache copy would hold them twice.
+    max_extract_bytes: int = Field(
+        ge=1, description="largest total uncompressed size an archive source may extract to"
+    )
+    max_extract_files: int = Field(
+        ge=1, description="most members (files and folders) an archive source may hold"
+    )
 
     # The label_map key of a blank label: `''` cannot be typed on the `dvc exp run -S` line
     # (Hydra's override grammar has no quoted or empty mapping keys); `''` in YAML means it too.

@@ -1,7 +1,8 @@
 """Decode image files as collections really hold them into one gray uint8 channel, in parallel.
 
-Every file is read once: its bytes give the sha256, its content (never its extension) the
-format, and the decoded pixels are resized once to the square the pixel cache stores.
+Every file is streamed, never held whole: its size and header are checked against
+build.max_pixels first, its content (never its extension) gives the format, its bytes the
+sha256, and the decoded pixels are resized once to the square the pixel cache stores.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import io
 import multiprocessing
 import os
+import re
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -18,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import imagehash
 import numpy as np
@@ -35,6 +38,15 @@ WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS): the largest build.max_pixels.
 PILLOW_MAX_PIXELS = 89_478_485
+
+# The most bytes a file holding an image of max_pixels pixels can need: uncompressed 32-bit
+# float RGBA (16 bytes a pixel) plus room for metadata (EXIF, ICC profiles, thumbnails). A
+# larger file is rejected on its size alone, before a byte of it is read.
+BYTES_PER_PIXEL_CEILING = 16
+METADATA_ALLOWANCE_BYTES = 64 << 20
+
+# Pillow's decompression-bomb message gives the pixel count: "Image size (N pixels) exceeds ...".
+BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 # Why a file can be rejected (the per-reason counts in metrics/build.json).
 REJECT_KINDS = ("missing", "empty", "not_an_image", "too_large", "corrupt")
@@ -79,7 +91,18 @@ def decode_gray(path: Path, max_pixels: int) -> np.ndarray:
 
     Raises UnusableImage for a missing, empty, non-image, too-large, truncated or corrupt file.
     """
-    return decode_bytes(read_file(path), max_pixels).pixels
+    with open_image_file(path) as handle:
+        return decode_stream(handle, os.fstat(handle.fileno()).st_size, max_pixels).pixels
+
+
+def open_image_file(path: Path) -> io.BufferedReader:
+    """`path` opened for reading bytes, or UnusableImage when it cannot be opened."""
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise UnusableImage("missing", "file not found") from None
+    except OSError as error:
+        raise UnusableImage("missing", f"cannot read ({error.strerror or error})") from None
 
 
 def read_file(path: Path) -> bytes:
@@ -92,23 +115,50 @@ def read_file(path: Path) -> bytes:
         raise UnusableImage("missing", f"cannot read ({error.strerror or error})") from None
 
 
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file an image within max_pixels pixels can be stored in (see the ceiling)."""
+    return max_pixels * BYTES_PER_PIXEL_CEILING + METADATA_ALLOWANCE_BYTES
+
+
+def _bomb(error: Image.DecompressionBombError, max_pixels: int) -> UnusableImage:
+    """Pillow's decompression-bomb refusal, told in terms of the param that limits pixels."""
+    found = BOMB_PIXELS.search(str(error))
+    size = f"{int(found.group(1))} pixels" if found else "more pixels than Pillow allows"
+    return UnusableImage("too_large", f"{size}, over build.max_pixels = {max_pixels}")
+
+
 def decode_bytes(content: bytes, max_pixels: int) -> DecodedImage:
     """Decode the bytes of an image file (format detected from the content) into gray."""
-    if not content:
+    return decode_stream(io.BytesIO(content), len(content), max_pixels)
+
+
+def decode_stream(handle: BinaryIO, size: int, max_pixels: int) -> DecodedImage:
+    """Decode an image file of `size` bytes from a seekable handle, reading only what it needs.
+
+    The size and then the header are checked against max_pixels (build.max_pixels) before any
+    pixel is decoded, so a file too large to use is rejected without being read whole.
+    """
+    if size == 0:
         raise UnusableImage("empty", "the file has 0 bytes")
+    if size > max_file_bytes(max_pixels):
+        raise UnusableImage(
+            "too_large",
+            f"{size} bytes, more than any image within build.max_pixels = {max_pixels} needs "
+            f"({max_file_bytes(max_pixels)} bytes)",
+        )
     # Our own pixel limit is checked on the header before any pixel is decoded; Pillow's
     # decompression-bomb warning / error must not print or crash the stage instead.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(content))
+            image = Image.open(handle)
         except UnidentifiedImageError:
             raise UnusableImage(
                 "not_an_image",
                 "no image format can read its header (not an image, or a damaged one)",
             ) from None
         except Image.DecompressionBombError as error:
-            raise UnusableImage("too_large", str(error)) from None
+            raise _bomb(error, max_pixels) from None
         except DAMAGED_FILE_ERRORS as error:
             raise UnusableImage("corrupt", f"unreadable header ({error})") from None
         with image:
@@ -126,7 +176,7 @@ def decode_bytes(content: bytes, max_pixels: int) -> DecodedImage:
                 ImageOps.exif_transpose(image, in_place=True)
                 pixels = to_gray(image)
             except Image.DecompressionBombError as error:
-                raise UnusableImage("too_large", str(error)) from None
+                raise _bomb(error, max_pixels) from None
             except DAMAGED_FILE_ERRORS as error:
                 raise UnusableImage(
                     "corrupt", f"{image_format} data unreadable ({error})"
@@ -206,10 +256,20 @@ def perceptual_hash(square: np.ndarray) -> str:
 def decode_file(
     raw_dir: Path, relative: str, max_pixels: int, cache_size: int, resize: str
 ) -> DecodedFile:
-    """Read raw_dir/relative once: metadata, sha256, perceptual hash and cache pixels."""
+    """Read raw_dir/relative: metadata, sha256, perceptual hash and cache pixels.
+
+    A file is streamed, never held whole in memory: a too-large one is rejected on its size or
+    its header, and the sha256 is taken only of a file that decoded.
+    """
     try:
-        content = read_file(raw_dir / relative)
-        decoded = decode_bytes(content, max_pixels)
+        with open_image_file(raw_dir / relative) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            decoded = decode_stream(handle, size, max_pixels)
+            try:
+                handle.seek(0)
+                sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+            except OSError as error:
+                raise UnusableImage("missing", f"cannot read ({error.strerror or error})") from None
     except UnusableImage as rejection:
         return DecodedFile(relative, None, None, rejection)
     square = resize_square(decoded.pixels, cache_size, resize)
@@ -218,8 +278,8 @@ def decode_file(
         "height": decoded.height,
         "mode": decoded.mode,
         "format": decoded.format,
-        "bytes": len(content),
-        "sha256": hashlib.sha256(content).hexdigest(),
+        "bytes": size,
+        "sha256": sha256,
         "phash": perceptual_hash(square),
     }
     return DecodedFile(relative, info, square, None)

@@ -39,14 +39,25 @@ DROP_HINTS = {
 }
 
 
+# What each kind of source file left out of data/raw is, and what to do to use it.
+SKIP_HINTS = {
+    "symbolic_link": (
+        "symbolic link(s), not followed",
+        "copy the files or folders themselves into the source to use them",
+    ),
+    "not_a_regular_file": ("pipe(s), socket(s) or device file(s), not read", ""),
+}
+
+
 @dataclass(frozen=True)
 class Ingested:
-    """What ingest wrote: the manifest rows, the layout read, the rows dropped and warnings."""
+    """What ingest wrote: the manifest rows, the layout read, what was left out, and warnings."""
 
     manifest: pd.DataFrame
     layout: str
     rejected: list[Rejection] = field(default_factory=list)
     warnings: dict[str, int] = field(default_factory=dict)
+    skipped: list[Rejection] = field(default_factory=list)  # source files not copied
 
     @property
     def counts(self) -> dict[str, int]:
@@ -57,6 +68,11 @@ class Ingested:
     def dropped(self) -> dict[str, int]:
         """Table rows dropped per reason (blank_label, missing_file, no_file_match, ...)."""
         return dict(sorted(Counter(rejection.kind for rejection in self.rejected).items()))
+
+    @property
+    def skipped_files(self) -> dict[str, int]:
+        """Source files not copied into data/raw per reason (symbolic_link, not_a_regular_file)."""
+        return dict(sorted(Counter(rejection.kind for rejection in self.skipped).items()))
 
 
 def _synthetic(data: DataParams, staging: Path) -> list[Entry]:
@@ -70,20 +86,43 @@ def _synthetic(data: DataParams, staging: Path) -> list[Entry]:
     ]
 
 
-def _stage_source(data: DataParams, paths: ProjectPaths, staging: Path) -> DatasetRoot:
-    """Copy or extract data.source into staging; its dataset root, named as the user knows it."""
+def _stage_source(
+    data: DataParams, paths: ProjectPaths, staging: Path, warnings: DataWarnings
+) -> tuple[DatasetRoot, list[Rejection]]:
+    """Copy or extract data.source into staging: its dataset root and the files left out."""
     resolved = resolve_source(
         data.source, data.sha256, workspace_root(paths.root), paths.downloads_dir
     )
+    skipped: list[Rejection] = []
     if resolved.is_archive:
-        extract_archive(resolved.path, staging)
+        extract_archive(resolved.path, staging, data.max_extract_bytes, data.max_extract_files)
     else:
-        copy_tree(resolved.path, staging)
+        skipped = copy_tree(resolved.path, staging)
+        _report_skipped(
+            skipped, resolved.path, paths.ingest_rejected.relative_to(paths.root), warnings
+        )
     root = dataset_root(staging)
     member = root.relative_to(staging).as_posix()
-    return DatasetRoot(
+    dataset = DatasetRoot(
         root, str(resolved.path), "" if member == "." else member, resolved.is_archive
     )
+    return dataset, skipped
+
+
+def _report_skipped(
+    skipped: list[Rejection], source: Path, listed_in: Path, warnings: DataWarnings
+) -> None:
+    """One warning per kind of source file left out of data/raw, naming the first few."""
+    for kind, (what, hint) in SKIP_HINTS.items():
+        paths = [str(source / rejection.path) for rejection in skipped if rejection.kind == kind]
+        if not paths:
+            continue
+        more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+        warnings.warn(
+            kind,
+            f"{len(paths)} {what}: {', '.join(paths[:3])}{more}; not copied into data/raw, "
+            f"listed in {listed_in}" + (f"; {hint}" if hint else ""),
+        )
 
 
 def _source_entries(
@@ -129,19 +168,20 @@ def _check_classes(
 
 def _read_source(
     data: DataParams, paths: ProjectPaths, staging: Path, warnings: DataWarnings
-) -> tuple[str, pd.DataFrame, list[Rejection]]:
-    """Copy or extract the source into staging; the layout, the manifest and the rows dropped."""
+) -> tuple[str, pd.DataFrame, list[Rejection], list[Rejection]]:
+    """Copy or extract the source into staging: layout, manifest, rows dropped, files left out."""
+    skipped: list[Rejection] = []
     if data.source == "synthetic":
         layout, entries, prefix, label_map = "class_folders", _synthetic(data, staging), "", {}
     else:
-        dataset = _stage_source(data, paths, staging)
+        dataset, skipped = _stage_source(data, paths, staging, warnings)
         layout, entries = _source_entries(data, dataset, warnings)
         prefix, label_map = dataset.member, data.label_map
     entries = apply_group_pattern(entries, data.group_pattern, warnings)
     manifest, rejected = label_entries(entries, label_map, data.classes, prefix)
     _report_dropped(rejected, paths.ingest_rejected.relative_to(paths.root), warnings)
     _check_classes(manifest, data, layout, warnings)
-    return layout, manifest, rejected
+    return layout, manifest, rejected, skipped
 
 
 def ingest(data: DataParams, paths: ProjectPaths, warnings: DataWarnings | None = None) -> Ingested:
@@ -150,20 +190,21 @@ def ingest(data: DataParams, paths: ProjectPaths, warnings: DataWarnings | None 
     # DVC tracks data/downloads as an output, so it exists even when nothing is downloaded.
     paths.downloads_dir.mkdir(parents=True, exist_ok=True)
     with staged_dir(paths.raw_dir) as staging:
-        layout, manifest, rejected = _read_source(data, paths, staging, warnings)
+        layout, manifest, rejected, skipped = _read_source(data, paths, staging, warnings)
         write_table(paths.manifest, manifest)
+        # Source files left out first (their paths are inside the source folder), then rows.
         write_table(
             paths.ingest_rejected,
             pd.DataFrame(
-                [(rejection.path, str(rejection)) for rejection in rejected],
+                [(rejection.path, str(rejection)) for rejection in [*skipped, *rejected]],
                 columns=list(REJECTED_COLUMNS),
             ),
         )
-    return Ingested(manifest, layout, rejected, warnings.to_metrics())
+    return Ingested(manifest, layout, rejected, warnings.to_metrics(), skipped)
 
 
 def ingest_metrics(ingested: Ingested) -> dict[str, Any]:
-    """Layout, files per class and given split, groups, rows dropped and warnings."""
+    """Layout, files per class and given split, groups, rows dropped, files left out, warnings."""
     manifest = ingested.manifest
     per_split = {
         str(split): label_counts(rows["label"])
@@ -177,5 +218,6 @@ def ingest_metrics(ingested: Ingested) -> dict[str, Any]:
         "given_splits": per_split,
         "groups": int(manifest.loc[manifest["group"] != "", "group"].nunique()),
         "dropped_rows": ingested.dropped,
+        "skipped_files": ingested.skipped_files,
         "warnings": ingested.warnings,
     }

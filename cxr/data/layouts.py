@@ -42,10 +42,12 @@ def is_hidden(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A row of a metadata table that ingest could not use, and why."""
+    """A metadata table row or a source folder's file that ingest could not use, and why."""
 
-    path: str  # the row: table path and row number (header = row 1), e.g. metadata.csv:12
-    kind: str  # snake_case, counted in metrics/ingest.json (dropped_rows)
+    # the row: table path and row number (header = row 1), e.g. metadata.csv:12; or the file's
+    # posix path inside the source folder
+    path: str
+    kind: str  # snake_case, counted in metrics/ingest.json (dropped_rows or skipped_files)
     detail: str  # what was looked for and what was found
 
     def __str__(self) -> str:

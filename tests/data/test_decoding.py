@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import struct
@@ -16,8 +17,10 @@ from PIL import Image, ImageOps
 from cxr.data.decoding import (
     UnusableImage,
     decode_bytes,
+    decode_file,
     decode_files,
     decode_gray,
+    max_file_bytes,
     perceptual_hash,
     resize_square,
 )
@@ -244,8 +247,9 @@ def test_decompression_bomb_is_rejected_not_raised(tmp_path: Path) -> None:
     with pytest.raises(UnusableImage) as error:
         decode_bytes(content, 89_478_485)
 
-    # Then it is an unusable image, not Pillow's DecompressionBombError
-    assert error.value.kind == "too_large"
+    # Then it is an unusable image, not Pillow's DecompressionBombError, and the reason names
+    # the param that limits pixels and its value, not Pillow's own limit
+    assert str(error.value) == "too_large: 1600000000 pixels, over build.max_pixels = 89478485"
 
 
 @pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
@@ -288,6 +292,81 @@ def test_non_image_empty_and_broken_files_are_unusable(
     # Then the reason's kind says which
     assert error.value.kind == kind
     assert str(error.value).startswith(f"{kind}: ")
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through system calls so far (Linux /proc/self/io rchar)."""
+    for line in Path("/proc/self/io").read_text(encoding="ascii").splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("/proc/self/io has no rchar line")
+
+
+needs_proc_io = pytest.mark.skipif(
+    not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io to count bytes read"
+)
+
+
+@needs_proc_io
+def test_file_larger_than_any_image_within_the_limit_is_rejected_unread(tmp_path: Path) -> None:
+    # Given a 200 MB file (sparse: it takes no disk) starting like a small PNG
+    path = tmp_path / "huge.png"
+    with path.open("wb") as handle:
+        handle.write(_png_header_only(100, 100))
+        handle.truncate(200_000_000)
+
+    # When it is decoded with build.max_pixels = 1,000,000
+    before = _bytes_read()
+    result = decode_file(tmp_path, "huge.png", 1_000_000, 32, "pad")
+    read = _bytes_read() - before
+
+    # Then it is too large on its size alone, naming the param, and not a byte was read
+    assert result.rejection is not None
+    assert result.rejection.kind == "too_large"
+    assert str(result.rejection) == (
+        "too_large: 200000000 bytes, more than any image within build.max_pixels = 1000000 "
+        f"needs ({max_file_bytes(1_000_000)} bytes)"
+    )
+    assert read < 4096
+
+
+@needs_proc_io
+def test_image_over_the_pixel_limit_is_rejected_after_reading_its_header_only(
+    tmp_path: Path,
+) -> None:
+    # Given an 80 MB file whose PNG header claims 10000 x 10000 pixels, and a warmed-up decoder
+    path = tmp_path / "large.png"
+    with path.open("wb") as handle:
+        handle.write(_png_header_only(10_000, 10_000))
+        handle.truncate(80_000_000)
+    decode_file(tmp_path, "large.png", 1_000_000, 32, "pad")
+
+    # When it is decoded with build.max_pixels = 1,000,000
+    before = _bytes_read()
+    result = decode_file(tmp_path, "large.png", 1_000_000, 32, "pad")
+    read = _bytes_read() - before
+
+    # Then it is rejected on its header, having read a few KB of the 80 MB
+    assert result.rejection is not None
+    assert str(result.rejection).startswith("too_large: 10000x10000 = 100000000 pixels")
+    assert read < 1_000_000
+
+
+def test_decode_file_hashes_every_byte_and_counts_them(tmp_path: Path) -> None:
+    # Given a PNG with trailing bytes after its end chunk (as some scanners write)
+    path = tmp_path / "scan.png"
+    Image.fromarray(_gradient()).save(path, format="PNG")
+    path.write_bytes(path.read_bytes() + b"scanner trailer" * 1000)
+
+    # When it is decoded
+    result = decode_file(tmp_path, "scan.png", LIMIT, 32, "pad")
+
+    # Then the image decodes, and its byte count and sha256 are those of the whole file
+    assert result.rejection is None and result.info is not None
+    content = path.read_bytes()
+    assert result.info["bytes"] == len(content)
+    assert result.info["sha256"] == hashlib.sha256(content).hexdigest()
+    assert (result.info["width"], result.info["height"]) == (48, 32)
 
 
 def test_missing_file_is_unusable(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from cxr.core.errors import PipelineError
 from cxr.core.params import DataParams, parse_params
 from cxr.core.paths import ProjectPaths
 from cxr.core.tables import MANIFEST_COLUMNS
-from cxr.data.ingestion import ingest
+from cxr.data.ingestion import ingest, ingest_metrics
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -207,6 +208,139 @@ def test_read_only_source_is_copied_and_can_be_ingested_again(
     assert ingested.counts == {"covid": 3, "normal": 1}
     assert _snapshot(source) == before
     assert all(os.access(path, os.W_OK) for path in paths.raw_dir.rglob("*"))
+
+
+def _links_and_pipes(source: Path) -> dict[str, str]:
+    """Every symbolic link (with its target) and pipe under source, found without following."""
+    found = {}
+    for folder, dirs, files in os.walk(source):
+        for name in [*dirs, *files]:
+            path = Path(folder, name)
+            if path.is_symlink():
+                found[path.relative_to(source).as_posix()] = os.readlink(path)
+            elif stat.S_ISFIFO(path.lstat().st_mode):
+                found[path.relative_to(source).as_posix()] = "fifo"
+    return found
+
+
+def test_folder_source_never_follows_symbolic_links_or_reads_pipes(
+    tmp_path: Path, small_params_dict: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given class folders holding links out of the source (a system file, a folder of GIFs),
+    # links inside it (a second name for an image, a loop to the source itself, a dangling one)
+    # and a named pipe, all with image names
+    source = tmp_path / "source"
+    _class_folders(source)
+    system = tmp_path / "system"
+    (system / "icons").mkdir(parents=True)
+    (system / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    for index in range(3):
+        (system / "icons" / f"{index}.gif").write_bytes(_png(index, "GIF"))
+    (source / "covid" / "passwd.png").symlink_to(system / "passwd")
+    (source / "normal" / "icons").symlink_to(system / "icons", target_is_directory=True)
+    (source / "covid" / "again.png").symlink_to("a.png")
+    (source / "loop").symlink_to(source, target_is_directory=True)
+    (source / "normal" / "dangling.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(source / "covid" / "pipe.png")
+    before = _links_and_pipes(source)
+    plain = tmp_path / "plain"
+    _class_folders(plain)
+    paths = ProjectPaths(tmp_path / "repo")
+
+    # When it is ingested
+    ingested = ingest(_data_params(small_params_dict, str(source)), paths)
+
+    # Then data/raw holds exactly the plain files, as if there were no links or pipes
+    assert _digests(paths.raw_dir) == _digests(plain)
+    assert _links_and_pipes(paths.raw_dir) == {}
+    assert list(_manifest(paths)["path"]) == [
+        "covid/a.png",
+        "covid/b.JPG",
+        "covid/labels.csv",
+        "normal/c.jpeg",
+    ]
+    # and every link and the pipe is listed with the reason in ingest_rejected.csv
+    rejected = pd.read_csv(paths.ingest_rejected)
+    hint = "not followed; copy the file or folder itself into the source to use it"
+    assert rejected.to_dict("records") == [
+        {"path": "covid/again.png", "reason": f"symbolic_link: a symbolic link to 'a.png', {hint}"},
+        {
+            "path": "covid/passwd.png",
+            "reason": f"symbolic_link: a symbolic link to '{system / 'passwd'}', {hint}",
+        },
+        {
+            "path": "covid/pipe.png",
+            "reason": "not_a_regular_file: a pipe, socket or device file, not read",
+        },
+        {"path": "loop", "reason": f"symbolic_link: a symbolic link to '{source}', {hint}"},
+        {
+            "path": "normal/dangling.png",
+            "reason": f"symbolic_link: a symbolic link to '{tmp_path / 'gone.png'}', {hint}",
+        },
+        {
+            "path": "normal/icons",
+            "reason": f"symbolic_link: a symbolic link to '{system / 'icons'}', {hint}",
+        },
+    ]
+    # and counted in the metrics, with one warning line per kind naming the first ones
+    metrics = ingest_metrics(ingested)
+    assert metrics["skipped_files"] == {"not_a_regular_file": 1, "symbolic_link": 5}
+    assert metrics["dropped_rows"] == {}
+    assert metrics["warnings"] == {
+        "empty_class_folder": 1,  # notes/, as without links
+        "not_a_regular_file": 1,
+        "symbolic_link": 1,
+    }
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "not copied" in line]
+    assert warnings == [
+        f"warning: 5 symbolic link(s), not followed: {source / 'covid/again.png'}, "
+        f"{source / 'covid/passwd.png'}, {source / 'loop'} and 2 more; not copied into "
+        "data/raw, listed in data/interim/ingest_rejected.csv; copy the files or folders "
+        "themselves into the source to use them",
+        f"warning: 1 pipe(s), socket(s) or device file(s), not read: "
+        f"{source / 'covid/pipe.png'}; not copied into data/raw, listed in "
+        "data/interim/ingest_rejected.csv",
+    ]
+    # and the source still holds its links and pipe
+    assert _links_and_pipes(source) == before
+
+
+def test_folder_source_named_through_a_link_is_read(
+    tmp_path: Path, small_params_dict: dict[str, Any]
+) -> None:
+    # Given data.source naming a link to a dataset folder (the user's own choice of folder)
+    source = tmp_path / "source"
+    _class_folders(source)
+    (tmp_path / "xray").symlink_to(source, target_is_directory=True)
+    paths = ProjectPaths(tmp_path / "repo")
+
+    # When it is ingested
+    ingested = ingest(_data_params(small_params_dict, str(tmp_path / "xray")), paths)
+
+    # Then the folder it names is copied
+    assert ingested.counts == {"covid": 3, "normal": 1}
+    assert _digests(paths.raw_dir) == _digests(source)
+    assert ingest_metrics(ingested)["skipped_files"] == {}
+
+
+def test_folder_source_holding_the_checkout_is_refused(
+    tmp_path: Path, small_params_dict: dict[str, Any]
+) -> None:
+    # Given data.source naming a folder that holds the checkout (and so its data/raw)
+    _class_folders(tmp_path / "images")
+    paths = ProjectPaths(tmp_path / "repo")
+
+    # When it is ingested
+    with pytest.raises(PipelineError) as error:
+        ingest(_data_params(small_params_dict, str(tmp_path)), paths)
+
+    # Then one line says so, instead of copying the copy into itself, and nothing is kept
+    assert str(error.value) == (
+        f"data.source = {str(tmp_path)!r}: holds the folder ingest copies it into (the "
+        "checkout's data folder); point data.source at the dataset folder itself"
+    )
+    assert not paths.raw_dir.exists()
+    assert [path.name for path in paths.raw_dir.parent.iterdir()] == ["downloads"]
 
 
 def test_names_with_spaces_percent_and_unicode(

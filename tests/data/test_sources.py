@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import io
+import random
 import stat
 import sys
 import tarfile
@@ -32,8 +33,12 @@ DATASET = {
 }
 
 
-def _write_zip(path: Path, files: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as bundle:
+# Limits far above the small test archives, for the tests that are not about limits.
+LIMITS = {"max_bytes": 10**9, "max_files": 10_000}
+
+
+def _write_zip(path: Path, files: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(path, "w", compression) as bundle:
         for name, content in files.items():
             bundle.writestr(name, content)
     return path
@@ -133,7 +138,7 @@ def test_unsafe_tar_member_is_refused_by_name(
 
     # When it is extracted
     with pytest.raises(PipelineError) as error:
-        extract_archive(archive, target)
+        extract_archive(archive, target, **LIMITS)
 
     # Then the one-line error names the member and why, and nothing at all was written
     message = str(error.value)
@@ -159,7 +164,7 @@ def test_unsafe_zip_member_is_refused_by_name(tmp_path: Path, name: str, why: st
 
     # When it is extracted, then the error names it and nothing was written
     with pytest.raises(PipelineError, match=f"member {name!r} {why}"):
-        extract_archive(archive, target)
+        extract_archive(archive, target, **LIMITS)
     assert list(target.iterdir()) == []
     assert not (tmp_path / "sandbox" / "evil.png").exists()
 
@@ -176,7 +181,7 @@ def test_zip_symlink_member_is_refused(tmp_path: Path) -> None:
 
     # When it is extracted, then it is refused by name
     with pytest.raises(PipelineError, match="'data/covid/link.png' is a symbolic link"):
-        extract_archive(archive, target)
+        extract_archive(archive, target, **LIMITS)
     assert list(target.iterdir()) == []
 
 
@@ -200,6 +205,226 @@ def test_a_file_that_is_no_archive_is_an_error(
     source.write_bytes(b"Rar!\x1a\x07\x00 not supported")
     with pytest.raises(PipelineError, match="not a folder, .zip or .tar"):
         _ingest(tmp_path, small_params_dict, str(source))
+
+
+def _raw_dir_is_absent(tmp_path: Path) -> bool:
+    paths = ProjectPaths(tmp_path / "repo")
+    return not paths.raw_dir.exists() and not paths.manifest.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "writer"),
+    [
+        ("bomb.zip", functools.partial(_write_zip, compression=zipfile.ZIP_DEFLATED)),
+        ("bomb.tar.gz", functools.partial(_write_tar, mode="w:gz")),
+    ],
+)
+def test_archive_expanding_over_max_extract_bytes_is_refused_before_extracting(
+    tmp_path: Path,
+    small_params_dict: dict[str, Any],
+    name: str,
+    writer: Callable[[Path, dict[str, bytes]], Path],
+) -> None:
+    # Given a small archive whose members declare 4 MB of zeros (it compresses to a few KB)
+    archive = writer(tmp_path / name, {**DATASET, "Covid19-dataset/zeros.png": bytes(4_000_000)})
+    assert archive.stat().st_size < 100_000
+    expanded = sum(len(content) for content in DATASET.values()) + 4_000_000
+
+    # When it is ingested with data.max_extract_bytes of 1 MB
+    with pytest.raises(PipelineError) as error:
+        _ingest(tmp_path, small_params_dict, str(archive), max_extract_bytes=1_000_000)
+
+    # Then one line names the param, its value and the size the archive would expand to
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"data.max_extract_bytes = 1000000: {archive} would expand to ")
+    assert f"{expanded:,} bytes in 5 members" in message
+    # and nothing was extracted
+    assert _raw_dir_is_absent(tmp_path)
+    assert not list((tmp_path / "repo" / "data").glob(".raw*"))
+
+
+@pytest.mark.parametrize(
+    ("name", "writer", "count"),
+    [("many.zip", _write_zip, "5"), ("many.tar", _write_tar, "more than 3")],
+)
+def test_archive_with_more_members_than_max_extract_files_is_refused(
+    tmp_path: Path,
+    small_params_dict: dict[str, Any],
+    name: str,
+    writer: Callable[[Path, dict[str, bytes]], Path],
+    count: str,
+) -> None:
+    # Given an archive of 5 files (a tar's table is read only up to the limit)
+    archive = writer(tmp_path / name, {**DATASET, "Covid19-dataset/extra.png": b"x"})
+
+    # When it is ingested with data.max_extract_files = 3
+    with pytest.raises(PipelineError) as error:
+        _ingest(tmp_path, small_params_dict, str(archive), max_extract_files=3)
+
+    # Then one line names the param, its value and the member count, and nothing is written
+    assert str(error.value) == (
+        f"data.max_extract_files = 3: {archive} holds {count} members (files and folders); "
+        "raise data.max_extract_files if you trust this archive"
+    )
+    assert _raw_dir_is_absent(tmp_path)
+
+
+def test_archive_at_the_limits_is_extracted(
+    tmp_path: Path, small_params_dict: dict[str, Any]
+) -> None:
+    # Given an archive of exactly 4 members and their total size
+    archive = _write_zip(tmp_path / "data.zip", DATASET)
+    total = sum(len(content) for content in DATASET.values())
+
+    # When it is ingested with both limits equal to those figures
+    ingested = _ingest(
+        tmp_path, small_params_dict, str(archive), max_extract_bytes=total, max_extract_files=4
+    )
+
+    # Then it is extracted
+    assert len(ingested.manifest) == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "writer", "keep"),
+    [
+        ("cut.zip", _write_zip, 0.5),
+        ("cut.tar.gz", functools.partial(_write_tar, mode="w:gz"), 0.5),
+        ("cut.tar.gz", functools.partial(_write_tar, mode="w:gz"), 0.005),
+        ("cut.tar", _write_tar, 0.5),
+        ("empty.zip", _write_zip, 0.0),
+    ],
+    ids=["zip", "tar.gz", "tar.gz-header", "tar", "empty-zip"],
+)
+def test_truncated_archive_is_called_damaged(
+    tmp_path: Path,
+    small_params_dict: dict[str, Any],
+    name: str,
+    writer: Callable[[Path, dict[str, bytes]], Path],
+    keep: float,
+) -> None:
+    # Given an archive of incompressible files cut short, as an interrupted download leaves it
+    files = {
+        f"data/{label}/{index}.png": random.Random(index).randbytes(20_000)
+        for label in ("covid", "normal")
+        for index in range(4)
+    }
+    whole = writer(tmp_path / f"whole-{name}", files).read_bytes()
+    archive = tmp_path / name
+    archive.write_bytes(whole[: int(len(whole) * keep)])
+
+    # When it is ingested
+    with pytest.raises(PipelineError) as error:
+        _ingest(tmp_path, small_params_dict, str(archive))
+
+    # Then one line says the archive is damaged (not that it is no archive), and nothing is kept
+    message = str(error.value)
+    assert message.startswith(f"{archive}: damaged or truncated archive")
+    assert message.endswith("; download or copy it again")
+    assert "\n" not in message
+    assert _raw_dir_is_absent(tmp_path)
+    assert not list((tmp_path / "repo" / "data").glob(".raw*"))
+
+
+def test_zip_with_a_corrupted_member_names_it(tmp_path: Path) -> None:
+    # Given a zip whose second member's compressed bytes were overwritten on disk
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("data/covid/a.png", b"a" * 5000)
+        bundle.writestr("data/normal/b.png", random.Random(1).randbytes(5000))
+    content = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as bundle:
+        second = bundle.getinfo("data/normal/b.png")
+        start = second.header_offset + 30 + len(second.filename) + 100
+    content[start : start + 200] = bytes(200)
+    archive.write_bytes(bytes(content))
+    target = tmp_path / "target"
+    target.mkdir()
+
+    # When it is extracted
+    with pytest.raises(PipelineError) as error:
+        extract_archive(archive, target, **LIMITS)
+
+    # Then the damaged member is named in one line
+    message = str(error.value)
+    assert message.startswith(
+        f"{archive}: damaged or truncated archive at member 'data/normal/b.png'"
+    )
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("members", "file_member", "folder_member", "folder"),
+    [
+        (["data/scan.png", "data/scan.png/"], "data/scan.png", "data/scan.png/", "data/scan.png"),
+        (["data/scan.png/", "data/scan.png"], "data/scan.png", "data/scan.png/", "data/scan.png"),
+        (["data/a", "data/a/b.png"], "data/a", "data/a/b.png", "data/a"),
+        (["data/a/b.png", "data/a"], "data/a", "data/a/b.png", "data/a"),
+    ],
+    ids=["file-then-folder", "folder-then-file", "file-then-inner", "inner-then-file"],
+)
+def test_zip_with_a_file_and_a_folder_of_one_name_names_both(
+    tmp_path: Path, members: list[str], file_member: str, folder_member: str, folder: str
+) -> None:
+    # Given a zip holding a file and a folder (or a file inside it) of the same path
+    archive = tmp_path / "clash.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for member in members:
+            bundle.writestr(member, b"" if member.endswith("/") else b"png")
+    target = tmp_path / "target"
+    target.mkdir()
+
+    # When it is extracted
+    with pytest.raises(PipelineError) as error:
+        extract_archive(archive, target, **LIMITS)
+
+    # Then one line names both members, and nothing was written
+    assert str(error.value) == (
+        f"{archive}: member {file_member!r} is a file, but member {folder_member!r} needs "
+        f"{folder!r} to be a folder; rename one and pack the archive again"
+    )
+    assert list(target.iterdir()) == []
+
+
+def test_tar_with_a_file_and_a_folder_of_one_name_names_both(tmp_path: Path) -> None:
+    # Given a tar holding the file data/a and then the folder data/a
+    archive = _write_tar(tmp_path / "clash.tar", {"data/a": b"png"})
+    with tarfile.open(archive, "a") as bundle:
+        bundle.addfile(_tar_member("data/a", tarfile.DIRTYPE))
+    target = tmp_path / "target"
+    target.mkdir()
+
+    # When it is extracted, then both are named and nothing was written
+    with pytest.raises(PipelineError, match="member 'data/a' is a file, but member 'data/a' needs"):
+        extract_archive(archive, target, **LIMITS)
+    assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"max_extract_bytes": 0}, "data.max_extract_bytes = 0: Input should be greater than"),
+        ({"max_extract_files": -1}, "data.max_extract_files = -1: Input should be greater than"),
+        ({"max_extract_files": "many"}, "data.max_extract_files = 'many': Input should be"),
+        ({"max_extract_bytes": True}, "data.max_extract_bytes = True: Input should be"),
+    ],
+)
+def test_bad_extract_limits_are_one_line_errors(
+    small_params_dict: dict[str, Any], data: dict[str, Any], message: str
+) -> None:
+    small_params_dict["data"].update(data)
+    with pytest.raises(ParamsError, match=message) as error:
+        parse_params(small_params_dict)
+    assert "\n" not in str(error.value)
+
+
+def test_extract_limits_default_to_20_gb_and_2_million_members(
+    valid_params_dict: dict[str, Any],
+) -> None:
+    # Given the repository's params.yaml, then the limits are 20 GB and 2,000,000 members
+    data = parse_params(valid_params_dict).data
+    assert (data.max_extract_bytes, data.max_extract_files) == (20_000_000_000, 2_000_000)
 
 
 class _CountingHandler(http.server.SimpleHTTPRequestHandler):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ def test_main_ingests_and_writes_metrics(
         "given_splits": {},
         "groups": 0,
         "dropped_rows": {},
+        "skipped_files": {},
         "warnings": {},
     }
 
@@ -92,6 +94,35 @@ def test_main_with_an_unusable_source_exits_2(
     assert status == 2
     assert captured.err.startswith("error: data.source = ")
     assert captured.err.count("\n") == 1
+    assert not (tmp_path / "data" / "raw").exists()
+    assert not (tmp_path / "metrics").exists()
+
+
+def test_main_with_an_archive_over_max_extract_bytes_exits_2_before_extracting(
+    tmp_path: Path,
+    small_params_dict: dict[str, Any],
+    write_params: Callable[[Path, dict[str, Any]], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a 10 KB zip that expands to 10 MB, and data.max_extract_bytes of 1 MB
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("covid/a.png", bytes(5_000_000))
+        bundle.writestr("normal/b.png", bytes(5_000_000))
+    small_params_dict["data"].update(source=str(archive), max_extract_bytes=1_000_000)
+    write_params(tmp_path, small_params_dict)
+
+    # When the stage runs
+    status = main(["--root", str(tmp_path)])
+
+    # Then it exits 2 with one line naming the param and the figures, and extracts nothing
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.err == (
+        f"error: data.max_extract_bytes = 1000000: {archive} would expand to 10,000,000 bytes "
+        "in 2 members; raise data.max_extract_bytes if you trust this archive and the disk "
+        "holds it twice (data/raw and the DVC cache)\n"
+    )
     assert not (tmp_path / "data" / "raw").exists()
     assert not (tmp_path / "metrics").exists()
 
