@@ -19,7 +19,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cxr.data.decoding import PILLOW_MAX_PIXELS, available_cores, decode_files  # noqa: E402
+from cxr.core.processes import available_cores  # noqa: E402
+from cxr.data.decoding import PILLOW_MAX_PIXELS, decode_files  # noqa: E402
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "covid19-dataset"
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import multiprocessing
 import os
 import re
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxr.core.errors import PipelineError
+from cxr.core.processes import available_cores, map_in_processes
 from cxr.core.registry import RESIZE_MODES
 
 # What Pillow raises on a damaged file, by format plugin: truncated data (OSError), broken
@@ -285,13 +284,6 @@ def decode_file(
     return DecodedFile(relative, info, square, None)
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def decode_files(
     raw_dir: Path,
     relatives: Sequence[str],
@@ -301,22 +293,13 @@ def decode_files(
     workers: int = 0,
 ) -> Iterator[DecodedFile]:
     """decode_file over every path, in processes on `workers` cores (0 = all), in input order."""
-    workers = min(workers or available_cores(), max(len(relatives), 1))
     decode = functools.partial(
         decode_file, raw_dir, max_pixels=max_pixels, cache_size=cache_size, resize=resize
     )
-    if workers <= 1:
-        yield from map(decode, relatives)
-        return
-    # forkserver: workers fork from a clean server process, never from a parent that may hold
-    # threads (TensorFlow, pytest plugins), which `fork` could deadlock on.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["cxr.data.decoding"])
-    # Chunks amortise the inter-process hand-off; four per worker keeps the cores balanced.
-    chunksize = max(1, min(32, len(relatives) // (workers * 4)))
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            yield from pool.map(decode, relatives, chunksize=chunksize)
+        yield from map_in_processes(
+            decode, relatives, workers or available_cores(), preload=["cxr.data.decoding"]
+        )
     except BrokenProcessPool:
         raise PipelineError(
             f"{raw_dir}: a decoding process died (out of memory, or a decoder crashed on a file); "

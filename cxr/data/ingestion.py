@@ -77,8 +77,14 @@ class Ingested:
 
 def _synthetic(data: DataParams, staging: Path) -> list[Entry]:
     synthetic = data.synthetic
+    # One process per core: the phantoms' bytes do not depend on how many draw them.
     write_phantom_dataset(
-        staging, synthetic.counts, synthetic.image_size, synthetic.difficulty, synthetic.seed
+        staging,
+        synthetic.counts,
+        synthetic.image_size,
+        synthetic.difficulty,
+        synthetic.seed,
+        workers=0,
     )
     return [
         Entry(path.relative_to(staging).as_posix(), path.parent.name)

@@ -10,6 +10,7 @@ attenuates more than aerated lung, so every finding *adds* brightness inside the
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
@@ -20,10 +21,14 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from cxr.core.processes import available_cores, map_in_processes
 from cxr.core.registry import PHANTOM_CLASSES
 from cxr.data.portable_math import arctan2, cos, exp, expit, hypot, power, sin
 
 MIN_IMAGE_SIZE = 32
+
+# Below this many images per extra process, starting it costs more than it saves.
+IMAGES_PER_WORKER_START = 64
 
 # Anatomy is laid out for this resolution; pixel-valued parameters (blur, texture
 # scales) are rescaled from it so an image looks the same at any size.
@@ -74,8 +79,12 @@ def write_phantom_dataset(
     image_size: int,
     difficulty: float,
     seed: int,
+    workers: int = 1,
 ) -> dict[str, int]:
-    """Write counts[label] PNGs as target_dir/<label>/<label>_<index:05d>.png; return the counts."""
+    """Write counts[label] PNGs as target_dir/<label>/<label>_<index:05d>.png; return the counts.
+
+    `workers` processes draw them (0 = one per core); the bytes are the same for any number.
+    """
     # Validate everything before writing anything so a bad call leaves no partial dataset.
     for label, count in counts.items():
         _check_label(label)
@@ -87,24 +96,37 @@ def write_phantom_dataset(
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
 
     target_dir = Path(target_dir)
+    jobs: list[tuple[Path, str, int, int]] = []
     written: dict[str, int] = {}
     for class_index, label in enumerate(PHANTOM_CLASSES):
         if label not in counts:
             continue
-        count = int(counts[label])
-        written[label] = 0
-        if count == 0:
-            continue
-        class_dir = target_dir / label
-        class_dir.mkdir(parents=True, exist_ok=True)
-        for index in range(count):
-            # One generator per image keyed by (seed, class, index): an image's bytes do not
-            # depend on how many images of other classes (or before it) were requested.
-            rng = np.random.default_rng([int(seed), class_index, index])
-            pixels = render_phantom(label, rng, image_size, difficulty)
-            _write_png_atomically(class_dir / f"{label}_{index:05d}.png", pixels)
-            written[label] += 1
+        written[label] = int(counts[label])
+        if written[label]:
+            (target_dir / label).mkdir(parents=True, exist_ok=True)
+        jobs.extend(
+            (target_dir / label / f"{label}_{index:05d}.png", label, class_index, index)
+            for index in range(written[label])
+        )
+    # Each image has its own generator, so the bytes do not depend on which process draws it
+    # or in what order; small datasets stay in this process (a worker takes a second to start).
+    workers = min(workers or available_cores(), len(jobs) // IMAGES_PER_WORKER_START)
+    draw = functools.partial(
+        _write_one_phantom, image_size=image_size, difficulty=difficulty, seed=int(seed)
+    )
+    for _ in map_in_processes(draw, jobs, workers, preload=["cxr.data.phantoms"]):
+        pass
     return written
+
+
+def _write_one_phantom(
+    job: tuple[Path, str, int, int], image_size: int, difficulty: float, seed: int
+) -> None:
+    path, label, class_index, index = job
+    # One generator per image keyed by (seed, class, index): an image's bytes do not depend on
+    # how many images of other classes (or before it) were requested.
+    rng = np.random.default_rng([seed, class_index, index])
+    _write_png_atomically(path, render_phantom(label, rng, image_size, difficulty))
 
 
 def _check_label(label: str) -> None:

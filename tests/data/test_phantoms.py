@@ -17,6 +17,8 @@ from cxr.data.phantoms import PHANTOM_CLASSES, render_phantom, write_phantom_dat
 FINDING_CLASSES = ("covid", "viral_pneumonia", "lung_opacity")
 SMALL = 64
 PAIRED_IMAGES = 30
+# The smallest phantom side: keeps tests that draw many images quick.
+MIN_SIZE_FOR_SPEED = 32
 
 
 def _tree_digests(root: Path) -> dict[str, str]:
@@ -442,3 +444,18 @@ def test_phantoms_are_bit_identical_with_numpy_simd_dispatch_turned_off(tmp_path
 
     # Then every file has the same bytes, as on another CPU
     assert _tree_digests(tmp_path / "here") == _tree_digests(elsewhere)
+
+
+def test_several_processes_write_the_same_bytes_as_one(tmp_path: Path) -> None:
+    # Given enough phantoms that two processes share the work
+    counts = {"covid": 50, "normal": 50, "lung_opacity": 40}
+
+    # When they are written by one process and by two
+    write_phantom_dataset(tmp_path / "one", counts, MIN_SIZE_FOR_SPEED, 0.5, seed=3, workers=1)
+    written = write_phantom_dataset(
+        tmp_path / "two", counts, MIN_SIZE_FOR_SPEED, 0.5, seed=3, workers=2
+    )
+
+    # Then the counts and every file's bytes agree
+    assert written == counts
+    assert _tree_digests(tmp_path / "one") == _tree_digests(tmp_path / "two")

@@ -59,7 +59,7 @@ def test_outputs_match_the_paths_module(pipeline):
 
     def declared(stage: str) -> set[str]:
         entries = []
-        for kind in ("outs", "metrics"):
+        for kind in ("outs", "metrics", "plots"):
             for entry in pipeline["stages"][stage].get(kind, []):
                 entries.append(entry if isinstance(entry, str) else next(iter(entry)))
         return set(entries)
@@ -93,7 +93,11 @@ def test_outputs_match_the_paths_module(pipeline):
         rel(paths.metrics("evaluate")),
         rel(paths.predictions),
     }
-    assert declared("compare") == {rel(paths.reports("compare")), rel(paths.metrics("compare"))}
+    assert declared("compare") == {
+        rel(paths.reports("compare") / "leaderboard.md"),
+        rel(paths.reports("compare") / "leaderboard.png"),
+        rel(paths.metrics("compare")),
+    }
 
 
 def test_declared_params_keys_exist(pipeline):
