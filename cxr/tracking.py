@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
 from mlflow import ActiveRun
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from cxr.core.errors import PipelineError
+from cxr.core.outputs import owner_alive, owner_token
 from cxr.core.paths import workspace_root
 
 STORE_FILE = "mlflow.db"
@@ -22,6 +28,10 @@ EVALUATE_ARTIFACTS = "evaluate"
 PREDICTIONS_ARTIFACT = f"{EVALUATE_ARTIFACTS}/test_predictions.json"
 # The model tag of compare's ensemble runs: never a single model, never the champion.
 ENSEMBLE_MODEL = "ensemble"
+# Tags naming who holds a run open: the checkout, and the process (host+pid+start time), so a
+# later train can tell a run left RUNNING by a killed process from one still in progress.
+WORKSPACE_TAG = "workspace"
+OWNER_TAG = "owner"
 
 
 def tracking_uri(cwd: Path, environ: Mapping[str, str]) -> str:
@@ -32,33 +42,78 @@ def tracking_uri(cwd: Path, environ: Mapping[str, str]) -> str:
     return f"sqlite:///{workspace_root(cwd) / STORE_FILE}"
 
 
+def sqlite_database(uri: str, cwd: Path) -> Path | None:
+    """The database file of a SQLite store URI (relative to `cwd`), None for any other store."""
+    if urlparse(uri).scheme != "sqlite" or not uri.startswith("sqlite:///"):
+        return None  # another store, or sqlite:// (a database in memory)
+    location = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if location in ("", ":memory:"):
+        return None
+    database = Path(location)
+    return (database if database.is_absolute() else cwd / database).resolve()
+
+
 def artifact_location(uri: str, cwd: Path) -> str | None:
     """Artifacts beside a SQLite store, so temp experiments never write into their copy."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "sqlite":
-        database = Path(uri.removeprefix("sqlite:///"))
-        if not database.is_absolute():
-            database = cwd / database
-        return (database.resolve().parent / ARTIFACTS_DIR).as_uri()
+    database = sqlite_database(uri, cwd)
+    if database is not None:
+        return (database.parent / ARTIFACTS_DIR).as_uri()
     # A tracking server or other store decides where its artifacts go.
     return None
 
 
+@contextlib.contextmanager
+def store_lock(uri: str, cwd: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `<database>.lock` beside a SQLite store (no-op for other stores).
+
+    MLflow creates a new database's tables in the first process that opens it; two processes
+    doing so at once (two queued experiments, two workers of one run) both create them and one
+    fails with `table ... already exists`. Under this lock one creates them, the others wait.
+    """
+    database = sqlite_database(uri, cwd)
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def use_experiment(name: str, cwd: Path, environ: Mapping[str, str]) -> str:
-    """Point MLflow at the project store and return the id of experiment `name` (created if new)."""
+    """Point MLflow at the project store and return the id of experiment `name` (created if new).
+
+    The store's tables and the experiment are created under store_lock, so processes starting
+    at once on a fresh store all find one complete store and one experiment.
+    """
     uri = tracking_uri(cwd, environ)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None and experiment.lifecycle_stage == "deleted":
-        raise PipelineError(
-            f"mlflow_experiment = {name!r}: this experiment was deleted in {uri}; restore it with "
-            f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
-            "or choose another name"
-        )
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    return str(client.create_experiment(name, artifact_location=artifact_location(uri, cwd)))
+    with store_lock(uri, cwd):
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(name)  # creates a new store's tables
+        if sqlite_database(uri, cwd) is not None:
+            client.search_registered_models(max_results=1)  # opens the registry's side too
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise PipelineError(
+                f"mlflow_experiment = {name!r}: this experiment was deleted in {uri}; restore it "
+                f"with `mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+                "or choose another name"
+            )
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        try:
+            return str(client.create_experiment(name, artifact_location(uri, cwd)))
+        except MlflowException as error:
+            # A tracking server has no lock of ours: another process may have just created it.
+            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        created = client.get_experiment_by_name(name)
+        if created is None:
+            raise PipelineError(f"mlflow_experiment = {name!r}: could not be created in {uri}")
+        return str(created.experiment_id)
 
 
 def git_commit(cwd: Path) -> str:
@@ -86,7 +141,53 @@ def run_tags(
     experiment_name = environ.get("DVC_EXP_NAME")
     if experiment_name:
         tags["dvc_experiment"] = experiment_name
-    return tags
+    return {**tags, **owner_tags(cwd)}
+
+
+def owner_tags(cwd: Path) -> dict[str, str]:
+    """Tags naming this checkout and this process as the holder of the run it opens."""
+    return {WORKSPACE_TAG: str(workspace_root(cwd)), OWNER_TAG: owner_token()}
+
+
+def open_run(
+    experiment_id: str, tags: Mapping[str, str], run_id: str | None, cwd: Path
+) -> ActiveRun:
+    """Start a new run with `tags`, or reopen `run_id`, in both cases owned by this process.
+
+    A reopened run gets this process's owner tags before it is RUNNING again, so no other train
+    ever sees it RUNNING under the (dead) process that held it before.
+    """
+    owner = owner_tags(cwd)
+    if run_id is None:
+        return mlflow.start_run(experiment_id=experiment_id, tags={**tags, **owner})
+    client = MlflowClient()
+    for key, value in owner.items():
+        client.set_tag(run_id, key, value)
+    return mlflow.start_run(run_id=run_id)
+
+
+def end_abandoned_runs(experiment_id: str, cwd: Path, keep: Collection[str] = ()) -> list[str]:
+    """Mark KILLED the runs this checkout left RUNNING in processes that have ended; their ids.
+
+    A killed train (or evaluate) cannot end its run; MLflow would show it RUNNING forever. Only
+    runs whose owner tags name this checkout and a process of this host that no longer runs
+    are ended: runs of live processes (parallel queued experiments) and of other machines are
+    left alone, as are the runs in `keep` (the run a resume is about to continue).
+    """
+    client = MlflowClient()
+    workspace = str(workspace_root(cwd))
+    running = client.search_runs(
+        [experiment_id], f"attributes.status = '{RunStatus.to_string(RunStatus.RUNNING)}'"
+    )
+    ended = []
+    for run in running:
+        tags = run.data.tags
+        if run.info.run_id in keep or tags.get(WORKSPACE_TAG) != workspace:
+            continue
+        if OWNER_TAG in tags and not owner_alive(tags[OWNER_TAG]):
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            ended.append(run.info.run_id)
+    return ended
 
 
 def run_exists(run_id: str) -> bool:
@@ -98,15 +199,19 @@ def run_exists(run_id: str) -> bool:
     return True
 
 
-def reopen_run(run_id: str, experiment_id: str, tags: Mapping[str, str]) -> ActiveRun:
+def reopen_run(
+    run_id: str, experiment_id: str, tags: Mapping[str, str], cwd: Path | None = None
+) -> ActiveRun:
     """Reopen run `run_id`; when this store lacks it, start a new run linked to it instead.
 
     The new run, in `experiment_id`, carries `tags` and trained_in_run = `run_id`, so compare
-    and a person can still tell which training it scores.
+    and a person can still tell which training it scores. Either is owned by this process, in
+    the checkout of `cwd` (default: the current directory, where DVC runs a stage).
     """
+    cwd = Path.cwd() if cwd is None else cwd
     if run_exists(run_id):
-        return mlflow.start_run(run_id=run_id)
-    return mlflow.start_run(experiment_id=experiment_id, tags={**tags, "trained_in_run": run_id})
+        return open_run(experiment_id, tags, run_id, cwd)
+    return open_run(experiment_id, {**tags, "trained_in_run": run_id}, None, cwd)
 
 
 def log_results(

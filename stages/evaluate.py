@@ -73,7 +73,7 @@ def evaluate(
             write_table(figures_dir / "per_source.csv", by_source)
         experiment_id = use_experiment(experiment, paths.root, environ)
         linked = {"model": record.model, "data_fingerprint": record.data_fingerprint}
-        with reopen_run(record.run_id, experiment_id, linked) as run:
+        with reopen_run(record.run_id, experiment_id, linked, paths.root) as run:
             tag_run({"tta": str(settings.tta).lower()})
             log_results(
                 flat_metrics(metrics),

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,11 +16,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cxr.core.errors import PipelineError
+from cxr.core.outputs import owner_token
 from cxr.tracking import (
+    OWNER_TAG,
+    WORKSPACE_TAG,
     artifact_location,
+    end_abandoned_runs,
     git_commit,
+    reopen_run,
     run_exists,
     run_tags,
+    sqlite_database,
     tracking_uri,
     use_experiment,
 )
@@ -172,13 +182,15 @@ def test_run_tags_name_model_data_and_dvc_experiment(
     # When its tags are made
     tags = run_tags("vgg16", "abcdef0123456789", tmp_path, environ)
 
-    # Then they name the model, the data, the code and the DVC experiment
+    # Then they name the model, the data, the code, the DVC experiment and who runs it
     assert tags == {
         "model": "vgg16",
         "data_fingerprint": "abcdef0123456789",
         "git_commit": "unknown",
         "mlflow.source.git.commit": "unknown",
         "dvc_experiment": "lusty-lobe",
+        WORKSPACE_TAG: str(tmp_path.resolve()),
+        OWNER_TAG: owner_token(),
     }
 
 
@@ -222,3 +234,142 @@ def test_git_commit_is_head_inside_git(tmp_path: Path, monkeypatch: pytest.Monke
     # Then it is HEAD
     assert git_commit(tmp_path) == head
     assert len(head) == 40
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite:///stores/mlflow.db", "stores/mlflow.db"),
+        ("sqlite:///stores/mlflow.db?timeout=20", "stores/mlflow.db"),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("http://mlflow.example:5000", None),
+    ],
+)
+def test_sqlite_database_is_the_file_of_a_sqlite_store(
+    tmp_path: Path, uri: str, expected: str | None
+) -> None:
+    # Given a store URI, when its database file is asked for
+    # Then a SQLite file store names its file (relative to the checkout), anything else none
+    database = sqlite_database(uri, tmp_path)
+    assert database == (None if expected is None else tmp_path.resolve() / expected)
+    absolute = sqlite_database(f"sqlite:///{tmp_path}/mlflow.db", Path("/elsewhere"))
+    assert absolute == tmp_path.resolve() / "mlflow.db"
+
+
+def _start_together(script: str, count: int, directory: Path) -> list[str]:
+    """Start `count` Python processes running `script` at one moment; return their outputs.
+
+    Each imports first (seconds), then signals ready and waits for the others, so the
+    script's MLflow calls really run at once.
+    """
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        import mlflow
+        from cxr.tracking import use_experiment
+        directory = Path({str(directory)!r})
+        (directory / f"ready-{{sys.argv[1]}}").touch()
+        while not (directory / "go").exists():
+            time.sleep(0.001)
+        """
+    ) + textwrap.dedent(script)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(index)],
+            cwd=directory,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(count)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(directory.glob("ready-*"))) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (directory / "go").touch()
+    outputs = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr[-3000:]
+        outputs.append(stdout.strip())
+    return outputs
+
+
+@pytest.mark.slow
+def test_processes_creating_a_fresh_store_at_once_all_succeed(tmp_path: Path) -> None:
+    # Given a store that does not exist yet (a fresh clone) and four processes using it at once
+    uri = _sqlite_uri(tmp_path)
+    script = f"""
+        environ = {{"MLFLOW_TRACKING_URI": {uri!r}}}
+        print(use_experiment("cxr-pipeline", directory, environ))
+    """
+
+    # When each creates its tables and the experiment at the same moment
+    experiment_ids = _start_together(script, 4, tmp_path)
+
+    # Then every process succeeded and found the same single experiment in one store
+    assert len(set(experiment_ids)) == 1
+    client = MlflowClient(uri)
+    assert [e.name for e in client.search_experiments()] == ["cxr-pipeline", "Default"]
+    assert (tmp_path / "mlflow.db.lock").exists()
+
+
+def _ended_process_token() -> str:
+    """The owner token of a process that has already exited."""
+    ended = subprocess.run(
+        [sys.executable, "-c", "from cxr.core.outputs import owner_token; print(owner_token())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return ended.stdout.strip()
+
+
+def test_runs_left_running_by_ended_processes_of_this_checkout_are_marked_killed(
+    tmp_path: Path, store_environ: dict[str, str]
+) -> None:
+    # Given RUNNING runs: one of an ended process of this checkout, one of this live process,
+    # one of an ended process of another checkout, one with no owner, one a resume will continue
+    experiment_id = use_experiment("cxr-pipeline", tmp_path, store_environ)
+    client = MlflowClient()
+    here, elsewhere = str(tmp_path.resolve()), str(tmp_path.resolve() / "other-clone")
+    dead = _ended_process_token()
+    owners = {
+        "abandoned": {WORKSPACE_TAG: here, OWNER_TAG: dead},
+        "live": {WORKSPACE_TAG: here, OWNER_TAG: owner_token()},
+        "other_checkout": {WORKSPACE_TAG: elsewhere, OWNER_TAG: dead},
+        "other_host": {WORKSPACE_TAG: here, OWNER_TAG: f"not-{socket.gethostname()}+1+1"},
+        "unowned": {},
+        "resumed": {WORKSPACE_TAG: here, OWNER_TAG: dead},
+    }
+    runs = {name: client.create_run(experiment_id, tags=tags) for name, tags in owners.items()}
+
+    # When the next train of this checkout looks for abandoned runs
+    ended = end_abandoned_runs(experiment_id, tmp_path, keep=[runs["resumed"].info.run_id])
+
+    # Then only the abandoned run is marked KILLED; every other one is still RUNNING
+    assert ended == [runs["abandoned"].info.run_id]
+    status = {name: client.get_run(run.info.run_id).info.status for name, run in runs.items()}
+    assert status == {name: "KILLED" if name == "abandoned" else "RUNNING" for name in owners}
+
+
+def test_a_reopened_run_is_owned_by_the_process_that_reopens_it(
+    tmp_path: Path, store_environ: dict[str, str]
+) -> None:
+    # Given a run that an ended train process opened and finished
+    experiment_id = use_experiment("cxr-pipeline", tmp_path, store_environ)
+    client = MlflowClient()
+    tags = {WORKSPACE_TAG: str(tmp_path.resolve()), OWNER_TAG: _ended_process_token()}
+    trained = client.create_run(experiment_id, tags=tags)
+    client.set_terminated(trained.info.run_id, "FINISHED")
+
+    # When evaluate reopens it
+    with reopen_run(trained.info.run_id, experiment_id, {"model": "vgg16"}, tmp_path) as run:
+        # Then while it is RUNNING again it names this live process, so no train ends it
+        reopened = client.get_run(run.info.run_id)
+        assert reopened.info.status == "RUNNING"
+        assert reopened.data.tags[OWNER_TAG] == owner_token()
+        assert end_abandoned_runs(experiment_id, tmp_path) == []
+    assert client.get_run(trained.info.run_id).info.status == "FINISHED"

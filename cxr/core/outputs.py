@@ -1,17 +1,39 @@
-"""Atomic writes: a stage's outputs appear complete or not at all."""
+"""Atomic writes: a stage's outputs appear complete or not at all, and a crash leaves no debris.
+
+Temporaries are staged in one folder at the repository root, `.staging/` (ignored by git and
+DVC), on the same filesystem as the outputs so the final rename stays atomic. Each temporary is
+named after its target and the process that writes it (host, pid, start time), so the next
+write of the same target removes what a killed process left there, and never touches what a
+live one is still writing.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import pandas as pd
+
+STAGING_DIR = ".staging"
+# Where git and DVC find a repository's root: the staging folder goes there.
+ROOT_MARKERS = (".dvc", ".git")
+# Separates a temporary's fields: target, host, pid, start time, random part (quote() escapes it).
+FIELD_SEPARATOR = "+"
+# Longer target names are shortened to a digest, so a temporary's name stays a valid file name.
+MAX_KEY_LENGTH = 100
+# How often to retry creating a temporary when another process removed the empty staging folder.
+STAGING_ATTEMPTS = 5
+
+T = TypeVar("T")
 
 
 def _current_umask() -> int:
@@ -21,36 +43,195 @@ def _current_umask() -> int:
     return mask
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (Linux), None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses; it ends at the last ")".
+    return text.rsplit(")", 1)[-1].split()
+
+
+def _start_time(pid: int) -> str:
+    """When process `pid` started (clock ticks after boot, Linux), or `-` where unknown."""
+    fields = _proc_stat(pid)
+    # starttime is field 22 of /proc/<pid>/stat, the 20th after the command name.
+    return fields[19] if fields is not None and len(fields) > 19 else "-"
+
+
+def owner_token(pid: int | None = None) -> str:
+    """`host+pid+start` of this process (or of `pid`): who owns a temporary or an MLflow run.
+
+    The start time tells a process from a later one given the same pid (pids are reused, and in
+    a container the same pipeline often gets the same pid every time).
+    """
+    pid = os.getpid() if pid is None else pid
+    host = quote(socket.gethostname(), safe="")
+    return FIELD_SEPARATOR.join((host, str(pid), _start_time(pid)))
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process `token` names still runs; a token of another host counts as alive."""
+    try:
+        host, pid_text, started = token.split(FIELD_SEPARATOR)
+        pid = int(pid_text)
+    except ValueError:
+        return True  # not a token of ours: leave what it names alone
+    if host != quote(socket.gethostname(), safe=""):
+        return True  # no way to check a process of another machine
+    fields = _proc_stat(pid)
+    if fields is not None:
+        # A zombie has exited (its parent has not reaped it yet); a new start time is a new process.
+        return fields[0] != "Z" and started in ("-", fields[19])
+    if Path("/proc/self").exists():
+        return False  # Linux: a pid without a /proc entry has exited
+    try:
+        os.kill(pid, 0)  # elsewhere signal 0 checks that the pid exists, and nothing more
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def staging_dir(target: Path) -> Path:
+    """The folder where temporaries for `target` are staged: `.staging/` at the repository root.
+
+    Outside a repository, or when the target lies on another filesystem than the root (a data
+    folder mounted from another disk), it is `.staging/` beside the target, so the final rename
+    stays atomic.
+    """
+    parent = target.parent.absolute()
+    root = next(
+        (
+            folder
+            for folder in (parent, *parent.parents)
+            if any((folder / marker).exists() for marker in ROOT_MARKERS)
+        ),
+        parent,
+    )
+    if root != parent and root.stat().st_dev != parent.stat().st_dev:
+        root = parent
+    return root / STAGING_DIR
+
+
+def _target_key(target: Path, staging: Path) -> str:
+    """The target's path relative to the staging folder's root, as one file-name field."""
+    absolute = target.absolute()
+    relative = absolute.relative_to(staging.parent).as_posix()
+    key = quote(relative, safe="")
+    if len(key) > MAX_KEY_LENGTH:
+        digest = hashlib.sha256(relative.encode()).hexdigest()[:16]
+        key = f"{digest}-{quote(absolute.name, safe='')[-MAX_KEY_LENGTH // 2 :]}"
+    return key
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or folder; one another process removed meanwhile is no error."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Delete the temporaries of `target` that processes no longer running left; return them."""
+    staging = staging_dir(target)
+    if not staging.is_dir():
+        return []
+    key = _target_key(target, staging)
+    removed = []
+    for entry in list(staging.iterdir()):
+        fields = entry.name.split(FIELD_SEPARATOR, 4)
+        if len(fields) != 5 or fields[0] != key:
+            continue
+        if not owner_alive(FIELD_SEPARATOR.join(fields[1:4])):
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
+def _in_staging(staging: Path, create: Callable[[], T]) -> T:
+    """Create a temporary in `staging`, making the folder first (again if it vanished meanwhile)."""
+    for _ in range(STAGING_ATTEMPTS - 1):
+        staging.mkdir(parents=True, exist_ok=True)
+        try:
+            return create()
+        except FileNotFoundError:
+            continue  # another process removed the empty folder between the two calls
+    staging.mkdir(parents=True, exist_ok=True)
+    return create()
+
+
+def _tidy(staging: Path) -> None:
+    """Remove the staging folder when it is empty, so a clean run leaves nothing behind."""
+    with contextlib.suppress(OSError):
+        staging.rmdir()  # fails, as it should, while anything is staged in it
+
+
+def _prefix(target: Path) -> tuple[Path, str]:
+    """The staging folder for `target`, cleared of dead leftovers, and the prefix of its names."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(target)
+    remove_leftovers(target)
+    fields = (_target_key(target, staging), owner_token(), "")
+    return staging, FIELD_SEPARATOR.join(fields)
+
+
 @contextlib.contextmanager
 def staged_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent
+    """Yield a temporary path in the staging folder; rename it onto `path` only on success.
+
+    The temporary ends with `path`'s suffixes (`.weights.h5`, `.npy`), which some writers need.
+    """
+    staging, prefix = _prefix(path)
+    suffix = "".join(path.suffixes)
+    handle, name = _in_staging(
+        staging, lambda: tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=staging)
     )
     os.close(handle)
+    temporary = Path(name)
     # mkstemp creates 0600 files; outputs should get the permissions a plain write would.
     os.chmod(temporary, 0o666 & ~_current_umask())
     try:
-        yield Path(temporary)
+        yield temporary
         os.replace(temporary, path)
     finally:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
+        _tidy(staging)
 
 
 @contextlib.contextmanager
 def staged_dir(path: Path) -> Iterator[Path]:
-    """Yield an empty temporary directory beside `path`; it replaces `path` only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    """Yield an empty temporary folder in the staging folder; it replaces `path` only on success.
+
+    The previous `path` is first renamed into the staging folder and deleted only after the new
+    one is in place, so a crash at any moment leaves the old folder, the new one or none, never
+    a half-deleted one.
+    """
+    staging, prefix = _prefix(path)
+    temporary = Path(_in_staging(staging, lambda: tempfile.mkdtemp(prefix=prefix, dir=staging)))
     os.chmod(temporary, 0o777 & ~_current_umask())  # mkdtemp makes 0700 directories
+    previous: Path | None = None
     try:
         yield temporary
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(temporary, path)
+        if os.path.lexists(path):
+            previous = Path(tempfile.mkdtemp(prefix=prefix, dir=staging))
+            previous.rmdir()  # only its unique name is needed: rename cannot replace a folder
+            os.replace(path, previous)
+        try:
+            os.replace(temporary, path)
+        except OSError:
+            if previous is not None:
+                os.replace(previous, path)
+                previous = None
+            raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+        if previous is not None:
+            _remove(previous)
+        _tidy(staging)
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -1,7 +1,7 @@
 """Fitting a Keras classifier: one phase from scratch, or frozen then fine-tuned when pretrained.
 
-Every phase ends on its best validation-loss weights; with train.resume each phase keeps its
-last epoch in the run's backup folder (cxr.training.resume) and continues from there.
+Every phase ends on its best validation-loss weights; each phase keeps its last finished epoch
+in the run's backup folder (cxr.training.resume), and train.resume continues from there.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tensorflow as tf
 from mlflow.keras import MlflowCallback
 from sklearn.utils.class_weight import compute_class_weight
 
-from cxr.core.outputs import read_json, write_json
+from cxr.core.outputs import read_json, staged_file, write_json
 from cxr.core.params import Params, TrainParams
 from cxr.core.paths import MODEL_FILES
 from cxr.models import layer_names
@@ -45,7 +45,7 @@ from cxr.training.result import FitResult
 from cxr.training.resume import completed_epochs
 from cxr.training.schedules import (
     AdaptiveLearningRate,
-    FullModelCheckpoint,
+    BestWeights,
     LearningRateLog,
     MainOutputLogs,
     ResumeState,
@@ -164,13 +164,7 @@ def phase_callbacks(
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=train.early_stopping_patience
     )
-    checkpoint = FullModelCheckpoint(
-        full_model,
-        work / BEST_WEIGHTS_FILE,
-        monitor="val_loss",
-        save_best_only=True,
-        save_weights_only=True,
-    )
+    checkpoint = BestWeights(full_model, work / BEST_WEIGHTS_FILE, monitor="val_loss")
     schedule, tracked = schedule_callbacks(train)
     tracked["early_stopping"] = (early_stopping, ("wait", "best", "best_epoch"))
     tracked["checkpoint"] = (checkpoint, ("best",))
@@ -183,13 +177,10 @@ def phase_callbacks(
         keras.callbacks.CSVLogger(str(work / HISTORY_FILE), append=True),
         EpochMetricsCallback(log_optimizer=phase.first_epoch == 0),
         *extra,
+        # Always, so that any interrupted run can be resumed (cxr.training.resume); last, so
+        # that it saves and restores the other callbacks' counters.
+        ResumeState(work / phase.name / "backup", tracked),
     ]
-    if train.resume:
-        backup = str(work / phase.name / "backup")
-        callbacks += [
-            keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False),
-            ResumeState(work / phase.name / "state", tracked),
-        ]
     return callbacks
 
 
@@ -250,8 +241,9 @@ def fit_phase(
 ) -> int:
     """Fit one phase, resuming it when asked, end on its best weights; return epochs run."""
     train = params.train
+    # `work` holds an interrupted run's state only when resuming (fresh_backup_dir empties it).
     done = work / f"{phase.name}.done.json"
-    if train.resume and done.exists():
+    if done.exists():
         model.load_weights(work / f"{phase.name}.weights.h5")
         return int(read_json(done)["epochs_run"])
     auxiliary = train.head.googlenet_aux and not cached
@@ -267,7 +259,7 @@ def fit_phase(
     train_batches, val_batches = phase_batches(
         model, data, cached, auxiliary, train.batch_size, params.seed, train.label_smoothing > 0
     )
-    already = completed_epochs(work, phase.name, phase.first_epoch) if train.resume else 0
+    already = completed_epochs(work, phase.name, phase.first_epoch)
     # A resumed phase must see the shuffles the interrupted one would have: every pass over the
     # dataset draws the next order, and keras opens two passes per epoch (it opens the next one
     # when an epoch ends), so those already drawn are drawn again here and dropped. The resume
@@ -288,9 +280,9 @@ def fit_phase(
         model.load_weights(work / BEST_WEIGHTS_FILE)
     # No epoch in the history: the interrupted run had finished every epoch of this phase.
     epochs_run = int(history.epoch[-1]) + 1 - phase.first_epoch if history.epoch else already
-    if train.resume:
-        model.save_weights(work / f"{phase.name}.weights.h5")
-        write_json(done, {"epochs_run": epochs_run})
+    with staged_file(work / f"{phase.name}.weights.h5") as temporary:
+        model.save_weights(temporary)
+    write_json(done, {"epochs_run": epochs_run})  # last: the phase counts as done only now
     return epochs_run
 
 

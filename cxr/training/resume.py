@@ -1,7 +1,9 @@
-"""train.resume: the per-run folder that keeps an interrupted run's last epoch and MLflow run.
+"""The per-run folder that keeps a training run's last finished epoch and MLflow run id.
 
+Every Keras run keeps it, whatever train.resume says, so any interrupted run (killed, out of
+memory, a power cut) can be continued with train.resume: true and the same params and data.
 The folder lies outside models/ (a DVC output, deleted before the stage runs) and is ignored
-by git, so an interrupted run's state survives until train.resume picks it up.
+by git; a run that ends removes it, and a run with train.resume: false starts from an empty one.
 """
 
 from __future__ import annotations
@@ -10,14 +12,13 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
-import mlflow
+from mlflow import ActiveRun
 
 from cxr.core.outputs import read_json, write_json
 from cxr.core.params import Params
 from cxr.core.paths import ProjectPaths
-from cxr.tracking import run_exists
+from cxr.tracking import open_run, run_exists
 
 BACKUP_DIR = ".train_backup"
 MLFLOW_RUN_FILE = "mlflow_run.json"
@@ -32,10 +33,11 @@ def backup_dir(paths: ProjectPaths, params: Params, fingerprint: str) -> Path:
 
 
 def fresh_backup_dir(paths: ProjectPaths, params: Params, fingerprint: str) -> Path:
-    """Create the backup folder of this run; drop other states (all of them unless resuming)."""
+    """Create the backup folder of this run; drop other states, and its own unless resuming."""
     work = backup_dir(paths, params, fingerprint)
     if work.parent.exists():
         for stale in work.parent.iterdir():
+            # Without train.resume a run starts afresh: an earlier run's epochs must not leak in.
             if stale != work or not params.train.resume:
                 shutil.rmtree(stale)
     work.mkdir(parents=True, exist_ok=True)
@@ -43,21 +45,26 @@ def fresh_backup_dir(paths: ProjectPaths, params: Params, fingerprint: str) -> P
 
 
 def completed_epochs(work: Path, phase: str, first_epoch: int) -> int:
-    """Epochs of `phase` an interrupted run finished (BackupAndRestore's record), else 0."""
+    """Epochs of `phase` an interrupted run finished (its last backup's record), else 0."""
     record = work / phase / "backup" / "training_metadata.json"
     if not record.exists():
         return 0
     return int(json.loads(record.read_text(encoding="utf-8"))["epoch"]) - first_epoch
 
 
-def start_resumable_run(work: Path, resume: bool, experiment_id: str, tags: dict[str, str]) -> Any:
-    """A new MLflow run, or the interrupted run's when resuming; its id is kept in `work`."""
+def interrupted_run(work: Path) -> str | None:
+    """The MLflow run an interrupted run kept in `work`, when the current store still holds it."""
     record = work / MLFLOW_RUN_FILE
-    if resume and record.exists():
-        run_id = str(read_json(record)["run_id"])
-        if run_exists(run_id):
-            return mlflow.start_run(run_id=run_id)
-    run = mlflow.start_run(experiment_id=experiment_id, tags=tags)
-    if resume:
-        write_json(record, {"run_id": run.info.run_id})
+    if not record.exists():
+        return None
+    run_id = str(read_json(record)["run_id"])
+    return run_id if run_exists(run_id) else None
+
+
+def start_resumable_run(
+    work: Path, resumed: str | None, experiment_id: str, tags: dict[str, str], cwd: Path
+) -> ActiveRun:
+    """Reopen run `resumed`, or start a new run; its id is kept in `work` for a later resume."""
+    run = open_run(experiment_id, tags, resumed, cwd)
+    write_json(work / MLFLOW_RUN_FILE, {"run_id": run.info.run_id})
     return run

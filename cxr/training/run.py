@@ -14,11 +14,11 @@ from cxr.core.params import Params, flatten_params
 from cxr.core.paths import ProjectPaths
 from cxr.core.registry import is_baseline
 from cxr.core.run_record import RunRecord, write_run_record
-from cxr.tracking import run_tags, use_experiment
+from cxr.tracking import end_abandoned_runs, run_tags, use_experiment
 from cxr.training.inputs import load_training_data
 from cxr.training.keras_fit import fit_keras
 from cxr.training.result import FitResult
-from cxr.training.resume import fresh_backup_dir, start_resumable_run
+from cxr.training.resume import fresh_backup_dir, interrupted_run, start_resumable_run
 from cxr.training.sklearn_fit import fit_baseline
 
 
@@ -37,14 +37,21 @@ def train_model(
     data = load_training_data(paths, image_size)
     experiment_id = use_experiment(params.mlflow_experiment, paths.root, environ)
     tags = run_tags(params.model, data.fingerprint, paths.root, environ)
-    # A baseline fits in one go; only Keras runs keep per-epoch state to resume from.
     work = fresh_backup_dir(paths, params, data.fingerprint)
-    resume = params.train.resume and not baseline
+    # A baseline fits in one go; only Keras runs keep per-epoch state to resume from.
+    resumed = interrupted_run(work) if params.train.resume and not baseline else None
+    for run_id in end_abandoned_runs(experiment_id, paths.root, keep=[resumed] if resumed else []):
+        print(f"train: MLflow run {run_id} was left RUNNING by a process that ended; now KILLED")
     with (
         staged_dir(paths.models_dir) as staging,
-        start_resumable_run(work, resume, experiment_id, tags) as run,
+        start_resumable_run(work, resumed, experiment_id, tags, paths.root) as run,
     ):
-        mlflow.log_params(flatten_params(params))
+        if resumed is not None:
+            print(f"train: resuming MLflow run {resumed} from {work}")
+        # A resumed run keeps the params it logged (MLflow refuses to change one); only
+        # train.resume itself can differ, since the backup folder is keyed by all the others.
+        logged = run.data.params
+        mlflow.log_params({k: v for k, v in flatten_params(params).items() if k not in logged})
         if baseline:
             result = fit_baseline(params, data, staging)
         else:

@@ -12,7 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from cxr.core.outputs import staged_file
+from cxr.core.outputs import staged_dir, staged_file
 from cxr.core.params import AdaptiveParams, CosineParams
 
 
@@ -159,20 +159,29 @@ class TimeBudget(keras.callbacks.Callback):
             self.stopped_epoch = epoch
 
 
-class FullModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint that saves `full_model`, also while a head-only model is being fitted.
+class BestWeights(keras.callbacks.Callback):
+    """Save `full_model`'s weights atomically whenever `monitor` (lower is better) improves.
 
     With cached features the fitted model is the head alone; its layers are the full model's,
-    so saving the full model keeps one checkpoint format for every phase.
+    so saving the full model keeps one checkpoint format for every phase. The file is replaced
+    in one rename, so a killed run leaves the previous best weights, never half of new ones.
     """
 
-    def __init__(self, full_model: keras.Model, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, full_model: keras.Model, path: Path, monitor: str = "val_loss") -> None:
+        super().__init__()
         self.full_model = full_model
+        self.path = path
+        self.monitor = monitor
+        self.best = math.inf
 
-    def set_model(self, model: keras.Model) -> None:
-        """Ignore the fitted model; always save the full one."""
-        super().set_model(self.full_model)
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        """Save the weights when the monitored value beats the best so far."""
+        current = (logs or {}).get(self.monitor)
+        if current is None or not float(current) < self.best:
+            return
+        self.best = float(current)
+        with staged_file(self.path) as temporary:
+            self.full_model.save_weights(temporary)
 
 
 def callback_state(callback: keras.callbacks.Callback, attributes: Sequence[str]) -> dict[str, Any]:
@@ -185,14 +194,16 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-class ResumeState(keras.callbacks.Callback):
-    """Each epoch, save what BackupAndRestore does not: callback counters and random seeds.
+class ResumeState(keras.callbacks.BackupAndRestore):
+    """Each epoch, one atomic backup of everything a resumed run needs, restored when it begins.
 
-    BackupAndRestore keeps weights, optimizer and epoch; this keeps early-stopping, plateau,
-    checkpoint and adaptive-rate counters, the adaptive callback's best weights and the state
-    of every seed generator (dropout, augmentation), so a resumed run repeats the interrupted
-    one exactly. It must come after those callbacks: they reset their counters when training
-    begins, and it restores them afterwards.
+    keras' BackupAndRestore keeps weights, optimizer and epoch; this adds the early-stopping,
+    plateau, checkpoint and adaptive-rate counters, the adaptive callback's best weights and the
+    state of every seed generator (dropout, augmentation), so a resumed run repeats the
+    interrupted one exactly. The epoch's files are written into a staged folder that replaces
+    the backup in one rename: a run killed at any moment leaves one whole epoch's backup. It
+    must come after the tracked callbacks: they reset their counters when training begins, and
+    it restores them afterwards.
     """
 
     def __init__(
@@ -200,7 +211,7 @@ class ResumeState(keras.callbacks.Callback):
         directory: Path,
         tracked: Mapping[str, tuple[keras.callbacks.Callback, Sequence[str]]],
     ) -> None:
-        super().__init__()
+        super().__init__(str(directory), delete_checkpoint=False)
         self.directory = directory
         self.tracked = tracked
 
@@ -216,7 +227,8 @@ class ResumeState(keras.callbacks.Callback):
         ]
 
     def on_train_begin(self, logs: Any = None) -> None:
-        """Restore counters, seeds and adaptive best weights saved by an interrupted run."""
+        """Restore weights, optimizer, epoch, counters, seeds and best weights of the backup."""
+        super().on_train_begin(logs)  # weights, optimizer and epoch (keras)
         state_file = self.directory / "state.json"
         if not state_file.exists():
             return
@@ -233,7 +245,7 @@ class ResumeState(keras.callbacks.Callback):
                     callback.best_weights = [arrays[f"best:{name}:{i}"] for i in range(count)]
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        """Write the counters (JSON) and arrays (npz), each atomically."""
+        """Replace the backup by this epoch's: weights and optimizer, epoch, counters, arrays."""
         arrays = {
             f"seed:{index}": keras.ops.convert_to_numpy(variable)
             for index, variable in enumerate(self._seed_states())
@@ -244,9 +256,6 @@ class ResumeState(keras.callbacks.Callback):
             if weights is not None:
                 best_weights[name] = len(weights)
                 arrays.update({f"best:{name}:{i}": array for i, array in enumerate(weights)})
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with staged_file(self.directory / "arrays.npz") as temporary, temporary.open("wb") as out:
-            np.savez(out, **arrays)
         state = {
             "callbacks": {
                 name: callback_state(callback, attributes)
@@ -254,5 +263,13 @@ class ResumeState(keras.callbacks.Callback):
             },
             "best_weights": best_weights,
         }
-        with staged_file(self.directory / "state.json") as temporary:
-            temporary.write_text(json.dumps(state), encoding="utf-8")
+        with staged_dir(self.directory) as staging:
+            # The file names keras' BackupAndRestore reads back when training begins.
+            self.model.save_weights(staging / Path(self._weights_path).name)
+            metadata = {"epoch": epoch + 1, "batch": 0}
+            (staging / Path(self._training_metadata_path).name).write_text(
+                json.dumps(metadata), encoding="utf-8"
+            )
+            with (staging / "arrays.npz").open("wb") as out:
+                np.savez(out, **arrays)
+            (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")

@@ -1,14 +1,32 @@
-"""Tests for atomic writes (stages/outputs.py)."""
+"""Tests for atomic writes (cxr/core/outputs.py)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
 import stat
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from cxr.core.outputs import read_json, staged_dir, staged_file, write_json, write_table
+from cxr.core.outputs import (
+    STAGING_DIR,
+    owner_alive,
+    owner_token,
+    read_json,
+    remove_leftovers,
+    staged_dir,
+    staged_file,
+    staging_dir,
+    write_json,
+    write_table,
+)
 
 
 class _InterruptedError(Exception):
@@ -40,7 +58,7 @@ def test_staged_file_renames_onto_the_target_on_success(tmp_path: Path) -> None:
     # When content is written through a staged file
     with staged_file(target) as temporary:
         assert temporary != target
-        assert temporary.parent == target.parent
+        assert temporary.parent == target.parent / STAGING_DIR  # outside a repository
         temporary.write_text("new", encoding="utf-8")
         assert not target.exists()
 
@@ -176,3 +194,195 @@ def test_staged_dir_result_has_the_permissions_of_a_plain_mkdir(tmp_path: Path) 
 
     # Then it has the same mode
     assert stat.S_IMODE((tmp_path / "raw").stat().st_mode) == expected
+
+
+# --- where temporaries live, and what a killed process leaves -------------------------------
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A folder git and DVC would take for a repository root (it holds .git and .dvc)."""
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".dvc").mkdir()
+    return tmp_path
+
+
+def _python(code: str, repo: Path, **pipes: int) -> subprocess.Popen[str]:
+    """Start a Python process in `repo` running `code` (this interpreter, this package)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=repo, text=True, **pipes
+    )
+
+
+def _killed_while_staging(repo: Path, target: str) -> list[Path]:
+    """Run a process that stages `target` (a folder), writes into it and is killed by SIGKILL."""
+    code = f"""
+        import os, signal
+        from pathlib import Path
+        from cxr.core.outputs import staged_dir
+        with staged_dir(Path({target!r})) as staging:
+            (staging / "covid").mkdir()
+            (staging / "covid" / "a.png").write_bytes(b"half")
+            os.kill(os.getpid(), signal.SIGKILL)
+    """
+    process = _python(code, repo)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    return sorted((repo / STAGING_DIR).iterdir())
+
+
+def test_temporaries_are_staged_at_the_repository_root(repo: Path) -> None:
+    # Given a target deep inside a repository
+    target = repo / "data" / "interim" / "manifest.parquet"
+
+    # When a file and a folder are staged
+    with staged_file(target) as temporary, staged_dir(repo / "models") as folder:
+        # Then both temporaries sit in the one staging folder at the root, named after target
+        assert temporary.parent == folder.parent == repo / STAGING_DIR
+        assert temporary.name.startswith("data%2Finterim%2Fmanifest.parquet+")
+        assert temporary.name.endswith(".parquet")
+        assert folder.name.startswith("models+")
+        assert list(target.parent.iterdir()) == []
+        temporary.write_bytes(b"table")
+
+    # And once done nothing is left but the outputs: the empty staging folder is gone too
+    assert target.read_bytes() == b"table"
+    assert sorted(path.name for path in repo.iterdir()) == [".dvc", ".git", "data", "models"]
+
+
+def test_a_temporary_keeps_every_suffix_of_its_target(repo: Path) -> None:
+    # Given a Keras weights file, whose writer insists on the name ending in .weights.h5
+    target = repo / ".train_backup" / "best.weights.h5"
+
+    # When it is staged
+    with staged_file(target) as temporary:
+        # Then the temporary ends the same way
+        assert temporary.name.endswith(".weights.h5")
+
+
+def test_a_kill_leaves_nothing_beside_the_target_and_the_next_write_removes_it(
+    repo: Path,
+) -> None:
+    # Given a process killed by SIGKILL while it staged data/raw
+    leftovers = _killed_while_staging(repo, "data/raw")
+
+    # Then what it left lies only in the staging folder (ignored by git), not beside data/raw
+    assert [path.name.split("+")[0] for path in leftovers] == ["data%2Fraw"]
+    assert not (repo / "data" / "raw").exists()
+    assert list((repo / "data").iterdir()) == []
+
+    # When the next run stages data/raw again
+    with staged_dir(repo / "data" / "raw") as staging:
+        (staging / "normal").mkdir()
+
+    # Then the dead process's leftovers are gone, and so is the staging folder
+    assert not (repo / STAGING_DIR).exists()
+    assert [path.name for path in (repo / "data" / "raw").iterdir()] == ["normal"]
+
+
+def test_leftovers_of_other_targets_and_live_processes_are_kept(repo: Path) -> None:
+    # Given a dead process's leftover for another target
+    dead_other = _killed_while_staging(repo, "models")
+    # and a live process staging the same target, waiting for its input
+    code = """
+        import sys
+        from pathlib import Path
+        from cxr.core.outputs import staged_dir
+        with staged_dir(Path("data/raw")) as staging:
+            (staging / "covid").mkdir()
+            print(staging, flush=True)
+            sys.stdin.readline()
+    """
+    live = _python(code, repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert live.stdout is not None and live.stdin is not None
+        live_staging = Path(live.stdout.readline().strip())
+
+        # When this process cleans up and stages the same target
+        removed = remove_leftovers(repo / "data" / "raw")
+        with staged_dir(repo / "data" / "raw") as staging:
+            (staging / "normal").mkdir()
+
+        # Then the live process's folder and the other target's leftover are untouched
+        assert removed == []
+        assert (live_staging / "covid").is_dir()
+        assert all(path.exists() for path in dead_other)
+    finally:
+        if live.stdin is not None:
+            live.stdin.close()
+        assert live.wait(timeout=60) == 0
+    # And the live process finished its own write normally
+    assert [path.name for path in (repo / "data" / "raw").iterdir()] == ["covid"]
+
+
+def test_the_previous_folder_is_moved_aside_before_the_new_one_replaces_it(repo: Path) -> None:
+    # Given an existing output folder
+    target = repo / "data" / "processed"
+    target.mkdir(parents=True)
+    (target / "train.parquet").write_bytes(b"old")
+
+    # When a new one is staged, then while it is written the old one is still in place
+    with staged_dir(target) as staging:
+        (staging / "train.parquet").write_bytes(b"new")
+        assert (target / "train.parquet").read_bytes() == b"old"
+
+    # Then the new one replaced it and nothing is left in the staging folder
+    assert (target / "train.parquet").read_bytes() == b"new"
+    assert not (repo / STAGING_DIR).exists()
+
+
+def test_outside_a_repository_temporaries_are_staged_beside_the_target(tmp_path: Path) -> None:
+    # Given a target in no repository
+    target = tmp_path / "out" / "table.csv"
+
+    # When its staging folder is asked for
+    # Then it is beside the target
+    assert staging_dir(target) == target.parent / STAGING_DIR
+
+
+def test_a_data_folder_on_another_filesystem_stages_on_that_filesystem(repo: Path) -> None:
+    # Given data/ linked to a folder on another filesystem (a data disk mounted elsewhere)
+    elsewhere = Path("/dev/shm")
+    if not elsewhere.is_dir() or elsewhere.stat().st_dev == repo.stat().st_dev:
+        pytest.skip("needs a second filesystem (/dev/shm)")
+    disk = elsewhere / f"cxr-test-{os.getpid()}"
+    disk.mkdir()
+    try:
+        (repo / "data").symlink_to(disk)
+
+        # When data/raw is staged
+        with staged_dir(repo / "data" / "raw") as staging:
+            # Then the temporary is on that filesystem, so the final rename stays atomic
+            assert staging.stat().st_dev == disk.stat().st_dev
+            (staging / "a.png").write_bytes(b"x")
+
+        assert (disk / "raw" / "a.png").read_bytes() == b"x"
+        assert sorted(path.name for path in disk.iterdir()) == ["raw"]
+    finally:
+        shutil.rmtree(disk)
+
+
+def test_an_owner_token_names_a_live_process_until_it_ends() -> None:
+    # Given this process, a process that ran and ended, and a token from another machine
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ended_pid = int(ended.stdout)
+    host = socket.gethostname()
+
+    # Then this process is alive, the ended one is not, and another host's cannot be judged
+    assert owner_alive(owner_token())
+    assert not owner_alive(f"{host}+{ended_pid}+1")
+    assert owner_alive(f"another-{host}+{ended_pid}+1")
+
+
+def test_a_reused_pid_is_not_the_process_that_wrote_the_token() -> None:
+    # Given a token with this process's pid but another start time (pid reused after a crash)
+    host, pid, started = owner_token().split("+")
+    if started == "-":
+        pytest.skip("process start times need Linux /proc")
+
+    # Then it names a process that has ended
+    assert not owner_alive(f"{host}+{pid}+{int(started) + 1}")

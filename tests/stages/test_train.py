@@ -169,10 +169,10 @@ class Interrupt(keras.callbacks.Callback):
 def test_resume_after_an_interruption_reaches_the_uninterrupted_weights(
     prepared, tmp_path, pretrained_weights
 ):
-    # given frozen (1 epoch) then fine-tuning (2 epochs), cosine rates and augmentation
-    params = tiny_params(
-        str(pretrained_weights), resume=True, epochs=1, fine_tune_epochs=2, schedule="cosine"
-    )
+    # given frozen (1 epoch) then fine-tuning (2 epochs), cosine rates and augmentation, and
+    # the default train.resume: false (a run never meant to be resumed)
+    params = tiny_params(str(pretrained_weights), epochs=1, fine_tune_epochs=2, schedule="cosine")
+    resuming = {**params, "train": {**params["train"], "resume": True}}
     environ = dict(os.environ)
     whole = fresh_copy(prepared, tmp_path / "whole", params)
     train_model(parse_params(params), ProjectPaths(whole), environ)
@@ -181,8 +181,14 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_weights(
     with pytest.raises(InterruptedError):
         train_model(parse_params(params), ProjectPaths(resumed), environ, [Interrupt(2)])
     assert not ProjectPaths(resumed).models_dir.exists()
-    # when it runs again with train.resume
-    train_model(parse_params(params), ProjectPaths(resumed), environ)
+    whole_run = read_run_record(ProjectPaths(whole).models_dir).run_id
+    (interrupted_run,) = [
+        run
+        for run in mlflow.search_runs(search_all_experiments=True, output_format="list")
+        if run.info.run_id != whole_run
+    ]
+    # when it runs again with train.resume: true
+    train_model(parse_params(resuming), ProjectPaths(resumed), environ)
     # then it continued the same MLflow run and ended on the uninterrupted run's weights
     history = pd.read_csv(ProjectPaths(resumed).history)
     pd.testing.assert_frame_equal(history, pd.read_csv(ProjectPaths(whole).history))
@@ -192,7 +198,31 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_weights(
     for left, right in zip(expected, actual, strict=True):
         np.testing.assert_array_equal(left, right)
     assert len(mlflow.search_runs(search_all_experiments=True)) == 2
+    record = read_run_record(ProjectPaths(resumed).models_dir)
+    assert record.run_id == interrupted_run.info.run_id
+    run = mlflow.get_run(record.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.resume"] == "False"
     assert not any((ProjectPaths(resumed).root / BACKUP_DIR).glob("*"))
+
+
+@pytest.mark.slow
+def test_without_resume_an_interrupted_runs_backup_is_not_used(prepared, tmp_path):
+    # given a run from scratch interrupted in its second epoch, which left the first's backup
+    params = tiny_params()
+    root = fresh_copy(prepared, tmp_path, params)
+    environ = dict(os.environ)
+    with pytest.raises(InterruptedError):
+        train_model(parse_params(params), ProjectPaths(root), environ, [Interrupt(1)])
+    assert list((root / BACKUP_DIR).glob("*/scratch/backup/training_metadata.json"))
+    # when train runs again with train.resume: false
+    train_model(parse_params(params), ProjectPaths(root), environ)
+    # then it started afresh at epoch 0, in a new MLflow run, and left no backup
+    record = read_run_record(ProjectPaths(root).models_dir)
+    steps = mlflow.tracking.MlflowClient().get_metric_history(record.run_id, "val_loss")
+    assert [metric.step for metric in steps] == [0, 1]
+    assert pd.read_csv(ProjectPaths(root).history)["epoch"].tolist() == [0, 1]
+    assert len(mlflow.search_runs(search_all_experiments=True)) == 2
+    assert not any((root / BACKUP_DIR).glob("*"))
 
 
 def test_class_weights_balance_the_loss_of_each_class():

@@ -5,6 +5,7 @@ import pytest
 from cxr.core.params import AdaptiveParams, CosineParams
 from cxr.training.schedules import (
     AdaptiveLearningRate,
+    BestWeights,
     ResumeState,
     TimeBudget,
     learning_rate_for,
@@ -101,34 +102,71 @@ def test_adaptive_improvement_resets_the_reductions_and_best_weights_return():
     assert callback.reductions == 0 and callback.wait == 0
 
 
-def test_resume_state_restores_counters_and_seed_states(tmp_path):
+def test_resume_state_restores_weights_epoch_counters_and_seed_states(tmp_path):
     def model_with_dropout():
         inputs = keras.Input((2,))
         outputs = keras.layers.Dropout(0.5, seed=3)(inputs)
-        return keras.Model(inputs, keras.layers.Dense(2)(outputs))
+        model = keras.Model(inputs, keras.layers.Dense(2)(outputs))
+        model.compile(optimizer="adam", loss="mse")  # as fit sees it
+        model.optimizer.build(model.trainable_variables)
+        return model
 
     # given an epoch's end saved with a used seed generator and an early-stopping count
+    backup = tmp_path / "scratch" / "backup"
     stopping = keras.callbacks.EarlyStopping(patience=5)
     saving = model_with_dropout()
     saving.layers[1].call(np.ones((1, 2)), training=True)  # advances the seed state
-    saver = ResumeState(tmp_path, {"stop": (stopping, ("wait", "best"))})
+    saver = ResumeState(backup, {"stop": (stopping, ("wait", "best"))})
     saver.set_model(saving)
     stopping.wait, stopping.best = 2, 0.25
     saver.on_epoch_end(0)
+    # then the backup is one folder with every file of that epoch, and nothing beside it
+    assert sorted(path.name for path in backup.iterdir()) == [
+        "arrays.npz",
+        "latest.weights.h5",
+        "state.json",
+        "training_metadata.json",
+    ]
+    assert sorted(path.name for path in backup.parent.iterdir()) == ["backup"]
     # when a fresh process's callbacks begin training
     restored_stopping = keras.callbacks.EarlyStopping(patience=5)
     restored_stopping.on_train_begin()
     restoring = model_with_dropout()
-    loader = ResumeState(tmp_path, {"stop": (restored_stopping, ("wait", "best"))})
+    loader = ResumeState(backup, {"stop": (restored_stopping, ("wait", "best"))})
     loader.set_model(restoring)
     loader.on_train_begin()
-    # then the counters and the seed states are those of the interrupted run
+    # then the weights, counters and seed states are those of the interrupted run
+    for restored, saved in zip(restoring.get_weights(), saving.get_weights(), strict=True):
+        np.testing.assert_array_equal(restored, saved)
     assert (restored_stopping.wait, restored_stopping.best) == (2, 0.25)
     seeds = [
         [keras.ops.convert_to_numpy(v) for v in model.non_trainable_variables]
         for model in (saving, restoring)
     ]
     np.testing.assert_array_equal(seeds[0][0], seeds[1][0])
+
+
+def test_best_weights_are_saved_only_when_the_monitored_loss_improves(tmp_path):
+    # given a model and a best-weights callback
+    model = tiny_model()
+    path = tmp_path / "best.weights.h5"
+    best = BestWeights(model, path)
+    best.set_model(model)
+    # when the first epoch sets a best, a worse one follows, then a better one
+    best.on_epoch_end(0, {"val_loss": 0.5})
+    first = [weights.copy() for weights in model.get_weights()]
+    model.set_weights([weights + 1 for weights in first])
+    best.on_epoch_end(1, {"val_loss": 0.7})
+    # then the file holds the best epoch's weights, and its loss is the count a resume restores
+    reloaded = tiny_model()
+    reloaded.load_weights(path)
+    for saved, expected in zip(reloaded.get_weights(), first, strict=True):
+        np.testing.assert_array_equal(saved, expected)
+    assert best.best == 0.5
+    best.on_epoch_end(2, {"val_loss": 0.25})
+    reloaded.load_weights(path)
+    np.testing.assert_array_equal(reloaded.get_weights()[0], first[0] + 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.weights.h5"]
 
 
 def test_time_budget_stops_after_the_epoch_that_passes_it_across_phases():
