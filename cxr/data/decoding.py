@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from cxr.core.errors import PipelineError
 from cxr.core.processes import available_cores, map_in_processes
@@ -85,13 +85,15 @@ class DecodedFile:
     rejection: UnusableImage | None
 
 
-def decode_gray(path: Path, max_pixels: int) -> np.ndarray:
+def decode_gray(path: Path, max_pixels: int, draft_side: int = 0) -> np.ndarray:
     """Decode any image file into uint8 (H, W) gray: EXIF applied, 16-bit scaled, alpha on black.
 
     Raises UnusableImage for a missing, empty, non-image, too-large, truncated or corrupt file.
+    `draft_side`: see decode_stream (pass the cache size, as build does, to match its pixels).
     """
     with open_image_file(path) as handle:
-        return decode_stream(handle, os.fstat(handle.fileno()).st_size, max_pixels).pixels
+        size = os.fstat(handle.fileno()).st_size
+        return decode_stream(handle, size, max_pixels, draft_side).pixels
 
 
 def open_image_file(path: Path) -> io.BufferedReader:
@@ -126,16 +128,21 @@ def _bomb(error: Image.DecompressionBombError, max_pixels: int) -> UnusableImage
     return UnusableImage("too_large", f"{size}, over build.max_pixels = {max_pixels}")
 
 
-def decode_bytes(content: bytes, max_pixels: int) -> DecodedImage:
+def decode_bytes(content: bytes, max_pixels: int, draft_side: int = 0) -> DecodedImage:
     """Decode the bytes of an image file (format detected from the content) into gray."""
-    return decode_stream(io.BytesIO(content), len(content), max_pixels)
+    return decode_stream(io.BytesIO(content), len(content), max_pixels, draft_side)
 
 
-def decode_stream(handle: BinaryIO, size: int, max_pixels: int) -> DecodedImage:
+def decode_stream(
+    handle: BinaryIO, size: int, max_pixels: int, draft_side: int = 0
+) -> DecodedImage:
     """Decode an image file of `size` bytes from a seekable handle, reading only what it needs.
 
     The size and then the header are checked against max_pixels (build.max_pixels) before any
-    pixel is decoded, so a file too large to use is rejected without being read whole.
+    pixel is decoded, so a file too large to use is rejected without being read whole. With
+    `draft_side` (> 0), a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose sides
+    are still >= draft_side: a 2,000-px radiograph squared to 256 px never decodes at full size.
+    The width and height reported are the file's own (after EXIF orientation).
     """
     if size == 0:
         raise UnusableImage("empty", "the file has 0 bytes")
@@ -170,7 +177,13 @@ def decode_stream(handle: BinaryIO, size: int, max_pixels: int) -> DecodedImage:
                 )
             mode, image_format = image.mode, image.format or "unknown"
             try:
+                if draft_side > 0 and image_format == "JPEG":
+                    # Same mode, so the gray conversion below stays ours; only the scale changes.
+                    image.draft(mode, (draft_side, draft_side))
                 image.load()
+                # EXIF orientations 5-8 turn the image a quarter: the upright size swaps sides.
+                if image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):
+                    width, height = height, width
                 # In place: without an orientation tag this costs nothing (no full-size copy).
                 ImageOps.exif_transpose(image, in_place=True)
                 pixels = to_gray(image)
@@ -182,7 +195,7 @@ def decode_stream(handle: BinaryIO, size: int, max_pixels: int) -> DecodedImage:
                 ) from None
     if pixels.ndim != 2 or pixels.size == 0:
         raise UnusableImage("corrupt", f"decoded to an empty or odd array {pixels.shape}")
-    return DecodedImage(pixels, pixels.shape[1], pixels.shape[0], mode, image_format)
+    return DecodedImage(pixels, width, height, mode, image_format)
 
 
 def to_gray(image: Image.Image) -> np.ndarray:
@@ -263,7 +276,8 @@ def decode_file(
     try:
         with open_image_file(raw_dir / relative) as handle:
             size = os.fstat(handle.fileno()).st_size
-            decoded = decode_stream(handle, size, max_pixels)
+            # Decoded at no more than the cache needs (JPEG DCT scaling), as predict does too.
+            decoded = decode_stream(handle, size, max_pixels, draft_side=cache_size)
             try:
                 handle.seek(0)
                 sha256 = hashlib.file_digest(handle, "sha256").hexdigest()

@@ -492,3 +492,50 @@ def test_a_large_image_is_box_reduced_first_to_the_same_result(mode: str) -> Non
 def test_an_unknown_resize_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="resize mode 'zoom'; must be one of pad, crop, stretch"):
         resize_square(np.zeros((10, 20), np.uint8), 8, "zoom")
+
+
+def _radiograph_like(width: int, height: int) -> np.ndarray:
+    """A smooth RGB image with structure at several scales (JPEG-compresses like a photo)."""
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    gray = 128 + 60 * np.sin(9 * x) * np.cos(7 * y) + 40 * np.cos(31 * (x + y))
+    return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., np.newaxis], 3, axis=2)
+
+
+def test_a_large_jpeg_is_decoded_at_the_smallest_dct_scale_the_cache_needs(
+    tmp_path: Path,
+) -> None:
+    # Given a 1024 x 800 JPEG and a 128-px cache
+    path = tmp_path / "large.jpg"
+    Image.fromarray(_radiograph_like(1024, 800)).save(path, format="JPEG", quality=95)
+
+    # When it is decoded for the cache (draft) and in full
+    drafted = decode_gray(path, LIMIT, draft_side=128)
+    full = decode_gray(path, LIMIT)
+
+    # Then the draft is the 1/4 scale (1/8 would make the short side 100 < 128)
+    assert full.shape == (800, 1024) and drafted.shape == (200, 256)
+    # and squared to the cache it matches the full decode to within a grey level or two
+    difference = resize_square(drafted, 128, "pad").astype(int) - resize_square(full, 128, "pad")
+    assert np.abs(difference).mean() < 2.0
+
+
+def test_decode_file_reports_the_files_own_size_after_a_draft_decode(tmp_path: Path) -> None:
+    # Given a 1024 x 800 JPEG turned a quarter by its EXIF orientation (6)
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_radiograph_like(1024, 800)).save(path, format="JPEG", exif=exif)
+
+    # When build decodes it for a 64-px cache
+    result = decode_file(tmp_path, "rotated.jpg", LIMIT, 64, "pad")
+
+    # Then the recorded size is the upright file's, not the reduced decode's
+    assert result.rejection is None and result.info is not None
+    assert (result.info["width"], result.info["height"]) == (800, 1024)
+    assert result.pixels is not None and result.pixels.shape == (64, 64)
+
+
+def test_draft_leaves_formats_without_dct_scaling_alone(tmp_path: Path) -> None:
+    path = tmp_path / "large.png"
+    Image.fromarray(_radiograph_like(512, 400)).save(path, format="PNG")
+    assert decode_gray(path, LIMIT, draft_side=64).shape == (400, 512)
