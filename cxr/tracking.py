@@ -32,6 +32,10 @@ ENSEMBLE_MODEL = "ensemble"
 # later train can tell a run left RUNNING by a killed process from one still in progress.
 WORKSPACE_TAG = "workspace"
 OWNER_TAG = "owner"
+# MLflow 3's UI opens an experiment on its GenAI overview (traces) unless this tag says it holds
+# model training runs; then it opens on the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
 
 
 def tracking_uri(cwd: Path, environ: Mapping[str, str]) -> str:
@@ -103,9 +107,17 @@ def use_experiment(name: str, cwd: Path, environ: Mapping[str, str]) -> str:
                 "or choose another name"
             )
         if experiment is not None:
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag was set
+                client.set_experiment_tag(
+                    experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND
+                )
             return str(experiment.experiment_id)
         try:
-            return str(client.create_experiment(name, artifact_location(uri, cwd)))
+            return str(
+                client.create_experiment(
+                    name, artifact_location(uri, cwd), tags={EXPERIMENT_KIND_TAG: TRAINING_KIND}
+                )
+            )
         except MlflowException as error:
             # A tracking server has no lock of ours: another process may have just created it.
             if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
@@ -144,6 +156,15 @@ def run_tags(
     return {**tags, **owner_tags(cwd)}
 
 
+def run_name(tags: Mapping[str, str]) -> str | None:
+    """The name a run shows in the MLflow UI: its model, and the DVC experiment that ran it."""
+    model = tags.get("model")
+    if model is None:
+        return None  # MLflow picks one
+    experiment = tags.get("dvc_experiment")
+    return f"{model} ({experiment})" if experiment else model
+
+
 def owner_tags(cwd: Path) -> dict[str, str]:
     """Tags naming this checkout and this process as the holder of the run it opens."""
     return {WORKSPACE_TAG: str(workspace_root(cwd)), OWNER_TAG: owner_token()}
@@ -159,7 +180,9 @@ def open_run(
     """
     owner = owner_tags(cwd)
     if run_id is None:
-        return mlflow.start_run(experiment_id=experiment_id, tags={**tags, **owner})
+        return mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name(tags), tags={**tags, **owner}
+        )
     client = MlflowClient()
     for key, value in owner.items():
         client.set_tag(run_id, key, value)

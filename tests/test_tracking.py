@@ -25,6 +25,7 @@ from cxr.tracking import (
     git_commit,
     reopen_run,
     run_exists,
+    run_name,
     run_tags,
     sqlite_database,
     tracking_uri,
@@ -136,6 +137,37 @@ def test_use_experiment_creates_the_experiment_once(
     assert [e.experiment_id for e in experiments] == [first]
     assert experiments[0].artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
     assert mlflow.get_tracking_uri() == store_environ["MLFLOW_TRACKING_URI"]
+    # and MLflow's UI will open it on its training runs, not on the GenAI overview
+    assert experiments[0].tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_experiment_made_before_the_kind_tag_gets_it(
+    tmp_path: Path, store_environ: dict[str, str]
+) -> None:
+    # Given an experiment created without the kind tag (by an older version, or by hand)
+    client = MlflowClient(store_environ["MLFLOW_TRACKING_URI"])
+    made = client.create_experiment("cxr-pipeline")
+
+    # When the pipeline uses it
+    used = use_experiment("cxr-pipeline", tmp_path, store_environ)
+
+    # Then it is the same experiment, now tagged as holding training runs
+    assert used == made
+    assert client.get_experiment(made).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ({"model": "vgg16"}, "vgg16"),
+        ({"model": "vgg16", "dvc_experiment": "sweep-1"}, "vgg16 (sweep-1)"),
+        ({}, None),
+    ],
+)
+def test_a_run_is_named_after_its_model_and_dvc_experiment(
+    tags: dict[str, str], expected: str | None
+) -> None:
+    assert run_name(tags) == expected
 
 
 def test_run_exists_only_for_runs_in_the_current_store(

@@ -100,18 +100,21 @@ def visible_gpus() -> list[Gpu]:
     return gpus
 
 
-def build_info() -> dict[str, str]:
-    """TensorFlow, Keras, CUDA and cuDNN versions, as MLflow tags (CUDA empty on a CPU build)."""
+def build_info(gpu_used: bool) -> dict[str, str]:
+    """TensorFlow and Keras versions as MLflow tags, and CUDA / cuDNN only when a GPU ran.
+
+    TensorFlow reports the CUDA it was built against even on a machine without a GPU; a
+    `cuda_version` tag on a CPU run would say the run used CUDA when it did not.
+    """
     import keras
     import tensorflow as tf
 
-    info = tf.sysconfig.get_build_info()
-    return {
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "cuda_version": str(info.get("cuda_version", "")),
-        "cudnn_version": str(info.get("cudnn_version", "")),
-    }
+    tags = {"tensorflow_version": tf.__version__, "keras_version": keras.__version__}
+    if gpu_used:
+        info = tf.sysconfig.get_build_info()
+        tags["cuda_version"] = str(info.get("cuda_version", ""))
+        tags["cudnn_version"] = str(info.get("cudnn_version", ""))
+    return tags
 
 
 def apply_plan(plan: AcceleratorPlan) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import mlflow
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -58,20 +59,27 @@ BEST_WEIGHTS_FILE = "best.weights.h5"
 
 
 class EpochMetricsCallback(MlflowCallback):
-    """MLflow's Keras callback for per-epoch metrics; logs the optimizer for the first phase only.
+    """MLflow's Keras callback, for the per-epoch curves only (loss, val_loss, ... at step = epoch).
 
-    The second phase recompiles with a lower rate; logging its optimizer config again would try
-    to change an MLflow param, which MLflow forbids. Both rates are logged from params.yaml.
+    Its `optimizer_*` params repeat params.yaml (train.learning_rate, ...; the rate per epoch is
+    the `learning_rate` curve), and the `validation_*` metrics it logs after every validation,
+    all at step 0, repeat val_loss / val_accuracy: both are left out of the run. The model
+    summary is logged once, in the first phase.
     """
 
-    def __init__(self, log_optimizer: bool) -> None:
+    def __init__(self, log_summary: bool) -> None:
         super().__init__(log_every_epoch=True)
-        self.log_optimizer = log_optimizer
+        self.log_summary = log_summary
 
     def on_train_begin(self, logs: Any = None) -> None:
-        """Log the optimizer config and model summary for the first phase only."""
-        if self.log_optimizer:
-            super().on_train_begin(logs)
+        """Log the model summary (first phase only), not the optimizer config."""
+        if self.log_summary:
+            lines: list[str] = []
+            self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+            mlflow.log_text("\n".join(lines), artifact_file="model_summary.txt")
+
+    def on_test_end(self, logs: Any = None) -> None:
+        """Log nothing: the epoch's val_* metrics come with on_epoch_end, at their epoch."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +183,7 @@ def phase_callbacks(
         early_stopping,
         checkpoint,
         keras.callbacks.CSVLogger(str(work / HISTORY_FILE), append=True),
-        EpochMetricsCallback(log_optimizer=phase.first_epoch == 0),
+        EpochMetricsCallback(log_summary=phase.first_epoch == 0),
         *extra,
         # Always, so that any interrupted run can be resumed (cxr.training.resume); last, so
         # that it saves and restores the other callbacks' counters.
@@ -363,6 +371,6 @@ def fit_keras(
         "strategy": plan.strategy,
         "mixed_precision": str(plan.mixed_precision).lower(),
         "jit_compile": str(plan.jit_compile).lower(),
-        **build_info(),
+        **build_info(gpu_used=not plan.device.startswith("CPU")),
     }
     return FitResult("keras", train.image_size, model_file, metrics, history, tags)
