@@ -1,19 +1,23 @@
 """Stage compare: leaderboard of every model evaluated on the current data, from MLflow.
 
-With an ensemble row: the mean probabilities of the top models, logged as a run of its own.
+With an ensemble row: the mean probabilities of the top models, logged as a run of its own,
+and columns for each external dataset (evaluate.external), whose metrics it gathers in
+metrics/external.json.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from cxr.core.errors import report_errors
 from cxr.core.outputs import read_json, save_figure, staged_dir, write_json
 from cxr.core.params import CompareParams, EvaluateParams, load_params
-from cxr.core.paths import ProjectPaths, paths_from_argv
+from cxr.core.paths import ExternalDataPaths, ProjectPaths, paths_from_argv
 from cxr.core.tables import data_fingerprint, read_splits
 from cxr.evaluation.champion import champion_summary, update_champion
 from cxr.evaluation.ensemble import (
@@ -42,15 +46,17 @@ def compare(
     experiment: str,
     paths: ProjectPaths,
     environ: Mapping[str, str],
+    external: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Write the leaderboard as metrics JSON, Markdown and a bar chart; update the champion.
 
-    The ensemble is scored as evaluate scores a model (`scoring`, `seed`: same bootstrap).
+    The ensemble is scored as evaluate scores a model (`scoring`, `seed`: same bootstrap);
+    `external` names the external datasets whose columns the leaderboard shows.
     """
     fingerprint = data_fingerprint(read_splits(paths))
     experiment_id = use_experiment(experiment, paths.root, environ)
     runs = evaluated_runs(experiment_id)
-    board = leaderboard(runs, fingerprint, settings.rank_by)
+    board = leaderboard(runs, fingerprint, settings.rank_by, external)
     ensemble = build_ensemble(board, settings.ensemble_size, experiment_id, scoring, seed)
     if isinstance(ensemble, Ensemble):
         tags = run_tags(ENSEMBLE_MODEL, fingerprint, paths.root, environ)
@@ -63,15 +69,23 @@ def compare(
     summary = champion_summary(settings.registered_model, champion)
     with staged_dir(paths.reports("compare")) as reports_dir:
         (reports_dir / "leaderboard.md").write_text(
-            leaderboard_markdown(board, excluded, fingerprint, settings, summary, note),
+            leaderboard_markdown(board, excluded, fingerprint, settings, summary, note, external),
             encoding="utf-8",
         )
         chart = draw_leaderboard(board, settings.rank_by, fingerprint)
         save_figure(chart, reports_dir / "leaderboard.png")
     write_json(
-        paths.metrics("compare"), leaderboard_json(board, excluded, fingerprint, champion, note)
+        paths.metrics("compare"),
+        leaderboard_json(board, excluded, fingerprint, champion, note, external),
     )
+    write_json(paths.metrics("external"), external_metrics(paths.root, external))
     return board
+
+
+def external_metrics(root: Path, external: Sequence[str]) -> dict[str, Any]:
+    """metrics/external.json: each dataset's metrics/external/<name>.json, by name ({}: none)."""
+    files = {name: ExternalDataPaths(root, name).external_metrics for name in external}
+    return {name: read_json(path) for name, path in files.items() if path.exists()}
 
 
 @report_errors
@@ -81,7 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(paths.params)
     environ = dict(os.environ)
     board = compare(
-        params.compare, params.evaluate, params.seed, params.mlflow_experiment, paths, environ
+        params.compare,
+        params.evaluate,
+        params.seed,
+        params.mlflow_experiment,
+        paths,
+        environ,
+        tuple(params.evaluate.external),
     )
     single = board[board["model"] != ENSEMBLE_MODEL]
     best = f"best {single['model'].iloc[0]}" if len(single) else "no evaluated runs yet"

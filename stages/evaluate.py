@@ -1,4 +1,8 @@
-"""Stage evaluate: score the trained model on the test split, log the results to its MLflow run."""
+"""Stage evaluate: score the trained model on the test split, log the results to its MLflow run.
+
+With `--external NAME` (the stage external@NAME): ingest, decode and score the external dataset
+evaluate.external.NAME instead (cxr/evaluation/external.py).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import numpy as np
 from cxr.core.errors import report_errors
 from cxr.core.outputs import staged_dir, write_json, write_table
 from cxr.core.params import EvaluateParams, load_params
-from cxr.core.paths import ProjectPaths, paths_from_argv
+from cxr.core.paths import ExternalDataPaths, ProjectPaths, paths_from_argv
 from cxr.core.tables import read_table
 from cxr.data.pixels import load_split_pixels
+from cxr.evaluation.external import evaluate_external, external_summary
 from cxr.evaluation.figures import draw_evaluation_figures, write_plots_data
 from cxr.evaluation.metrics import (
     Predictions,
@@ -93,8 +98,11 @@ def evaluate(
 @report_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluate stage from the repository root."""
-    paths = paths_from_argv(argv, __doc__)
+    paths = paths_from_argv(argv, __doc__, external=True)
     params = load_params(paths.params)
+    if isinstance(paths, ExternalDataPaths):
+        print("\n".join(external_summary(evaluate_external(params, paths, dict(os.environ)))))
+        return 0
     metrics = evaluate(
         params.evaluate,
         params.seed,

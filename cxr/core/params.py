@@ -7,6 +7,7 @@ cxr.core.registry, so every stage validates all of params.yaml in a fraction of 
 from __future__ import annotations
 
 import codecs
+import copy
 import re
 import string
 from pathlib import Path, PureWindowsPath
@@ -48,6 +49,9 @@ class SyntheticParams(Section):
     image_size: int = Field(ge=32, le=1024)
     difficulty: float = Field(ge=0.0, le=1.0, description="lesion contrast: 0 subtle, 1 obvious")
     seed: int
+    exposure: float = Field(
+        gt=0.0, le=4.0, description="gain on every intensity (another scanner); 1 = as drawn"
+    )
 
     @field_validator("counts")
     @classmethod
@@ -247,6 +251,67 @@ class DataParams(Section):
         return self
 
 
+# An external dataset's options left out take these values: the defaults of params.yaml's
+# `data` section (tests/core/test_params.py checks the two agree), never the training data's own
+# values, whose layout, table or label map describe another collection.
+EXTERNAL_DATA_DEFAULTS: dict[str, Any] = {
+    "sha256": "",
+    "layout": "auto",
+    "label_map": {},
+    "classes": [],
+    "group_pattern": "",
+    "csv": {
+        "file": "",
+        "file_column": "file",
+        "file_template": "",
+        "label_column": "label",
+        "group_column": "",
+        "images_dir": "",
+        "encoding": "auto",
+    },
+    "synthetic": {
+        "counts": {"covid": 120, "normal": 200, "viral_pneumonia": 90},
+        "image_size": 128,
+        "difficulty": 0.5,
+        "seed": 2026,
+        "exposure": 1.0,
+    },
+    "max_extract_bytes": 20_000_000_000,
+    "max_extract_files": 2_000_000,
+}
+# evaluate.external.<name>: a name that is safe in a DVC stage name, a path and an MLflow metric.
+EXTERNAL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+# compare.rank_by: the internal test metrics, or external_<name>_<one of these>.
+RANK_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc_ovr", "test_balanced_accuracy")
+EXTERNAL_RANK_METRICS = ("accuracy", "f1_macro", "roc_auc_ovr", "balanced_accuracy")
+
+
+def external_metric(dataset: str, metric: str) -> str:
+    """The MLflow and leaderboard name of an external dataset's metric."""
+    return f"external_{dataset}_{metric}"
+
+
+def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `defaults`, mappings merged key by key (label_map and counts replaced whole)."""
+    merged = dict(defaults)
+    for key, value in given.items():
+        sections = key in ("csv", "synthetic") and isinstance(value, dict)
+        merged[key] = _merged(defaults[key], value) if sections else value
+    return merged
+
+
+class ExternalDataParams(DataParams):
+    """One external dataset (evaluate.external.<name>): `source` and any option of `data`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, raw: Any) -> Any:
+        # A user writes only what differs from the defaults, e.g. {source: ~/site-b}.
+        if not isinstance(raw, dict):
+            return raw
+        return _merged(copy.deepcopy(EXTERNAL_DATA_DEFAULTS), raw)
+
+
 class BuildParams(Section):
     """Decoding every image once into the pixel cache, and the exploration plots."""
 
@@ -438,12 +503,31 @@ class EvaluateParams(Section):
         description="test-time augmentation: mean probabilities over the image, its mirror "
         "and four small shifts"
     )
+    # Defaults to none, so a params.yaml from before external validation still loads.
+    external: dict[str, ExternalDataParams] = Field(
+        default_factory=dict,
+        description="named datasets from other sources, each scored by its own DVC stage",
+    )
+
+    @field_validator("external", mode="before")
+    @classmethod
+    def _safe_names(cls, external: Any) -> Any:
+        for name in external if isinstance(external, dict) else ():
+            if not isinstance(name, str) or not re.fullmatch(EXTERNAL_NAME_PATTERN, name):
+                raise ValueError(
+                    f"dataset name {name!r}: use letters, digits, '_' and '-' (up to 64, "
+                    "starting with a letter or digit); it names a DVC stage, a folder and "
+                    "MLflow metrics"
+                )
+        return external
 
 
 class CompareParams(Section):
     """The leaderboard across models, and the registry's champion."""
 
-    rank_by: Literal["test_accuracy", "test_f1_macro", "test_roc_auc_ovr", "test_balanced_accuracy"]
+    rank_by: str = Field(
+        description="a test metric, or external_<name>_<metric> of an evaluate.external dataset"
+    )
     significance: float = Field(gt=0.0, lt=1.0, description="McNemar p below this: significant")
     registered_model: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
@@ -452,6 +536,18 @@ class CompareParams(Section):
     ensemble_size: int = Field(
         ge=0, description="top models whose mean probabilities make the ensemble row; 0 = none"
     )
+
+    @field_validator("rank_by")
+    @classmethod
+    def _rankable(cls, rank_by: str) -> str:
+        # Which external names exist is checked with evaluate.external, in Params.
+        external = rf"external_{EXTERNAL_NAME_PATTERN}_({'|'.join(EXTERNAL_RANK_METRICS)})"
+        if rank_by not in RANK_METRICS and not re.fullmatch(external, rank_by):
+            raise ValueError(
+                f"must be one of {', '.join(RANK_METRICS)}, or external_<name>_<metric> with "
+                f"<metric> one of {', '.join(EXTERNAL_RANK_METRICS)}"
+            )
+        return rank_by
 
     @field_validator("ensemble_size")
     @classmethod
@@ -482,6 +578,23 @@ class Params(Section):
         if problem is not None:
             raise ValueError(problem)
         return model
+
+    @model_validator(mode="after")
+    def _rank_by_a_known_dataset(self) -> Params:
+        rank_by = self.compare.rank_by
+        if rank_by in RANK_METRICS:
+            return self
+        names = sorted(self.evaluate.external)
+        if not any(
+            rank_by == external_metric(name, metric)
+            for name in names
+            for metric in EXTERNAL_RANK_METRICS
+        ):
+            known = f"evaluate.external holds {', '.join(names)}" if names else "it is empty"
+            raise CrossKeyError(
+                "compare.rank_by", rank_by, f"names no evaluate.external dataset ({known})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sizes_fit(self) -> Params:

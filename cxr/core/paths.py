@@ -122,8 +122,88 @@ class ProjectPaths:
         return self.root / "reports" / stage
 
 
-def paths_from_argv(argv: Sequence[str] | None, description: str | None = None) -> ProjectPaths:
-    """Parse a stage's command line (`--root`, default the current directory) into its paths."""
+@dataclass(frozen=True)
+class ExternalDataPaths(ProjectPaths):
+    """Paths of one external dataset (evaluate.external.<name>): its own raw copy and pixel cache.
+
+    The data-lifecycle paths ingest and build write (raw, downloads, manifest, images table,
+    pixel cache) point under data/external/<name>/, so the same code ingests and decodes it;
+    every other path (models, splits, metrics) is the project's.
+    """
+
+    name: str
+
+    @property
+    def external_dir(self) -> Path:
+        """data/external/<name>: everything this dataset's stage writes under data/."""
+        return self.root / "data" / "external" / self.name
+
+    @property
+    def raw_dir(self) -> Path:
+        """Immutable copy of the dataset's source as ingested."""
+        return self.external_dir / "raw"
+
+    @property
+    def downloads_dir(self) -> Path:
+        """Its archive fetched from a URL or Kaggle, kept between runs (persisted DVC output)."""
+        return self.external_dir / "downloads"
+
+    @property
+    def interim_dir(self) -> Path:
+        """Its manifest, images table, rejected tables and pixel cache."""
+        return self.external_dir / "interim"
+
+    @property
+    def manifest(self) -> Path:
+        """One row per raw file: path, label, given split, group and source."""
+        return self.interim_dir / "manifest.parquet"
+
+    @property
+    def images_table(self) -> Path:
+        """One row per decodable raw image."""
+        return self.interim_dir / "images.parquet"
+
+    @property
+    def ingest_rejected(self) -> Path:
+        """Table rows ingest dropped, with the reason (CSV)."""
+        return self.interim_dir / "ingest_rejected.csv"
+
+    @property
+    def rejected_table(self) -> Path:
+        """Raw files decoding could not use, with the reason (CSV)."""
+        return self.interim_dir / "rejected.csv"
+
+    @property
+    def pixel_cache(self) -> Path:
+        """Its images decoded once at the model's cache size: uint8 (N, size, size)."""
+        return self.interim_dir / "pixels.npy"
+
+    @property
+    def external_metrics(self) -> Path:
+        """metrics/external/<name>.json: its scores, the drop and the shortcut check."""
+        return self.metrics_dir / "external" / f"{self.name}.json"
+
+    @property
+    def external_reports(self) -> Path:
+        """reports/external/<name>: its confusion matrix, curves and summary."""
+        return self.root / "reports" / "external" / self.name
+
+
+def paths_from_argv(
+    argv: Sequence[str] | None, description: str | None = None, external: bool = False
+) -> ProjectPaths:
+    """Parse a stage's command line (`--root`, default the current directory) into its paths.
+
+    With `external`, the stage also takes `--external NAME` and then returns that dataset's
+    ExternalDataPaths.
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
-    return ProjectPaths(parser.parse_args(argv).root)
+    if external:
+        parser.add_argument(
+            "--external", metavar="NAME", help="score the external dataset evaluate.external.NAME"
+        )
+    arguments = parser.parse_args(argv)
+    if external and arguments.external is not None:
+        return ExternalDataPaths(arguments.root, arguments.external)
+    return ProjectPaths(arguments.root)

@@ -85,6 +85,7 @@ def _synthetic(data: DataParams, staging: Path) -> list[Entry]:
         synthetic.difficulty,
         synthetic.seed,
         workers=0,
+        exposure=synthetic.exposure,
     )
     return [
         Entry(path.relative_to(staging).as_posix(), path.parent.name)

@@ -52,12 +52,20 @@ OPACITY_AMPLITUDE = (0.05, 0.24)
 
 
 def render_phantom(
-    label: str, rng: np.random.Generator, image_size: int, difficulty: float
+    label: str,
+    rng: np.random.Generator,
+    image_size: int,
+    difficulty: float,
+    exposure: float = 1.0,
 ) -> np.ndarray:
-    """Return one grayscale uint8 (image_size, image_size) phantom with the findings of `label`."""
+    """Return one grayscale uint8 (image_size, image_size) phantom with the findings of `label`.
+
+    `exposure` multiplies every intensity before the 8-bit rounding: another scanner's gain.
+    """
     _check_label(label)
     _check_image_size(image_size)
     _check_difficulty(difficulty)
+    _check_exposure(exposure)
 
     # Three independent streams drawn up front: pose/anatomy and noise never depend on the
     # label, so for one rng state every class shares the exact same patient and nuisances
@@ -70,7 +78,7 @@ def render_phantom(
     u, v = _posed_coordinates(anatomy_rng, image_size)
     image, lungs = _draw_anatomy(u, v, anatomy_rng)
     image = image + _draw_findings(label, u, v, lungs, finding_rng, image_size, difficulty)
-    return _acquire(image, noise_rng, image_size)
+    return _acquire(image, noise_rng, image_size, exposure)
 
 
 def write_phantom_dataset(
@@ -80,10 +88,12 @@ def write_phantom_dataset(
     difficulty: float,
     seed: int,
     workers: int = 1,
+    exposure: float = 1.0,
 ) -> dict[str, int]:
     """Write counts[label] PNGs as target_dir/<label>/<label>_<index:05d>.png; return the counts.
 
     `workers` processes draw them (0 = one per core); the bytes are the same for any number.
+    `exposure` is the detector gain (render_phantom); 1.0 gives the pinned default bytes.
     """
     # Validate everything before writing anything so a bad call leaves no partial dataset.
     for label, count in counts.items():
@@ -92,6 +102,7 @@ def write_phantom_dataset(
             raise ValueError(f"counts[{label!r}] must be an integer >= 0, got {count!r}")
     _check_image_size(image_size)
     _check_difficulty(difficulty)
+    _check_exposure(exposure)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
 
@@ -112,7 +123,11 @@ def write_phantom_dataset(
     # or in what order; small datasets stay in this process (a worker takes a second to start).
     workers = min(workers or available_cores(), len(jobs) // IMAGES_PER_WORKER_START)
     draw = functools.partial(
-        _write_one_phantom, image_size=image_size, difficulty=difficulty, seed=int(seed)
+        _write_one_phantom,
+        image_size=image_size,
+        difficulty=difficulty,
+        seed=int(seed),
+        exposure=float(exposure),
     )
     for _ in map_in_processes(draw, jobs, workers, preload=["cxr.data.phantoms"]):
         pass
@@ -120,13 +135,17 @@ def write_phantom_dataset(
 
 
 def _write_one_phantom(
-    job: tuple[Path, str, int, int], image_size: int, difficulty: float, seed: int
+    job: tuple[Path, str, int, int],
+    image_size: int,
+    difficulty: float,
+    seed: int,
+    exposure: float = 1.0,
 ) -> None:
     path, label, class_index, index = job
     # One generator per image keyed by (seed, class, index): an image's bytes do not depend on
     # how many images of other classes (or before it) were requested.
     rng = np.random.default_rng([seed, class_index, index])
-    _write_png_atomically(path, render_phantom(label, rng, image_size, difficulty))
+    _write_png_atomically(path, render_phantom(label, rng, image_size, difficulty, exposure))
 
 
 def _check_label(label: str) -> None:
@@ -144,6 +163,12 @@ def _check_difficulty(difficulty: float) -> None:
     # Written so that NaN also fails the range test.
     if isinstance(difficulty, bool) or not (0.0 <= difficulty <= 1.0):
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty!r}")
+
+
+def _check_exposure(exposure: float) -> None:
+    # Written so that NaN also fails the range test.
+    if isinstance(exposure, bool) or not (0.0 < exposure <= 4.0):
+        raise ValueError(f"exposure must be in (0, 4], got {exposure!r}")
 
 
 def _write_png_atomically(path: Path, pixels: np.ndarray) -> None:
@@ -495,8 +520,10 @@ def _lung_opacity(
     return amplitude * rng.uniform(0.85, 1.0) * region * texture
 
 
-def _acquire(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Detector effects: slight blur, random brightness/contrast/gamma, noise, 8-bit."""
+def _acquire(
+    image: np.ndarray, rng: np.random.Generator, size: int, exposure: float = 1.0
+) -> np.ndarray:
+    """Detector effects: slight blur, random brightness/contrast/gamma, noise, gain, 8-bit."""
     scale = size / REFERENCE_SIZE
     image = ndimage.gaussian_filter(image, rng.uniform(0.5, 1.0) * scale)
     image = power(np.clip(image, 0.0, 1.0), rng.uniform(0.85, 1.15))
@@ -504,4 +531,6 @@ def _acquire(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarr
     brightness = rng.normal(0.0, 0.05)
     image = (image - 0.35) * contrast + 0.35 + brightness
     image = image + rng.normal(0.0, rng.uniform(0.012, 0.035), size=image.shape)
+    if exposure != 1.0:  # skipped at 1.0, so the default phantoms keep their pinned bytes
+        image = image * exposure
     return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -27,19 +27,23 @@ from cxr.evaluation.statistics import calibration_bins, expected_calibration_err
 
 
 def draw_confusion(
-    true: np.ndarray, predicted: np.ndarray, names: list[str], path: Path
+    true: np.ndarray, predicted: np.ndarray, names: list[str], path: Path, images: str = "Test"
 ) -> np.ndarray:
-    """Save the confusion matrix as a PNG; return it."""
+    """Save the confusion matrix as a PNG, titled after the `images` scored; return it."""
     matrix = confusion_matrix(true, predicted, labels=list(range(len(names))))
     figure, axis = plt.subplots(figsize=(1.6 * len(names) + 2, 1.4 * len(names) + 2))
     ConfusionMatrixDisplay(matrix, display_labels=names).plot(ax=axis, cmap="Blues", colorbar=False)
-    axis.set_title("Test confusion matrix")
+    axis.set_title(f"{images} confusion matrix")
     save_figure(figure, path)
     return np.asarray(matrix)
 
 
 def draw_curves(
-    true: np.ndarray, probabilities: np.ndarray, names: list[str], reports_dir: Path
+    true: np.ndarray,
+    probabilities: np.ndarray,
+    names: list[str],
+    reports_dir: Path,
+    images: str = "Test",
 ) -> None:
     """ROC and precision-recall curves, one line per class (one vs rest), as two PNGs."""
     for kind, display, title in (
@@ -57,7 +61,7 @@ def draw_curves(
                     ax=axis,
                     plot_chance_level=False,
                 )
-        axis.set_title(f"Test {title}")
+        axis.set_title(f"{images} {title}")
         save_figure(figure, reports_dir / f"{kind}_curves.png")
 
 

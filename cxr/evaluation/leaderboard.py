@@ -19,7 +19,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cxr.core.params import CompareParams
+from cxr.core.params import CompareParams, external_metric
 from cxr.evaluation.statistics import INTERVAL_METRICS, mcnemar_exact
 from cxr.tracking import ENSEMBLE_MODEL, PREDICTIONS_ARTIFACT
 
@@ -42,6 +42,29 @@ LEADERBOARD_COLUMNS = {
     "start_time": "started",
 }
 EXCLUDED_COLUMNS = ("model", "data_fingerprint", "run_id", "reason")
+# Per external dataset (evaluate.external.<name>): what evaluate logged as external_<name>_<key>.
+EXTERNAL_METRICS = (
+    *(
+        f"{name}{end}"
+        for name in ("accuracy", "f1_macro", "roc_auc_ovr")
+        for end in ("", "_ci_low", "_ci_high")
+    ),
+    "balanced_accuracy",
+    "covid_sensitivity",
+    "accuracy_drop",
+    "source_shortcut_accuracy",
+    "source_shortcut_accuracy_ci_low",
+    "source_shortcut_accuracy_ci_high",
+)
+
+
+def external_columns(external: Sequence[str]) -> dict[str, str]:
+    """The run columns of the external datasets' metrics and their leaderboard names."""
+    return {
+        f"metrics.{external_metric(name, key)}": external_metric(name, key)
+        for name in external
+        for key in EXTERNAL_METRICS
+    }
 
 
 def with_model_tag(runs: pd.DataFrame) -> pd.DataFrame:
@@ -68,11 +91,17 @@ def evaluated_runs(experiment_id: str) -> pd.DataFrame:
     return runs[runs[MODEL_TAG] != ENSEMBLE_MODEL]
 
 
-def leaderboard(runs: pd.DataFrame, fingerprint: str, rank_by: str) -> pd.DataFrame:
-    """The latest of the evaluated `runs` of each model on data `fingerprint`, best first."""
+def leaderboard(
+    runs: pd.DataFrame, fingerprint: str, rank_by: str, external: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The latest of the evaluated `runs` of each model on data `fingerprint`, best first.
+
+    With the metrics of the `external` datasets as columns (blank for a run not scored on one).
+    """
     if "tags.data_fingerprint" in runs:
         runs = runs[runs["tags.data_fingerprint"] == fingerprint]
-    runs = runs.reindex(columns=list(LEADERBOARD_COLUMNS)).rename(columns=LEADERBOARD_COLUMNS)
+    columns = LEADERBOARD_COLUMNS | external_columns(external)
+    runs = runs.reindex(columns=list(columns)).rename(columns=columns)
     board = runs.drop_duplicates("model").sort_values(
         rank_by, ascending=False, na_position="last", kind="stable"
     )
@@ -198,8 +227,14 @@ def _with_interval(board: pd.DataFrame, name: str) -> list[str]:
     return cells
 
 
-def markdown_table(board: pd.DataFrame, significance: float = 0.05) -> str:
-    """The leaderboard as a Markdown table, the best marked with a star."""
+def markdown_table(
+    board: pd.DataFrame, significance: float = 0.05, external: Sequence[str] = ()
+) -> str:
+    """The leaderboard as a Markdown table, the best marked with a star.
+
+    Each external dataset adds its accuracy [95% CI], the drop from the internal test accuracy
+    and the source shortcut accuracy, after the internal columns.
+    """
 
     def number(column: str, digits: int) -> list[str]:
         values = board[column] if column in board else pd.Series([None] * len(board))
@@ -210,6 +245,15 @@ def markdown_table(board: pd.DataFrame, significance: float = 0.05) -> str:
             return ""
         return f"{value:.3g}{' (significant)' if value < significance else ''}"
 
+    external_cells: dict[str, list[str]] = {}
+    for name in external:
+        external_cells[f"{name} accuracy [95% CI]"] = _with_interval(
+            board, external_metric(name, "accuracy")
+        )
+        external_cells[f"{name} drop"] = number(external_metric(name, "accuracy_drop"), 3)
+        external_cells[f"{name} shortcut"] = number(
+            external_metric(name, "source_shortcut_accuracy"), 3
+        )
     table = pd.DataFrame(
         {
             "model": [
@@ -230,10 +274,24 @@ def markdown_table(board: pd.DataFrame, significance: float = 0.05) -> str:
             "McNemar p vs best": [
                 p_value(value) for value in board.get("mcnemar_p", [None] * len(board))
             ],
+            **external_cells,
             "run": board["run_id"].astype(str).str[:8],
         }
     )
     return table.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def external_note(external: Sequence[str]) -> str:
+    """What the external columns of leaderboard.md mean ('' without external datasets)."""
+    if not external:
+        return ""
+    return (
+        f"External datasets ({', '.join(external)}; evaluate.external): `<name> accuracy` on its "
+        "images (on the classes it shares with the model), `drop` = internal test accuracy minus "
+        "it on the same classes, `shortcut` = cross-validated accuracy of pixel_logreg telling "
+        "its images from the training source's (about 0.5: hard to tell apart; near 1.0: a "
+        "shortcut trap). See reports/external/<name>/summary.md."
+    )
 
 
 def leaderboard_markdown(
@@ -243,6 +301,7 @@ def leaderboard_markdown(
     settings: CompareParams,
     champion: str,
     ensemble: str,
+    external: Sequence[str] = (),
 ) -> str:
     """reports/compare/leaderboard.md: the ranked table, the ensemble, excluded runs, champion."""
     excluded_text = (
@@ -254,18 +313,31 @@ def leaderboard_markdown(
         f"Leaderboard on data fingerprint `{fingerprint}`, ranked by {settings.rank_by} (* = best; "
         f"95% bootstrap CIs; McNemar exact test vs the best on the shared test images, "
         f"significant below {settings.significance})\n\n"
-        + markdown_table(board, settings.significance)
+        + markdown_table(board, settings.significance, external)
         + f"\n{ensemble}\n"
+        + (f"\n{external_note(external)}" if external else "")
         + excluded_text
         + f"\n\n{champion}\n"
     )
 
 
-def board_entry(row: pd.Series) -> dict[str, Any]:
-    """One leaderboard row as JSON values (None for what was not logged)."""
+def board_entry(row: pd.Series, external: Sequence[str] = ()) -> dict[str, Any]:
+    """One leaderboard row as JSON values (None for what was not logged).
+
+    The external datasets' metrics go under `external`, by dataset name.
+    """
     entry: dict[str, Any] = {
         name: None if pd.isna(row[name]) else float(row[name]) for name in METRICS
     }
+    if external:
+        entry["external"] = {
+            name: {
+                key: None if pd.isna(value) else float(value)
+                for key in EXTERNAL_METRICS
+                for value in [row.get(external_metric(name, key))]
+            }
+            for name in external
+        }
     entry["parameters"] = None if pd.isna(row["parameters"]) else int(row["parameters"])
     entry["mcnemar_p_vs_best"] = None if row["mcnemar_p"] is None else float(row["mcnemar_p"])
     entry["significant"] = bool(row["significant"])
@@ -289,6 +361,7 @@ def leaderboard_json(
     fingerprint: str,
     champion: dict[str, Any],
     ensemble: str,
+    external: Sequence[str] = (),
 ) -> dict[str, Any]:
     """metrics/compare.json: the best model, every model's entry, the ensemble, excluded, champion.
 
@@ -300,7 +373,7 @@ def leaderboard_json(
         "data_fingerprint": fingerprint,
         "models": len(single),
         "best_model": single["model"].iloc[0] if len(single) else None,
-        "leaderboard": {row["model"]: board_entry(row) for _, row in single.iterrows()},
+        "leaderboard": {row["model"]: board_entry(row, external) for _, row in single.iterrows()},
         "ensemble": ensemble_entry(averaged.iloc[0]) if len(averaged) else None,
         "ensemble_note": ensemble,
         "excluded": excluded.to_dict(orient="records"),

@@ -9,9 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cxr.core.errors import ParamsError, PipelineError
-from cxr.core.params import Params, flatten_params, load_params, parse_params
+from cxr.core.params import (
+    EXTERNAL_DATA_DEFAULTS,
+    Params,
+    flatten_params,
+    load_params,
+    parse_params,
+)
 from cxr.core.registry import BACKBONES, PHANTOM_CLASSES
 
 
@@ -420,3 +427,68 @@ def test_ensemble_size_zero_turns_the_row_off_and_tta_loads(
     # When the params are parsed, then they are kept as written
     params = parse_params(valid_params_dict)
     assert (params.compare.ensemble_size, params.evaluate.tta) == (0, True)
+
+
+def test_an_external_dataset_needs_only_its_source(valid_params_dict: dict[str, Any]) -> None:
+    # Given an external dataset naming its source and one option
+    valid_params_dict["evaluate"]["external"] = {
+        "site_b": {"source": "../site-b", "label_map": {"Pneumonia": "viral_pneumonia"}},
+        "phantoms-7": {"source": "synthetic", "synthetic": {"seed": 7, "exposure": 1.3}},
+    }
+
+    # When params are parsed
+    external = parse_params(valid_params_dict).evaluate.external
+
+    # Then every other option takes the data defaults; a nested section is merged key by key
+    assert external["site_b"].layout == "auto" and external["site_b"].classes == []
+    assert external["site_b"].label_map == {"Pneumonia": "viral_pneumonia"}
+    synthetic = external["phantoms-7"].synthetic
+    assert (synthetic.seed, synthetic.exposure, synthetic.image_size) == (7, 1.3, 128)
+
+
+def test_external_defaults_are_the_data_defaults_of_params_yaml(project_root: Path) -> None:
+    # Given the data section of the committed params.yaml (the documented defaults)
+    data = yaml.safe_load((project_root / "params.yaml").read_text(encoding="utf-8"))["data"]
+
+    # Then an external dataset's defaults are those values, its source aside
+    assert {key: value for key, value in data.items() if key != "source"} == (
+        EXTERNAL_DATA_DEFAULTS
+    )
+
+
+@pytest.mark.parametrize(
+    ("external", "expected"),
+    [
+        ({"site_b": {}}, "evaluate.external.site_b.source: missing"),
+        ({"site_b": {"source": "x", "layout": "flat"}}, "evaluate.external.site_b.layout = 'flat'"),
+        ({"site_b": {"source": "x", "resize": "pad"}}, "evaluate.external.site_b.resize: unknown"),
+        ({"site_b": {"source": "x", "classes": ["covid"]}}, "evaluate.external.site_b.classes"),
+        ({"site b": {"source": "x"}}, "dataset name 'site b': use letters, digits"),
+        ({"site_b": "../site-b"}, "evaluate.external.site_b = '../site-b'"),
+    ],
+)
+def test_bad_external_datasets_are_one_line_errors_naming_the_key(
+    valid_params_dict: dict[str, Any], external: dict[str, Any], expected: str
+) -> None:
+    # Given an external dataset with a missing, unknown or bad option, or a bad name
+    valid_params_dict["evaluate"]["external"] = external
+
+    # Then loading stops in one line naming the key
+    assert expected in _params_error(valid_params_dict)
+
+
+def test_rank_by_may_name_an_external_dataset_metric(valid_params_dict: dict[str, Any]) -> None:
+    # Given an external dataset site_b
+    valid_params_dict["evaluate"]["external"] = {"site_b": {"source": "synthetic"}}
+
+    # When compare ranks by its macro F1, it loads
+    valid_params_dict["compare"]["rank_by"] = "external_site_b_f1_macro"
+    assert parse_params(valid_params_dict).compare.rank_by == "external_site_b_f1_macro"
+
+    # Then a dataset that is not there, or a metric that is not ranked, is one line
+    valid_params_dict["compare"]["rank_by"] = "external_site_c_accuracy"
+    message = _params_error(valid_params_dict)
+    assert "compare.rank_by = 'external_site_c_accuracy': names no evaluate.external" in message
+    assert "evaluate.external holds site_b" in message
+    valid_params_dict["compare"]["rank_by"] = "external_site_b_accuracy_drop"
+    assert "external_<name>_<metric>" in _params_error(valid_params_dict)

@@ -459,3 +459,21 @@ def test_several_processes_write_the_same_bytes_as_one(tmp_path: Path) -> None:
     # Then the counts and every file's bytes agree
     assert written == counts
     assert _tree_digests(tmp_path / "one") == _tree_digests(tmp_path / "two")
+
+
+def test_exposure_is_another_scanners_gain_and_one_keeps_the_default_bytes() -> None:
+    # Given one patient drawn at the default exposure, at 1.0 explicitly, and brighter
+    def draw(exposure: float | None) -> np.ndarray:
+        rng = np.random.default_rng([2026, 0, 3])
+        if exposure is None:
+            return render_phantom("covid", rng, 64, 0.5)
+        return render_phantom("covid", rng, 64, 0.5, exposure)
+
+    default, same, brighter = draw(None), draw(1.0), draw(1.3)
+
+    # Then 1.0 is the default bytes, and a higher gain brightens the same anatomy
+    np.testing.assert_array_equal(default, same)
+    assert brighter.mean() > default.mean() * 1.15
+    assert np.corrcoef(default.ravel(), brighter.ravel())[0, 1] > 0.95
+    with pytest.raises(ValueError, match="exposure must be in"):
+        render_phantom("covid", np.random.default_rng(0), 64, 0.5, 0.0)

@@ -1,6 +1,8 @@
 import pandas as pd
 import pytest
 from evaluation_fixtures import log_run
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
 from cxr.core.params import CompareParams
 from cxr.evaluation.leaderboard import (
@@ -147,3 +149,50 @@ def test_ensemble_runs_are_not_ranked_as_models(tmp_path, store):
     runs = evaluated_runs(experiment_id)
     assert leaderboard(runs, "data-a", "test_accuracy")["model"].tolist() == ["vgg16"]
     assert excluded_runs(runs, "data-a").empty
+
+
+def test_external_columns_show_beside_the_internal_ones_and_may_rank(tmp_path, store):
+    # given two models on the same data, the internal best doing worse on site_b's images
+    experiment_id = use_experiment("cxr-external", tmp_path, store)
+    internal_best, _ = log_run(experiment_id, "vgg16", "data-a", 0.95)
+    external_best, _ = log_run(experiment_id, "pixel_logreg", "data-a", 0.85)
+    for run_id, accuracy in ((internal_best, 0.55), (external_best, 0.75)):
+        MlflowClient().log_batch(
+            run_id,
+            metrics=[
+                Metric(key, value, 0, 0)
+                for key, value in {
+                    "external_site_b_accuracy": accuracy,
+                    "external_site_b_accuracy_ci_low": accuracy - 0.1,
+                    "external_site_b_accuracy_ci_high": accuracy + 0.1,
+                    "external_site_b_accuracy_drop": 0.95 - accuracy,
+                    "external_site_b_source_shortcut_accuracy": 0.98,
+                }.items()
+            ],
+        )
+    runs = evaluated_runs(experiment_id)
+    # when the leaderboard is built with site_b, ranked by the internal metric
+    board = leaderboard(runs, "data-a", "test_accuracy", external=["site_b"])
+    # then the ranking is the internal one and site_b's figures are columns
+    assert board["model"].tolist() == ["vgg16", "pixel_logreg"]
+    assert board["external_site_b_accuracy"].tolist() == pytest.approx([0.55, 0.75])
+    table = markdown_table(with_mcnemar(board, experiment_id, 0.05), external=["site_b"])
+    assert "site_b accuracy [95% CI]" in table and "0.550 [0.450, 0.650]" in table
+    assert "site_b drop" in table and "site_b shortcut" in table and "0.980" in table
+    settings = CompareParams(
+        rank_by="test_accuracy", significance=0.05, registered_model="cxr", ensemble_size=0
+    )
+    board = with_mcnemar(board, experiment_id, 0.05)
+    excluded = excluded_runs(runs, "data-a")
+    markdown = leaderboard_markdown(board, excluded, "data-a", settings, "", "", ["site_b"])
+    assert "External datasets (site_b; evaluate.external)" in markdown
+    summary = leaderboard_json(board, excluded, "data-a", {}, "", ["site_b"])
+    site_b = summary["leaderboard"]["pixel_logreg"]["external"]["site_b"]
+    assert site_b["accuracy"] == pytest.approx(0.75) and site_b["roc_auc_ovr"] is None
+    # and when compare ranks by site_b's accuracy, the model better there comes first
+    by_site_b = leaderboard(runs, "data-a", "external_site_b_accuracy", external=["site_b"])
+    assert by_site_b["model"].tolist() == ["pixel_logreg", "vgg16"]
+    assert draw_leaderboard(by_site_b, "external_site_b_accuracy", "data-a") is not None
+    # and without external datasets nothing changes in the table
+    internal_only = leaderboard(runs, "data-a", "test_accuracy")
+    assert "site_b" not in markdown_table(with_mcnemar(internal_only, experiment_id, 0.05))

@@ -22,9 +22,27 @@ def _lock_stages() -> dict[str, Any]:
     return _load("dvc.lock")["stages"]
 
 
-def _dotted(params: dict[str, Any], key: str) -> Any:
+def _locked(stage: str) -> list[tuple[str, dict[str, Any]]]:
+    """The lock entries of a dvc.yaml stage: itself, or external@<name> for each foreach item."""
+    return [
+        (name, entry)
+        for name, entry in _lock_stages().items()
+        if name == stage or name.startswith(f"{stage}@")
+    ]
+
+
+def _declared_deps(stage: str, name: str) -> set[str]:
+    """dvc.yaml's deps of a lock entry, ${key} replaced by its foreach key."""
+    body = _load("dvc.yaml")["stages"][stage]
+    deps = body.get("do", body).get("deps", [])
+    return {dep.replace("${key}", name.partition("@")[2]) for dep in deps}
+
+
+def _dotted(params: dict[str, Any], key: str, missing: Any = None) -> Any:
     value: Any = params
     for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return missing
         value = value[part]
     return value
 
@@ -34,7 +52,8 @@ def test_every_code_dep_in_dvc_lock_has_the_committed_files_md5(stage: str) -> N
     # Given the stage's code deps as dvc.lock recorded them
     recorded = {
         dep["path"]: dep["md5"]
-        for dep in _lock_stages()[stage]["deps"]
+        for _, entry in _locked(stage)
+        for dep in entry["deps"]
         if dep["path"].startswith(CODE_FOLDERS)
     }
 
@@ -52,17 +71,27 @@ def test_every_code_dep_in_dvc_lock_has_the_committed_files_md5(stage: str) -> N
 
 @pytest.mark.parametrize("stage", sorted(_load("dvc.yaml")["stages"]))
 def test_dvc_lock_lists_exactly_the_deps_of_dvc_yaml(stage: str) -> None:
-    declared = set(_load("dvc.yaml")["stages"][stage].get("deps", []))
-    locked = {dep["path"] for dep in _lock_stages()[stage]["deps"]}
-    assert locked == declared, f"dvc.lock and dvc.yaml disagree on {stage!r}'s deps; run dvc repro"
+    # A foreach stage (external) has one entry per item, none while its mapping is empty.
+    for name, entry in _locked(stage):
+        locked = {dep["path"] for dep in entry["deps"]}
+        declared = _declared_deps(stage, name)
+        assert locked == declared, (
+            f"dvc.lock and dvc.yaml disagree on {name!r}'s deps; run dvc repro"
+        )
 
 
 @pytest.mark.parametrize("stage", sorted(_load("dvc.yaml")["stages"]))
 def test_dvc_lock_params_equal_params_yaml(stage: str) -> None:
     # Given the params values dvc.lock recorded for the stage
-    recorded = _lock_stages()[stage].get("params", {}).get("params.yaml", {})
+    recorded = {
+        key: value
+        for _, entry in _locked(stage)
+        for key, value in entry.get("params", {}).get("params.yaml", {}).items()
+    }
     params = _load("params.yaml")
 
-    # Then params.yaml still holds the same values
-    changed = sorted(key for key, value in recorded.items() if _dotted(params, key) != value)
+    # Then params.yaml still holds the same values (a dataset no longer there: changed too)
+    changed = sorted(
+        key for key, value in recorded.items() if _dotted(params, key, missing=None) != value
+    )
     assert not changed, f"params.yaml changed {changed} since dvc.lock ({stage!r}); run dvc repro"

@@ -6,9 +6,20 @@ import pytest
 import yaml
 from import_graph import ROOT, import_cycles, imported_files
 
-from cxr.core.paths import ProjectPaths
+from cxr.core.paths import ExternalDataPaths, ProjectPaths
 
+# The six entry points of stages/, and the stages of dvc.yaml in order: `external` is one stage
+# per external dataset (foreach over evaluate.external), run by the evaluate entry point.
 STAGE_NAMES = ["ingest", "build", "split", "train", "evaluate", "compare"]
+PIPELINE_STAGES = ["ingest", "build", "split", "train", "evaluate", "external", "compare"]
+# Each dvc.yaml stage's entry point and command.
+ENTRY_POINTS = {name: name for name in STAGE_NAMES} | {"external": "evaluate"}
+EXTERNAL_CMD = "python -m stages.evaluate --external ${key}"
+
+
+def stage_body(stage: dict) -> dict:
+    """A stage's cmd, deps, params and outputs: under `do` for a foreach stage."""
+    return stage.get("do", stage)
 
 
 @pytest.fixture(scope="module")
@@ -18,19 +29,22 @@ def pipeline() -> dict:
 
 def test_stage_order_and_commands(pipeline):
     # given dvc.yaml, then every stage is `python -m stages.<name>`, in pipeline order
-    assert list(pipeline["stages"]) == STAGE_NAMES
+    assert list(pipeline["stages"]) == PIPELINE_STAGES
     for name, stage in pipeline["stages"].items():
-        assert stage["cmd"] == f"python -m stages.{name}"
+        if name == "external":
+            assert stage["foreach"] == "${evaluate.external}"
+            assert stage["do"]["cmd"] == EXTERNAL_CMD
+        else:
+            assert stage["cmd"] == f"python -m stages.{name}"
 
 
-@pytest.mark.parametrize("name", STAGE_NAMES)
+@pytest.mark.parametrize("name", PIPELINE_STAGES)
 def test_code_deps_are_exactly_the_imported_modules(pipeline, name):
     # given a stage, when its imports are followed through the cxr package (lazy ones too),
     # then dvc.yaml lists exactly those files: nothing it does not run, nothing it runs missing
-    declared = {
-        dep for dep in pipeline["stages"][name]["deps"] if dep.startswith(("stages/", "cxr/"))
-    }
-    assert declared == imported_files(f"stages.{name}")
+    deps = stage_body(pipeline["stages"][name])["deps"]
+    declared = {dep for dep in deps if dep.startswith(("stages/", "cxr/"))}
+    assert declared == imported_files(f"stages.{ENTRY_POINTS[name]}")
 
 
 @pytest.mark.parametrize("name", ["ingest", "build", "split"])
@@ -60,7 +74,7 @@ def test_outputs_match_the_paths_module(pipeline):
     def declared(stage: str) -> set[str]:
         entries = []
         for kind in ("outs", "metrics", "plots"):
-            for entry in pipeline["stages"][stage].get(kind, []):
+            for entry in stage_body(pipeline["stages"][stage]).get(kind, []):
                 entries.append(entry if isinstance(entry, str) else next(iter(entry)))
         return set(entries)
 
@@ -93,10 +107,22 @@ def test_outputs_match_the_paths_module(pipeline):
         rel(paths.metrics("evaluate")),
         rel(paths.predictions),
     }
+    external = ExternalDataPaths(Path("."), "${key}")
+    assert declared("external") == {
+        rel(external.raw_dir),
+        rel(external.interim_dir),
+        rel(external.downloads_dir),
+        rel(external.external_metrics),
+        rel(external.external_reports),
+    }
+    # and everything external@<name> writes under data/ is in those folders
+    for path in (external.manifest, external.images_table, external.pixel_cache):
+        assert path.parent == external.interim_dir
     assert declared("compare") == {
         rel(paths.reports("compare") / "leaderboard.md"),
         rel(paths.reports("compare") / "leaderboard.png"),
         rel(paths.metrics("compare")),
+        rel(paths.metrics("external")),
     }
 
 
@@ -104,7 +130,9 @@ def test_declared_params_keys_exist(pipeline):
     # given params.yaml, then every params key a stage declares exists there, dotted keys too
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, stage in pipeline["stages"].items():
-        for key in stage.get("params", []):
+        for key in stage_body(stage).get("params", []):
+            # evaluate.external.${key}: one dataset of the (possibly empty) mapping
+            key = key.removesuffix(".${key}")
             value = params
             for part in key.split("."):
                 assert isinstance(value, dict) and part in value, f"{name}: {key} not in params"
@@ -114,3 +142,17 @@ def test_declared_params_keys_exist(pipeline):
 def test_compare_always_refreshes(pipeline):
     # compare reads MLflow runs DVC cannot see, so it must re-run every time
     assert pipeline["stages"]["compare"]["always_changed"] is True
+
+
+def test_the_external_stage_reads_only_its_own_dataset_and_runs_before_compare(pipeline):
+    # given the internal evaluate stage and the per-dataset external stage
+    stages = pipeline["stages"]
+    # then evaluate does not read evaluate.external (a new dataset must not re-run it) ...
+    assert not [key for key in stages["evaluate"]["params"] if key.startswith("evaluate.external")]
+    assert "evaluate" not in stages["evaluate"]["params"]
+    # ... the external stage reads its own dataset's options only ...
+    external = stages["external"]["do"]["params"]
+    assert "evaluate.external.${key}" in external and "evaluate.external" not in external
+    # ... and compare depends on the folder of their metrics, which exists with no dataset
+    assert "metrics/external" in stages["compare"]["deps"]
+    assert (ROOT / "metrics" / "external" / ".gitkeep").is_file()
