@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
 # The stages (entry points) and the cxr package they run.
 CODE_DIRS = ["stages", "cxr"]
+# The offline `dvc plots show` page that .dvc/config names (plots/offline.html).
+SUPPORT_DIRS = ["plots"]
 STAGES = ["ingest", "build", "split", "train", "evaluate", "compare"]
 
 
@@ -28,9 +34,15 @@ def copy_project(target: Path, params: dict[str, Any]) -> None:
         shutil.copytree(
             ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__")
         )
+    for support in SUPPORT_DIRS:
+        shutil.copytree(ROOT / support, target / support)
     for ignore in ROOT.glob("data/**/.gitignore"):
         (target / ignore.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ignore, target / ignore.relative_to(ROOT))
+    # Folders dvc.yaml depends on before any stage writes into them (compare: metrics/external).
+    for keep in ROOT.glob("metrics/**/.gitkeep"):
+        (target / keep.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(keep, target / keep.relative_to(ROOT))
     (target / ".dvc").mkdir()
     for name in ("config", ".gitignore"):
         shutil.copy2(ROOT / ".dvc" / name, target / ".dvc" / name)
@@ -72,3 +84,89 @@ def git_repo(repo: Path, env: dict[str, str]) -> None:
 def stages_run(output: str) -> list[str]:
     """Names of the stages DVC actually ran, from its log."""
     return re.findall(r"Running stage '(\w+)'", output)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), read from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name may hold spaces; the parent pid is the 2nd field after it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended while the table was read
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        below = children.get(queue.pop(), [])
+        found += below
+        queue += below
+    return found
+
+
+def stage_process(pid: int, stage: str) -> int | None:
+    """The process running `python -m stages.<stage>` below `pid`, None when none runs."""
+    for child in descendants(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-m" in argv and f"stages.{stage}".encode() in argv:
+            return child
+    return None
+
+
+def run_and_kill_stage(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    stage: str,
+    ready: Callable[[], bool],
+    delay: float,
+    timeout: float = 600,
+) -> str:
+    """Run a dvc command; SIGKILL its stage `stage` `delay` s after `ready()` first holds.
+
+    Only the stage's own process is killed, as the kernel's out-of-memory killer or `kill -9`
+    would; dvc sees the stage fail and exits. Returns dvc's output; fails the test if the stage
+    ended before it could be killed or dvc did not fail.
+    """
+    log = cwd.parent / f"{cwd.name}-{stage}-killed.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            victim = None
+            while victim is None or not ready():
+                assert process.poll() is None, f"{stage} ended before the kill:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"{stage} never got ready:\n{log.read_text()}"
+                victim = stage_process(process.pid, stage)
+                time.sleep(0.002)
+            time.sleep(delay)
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                raise AssertionError(f"{stage} ended before the kill:\n{log.read_text()}") from None
+            process.wait(timeout=timeout)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = log.read_text()
+    assert process.returncode != 0, f"{' '.join(args)} succeeded despite the kill:\n{output}"
+    return output
+
+
+def git_status(repo: Path, env: dict[str, str]) -> list[str]:
+    """`git status --porcelain` of `repo`, every untracked file listed on its own."""
+    output = run(["git", "status", "--porcelain", "--untracked-files=all"], repo, env)
+    return [line[3:] for line in output.splitlines() if line.strip()]
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by relative path: a folder's exact content."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
