@@ -60,7 +60,8 @@ def predict_files(
     grays, errors = [], []
     for file in files:
         try:
-            grays.append(decode_gray(file, max_pixels))
+            # Decoded as build decodes (a large JPEG at the scale the cache needs).
+            grays.append(decode_gray(file, max_pixels, predictor.record.cache_size))
             errors.append("")
         except UnusableImage as error:
             errors.append(str(error))

@@ -79,7 +79,9 @@ class ImageClassifier(PythonModel):  # type: ignore[misc]
             content = read_file(Path(path))
         else:
             raise UnusableImage("missing", "neither `image` bytes nor a `path` given")
-        return decode_bytes(content, self.max_pixels).pixels
+        # Decoded as build decodes (a large JPEG at the scale the cache needs).
+        cache_size = int(self.record.get("cache_size") or 0)  # 0: no draft (older records)
+        return decode_bytes(content, self.max_pixels, cache_size).pixels
 
 
 def result_table(probabilities: np.ndarray, errors: list[str], names: list[str]) -> pd.DataFrame:

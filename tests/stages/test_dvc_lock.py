@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[2]
 # Stage code lives here; data deps (data/...) are checked by DVC itself against the cache.
@@ -15,7 +15,9 @@ CODE_FOLDERS = ("stages/", "cxr/")
 
 
 def _load(name: str) -> dict[str, Any]:
-    return yaml.safe_load((ROOT / name).read_text(encoding="utf-8"))
+    # YAML 1.2, as DVC reads and writes these files: `1e-05` is a number there, a string in 1.1.
+    loaded: dict[str, Any] = YAML(typ="safe").load((ROOT / name).read_text(encoding="utf-8"))
+    return loaded
 
 
 def _lock_stages() -> dict[str, Any]:
