@@ -110,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"compare: {len(single)} model(s) on this data{averaged}, {best} "
         f"-> {paths.reports('compare')}"
     )
+    champion = read_json(paths.metrics("compare"))["champion"]
+    print(f"compare: {champion_summary(params.compare.registered_model, champion)}")
     return 0
 
 

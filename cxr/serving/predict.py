@@ -5,8 +5,11 @@
 
 (`python -m cxr.serving.predict ...` from the repository root does the same.)
 
-A folder is searched recursively for image files and its results also go to a CSV
-(--csv, default predictions.csv in the current directory).
+A folder is searched recursively for image files. One line per image goes to stdout; the
+table goes to a CSV only where --csv says. Grad-CAM overlays keep the images' paths relative to
+the given folder (the folder holding every input), so `Normal/0101.jpeg` and
+`Viral Pneumonia/0101.jpeg` give `Normal/0101.jpeg.gradcam.png` and
+`Viral Pneumonia/0101.jpeg.gradcam.png`, never one file over the other.
 """
 
 from __future__ import annotations
@@ -27,30 +30,38 @@ from cxr.evaluation.gradcam import NoFeatureMapError, gradcam_heatmaps, save_ove
 from cxr.serving.predictors import Predictor, load_predictor
 from cxr.serving.pyfunc import result_table
 
-DEFAULT_CSV = Path("predictions.csv")
+GRADCAM_SUFFIX = ".gradcam.png"
 
 
-def image_files(inputs: Sequence[Path]) -> tuple[list[Path], bool]:
-    """The files to classify (folders searched recursively) and whether a folder was given."""
-    files: list[Path] = []
-    folder_given = False
+def image_files(inputs: Sequence[Path]) -> dict[Path, Path]:
+    """The files to classify (folders searched recursively), each with its name for outputs.
+
+    The name is the file's path relative to the folder holding every input: the given folder
+    itself when one folder is given, the file's own folder for one file. Distinct files get
+    distinct names; a file given twice is classified once.
+    """
+    found: dict[Path, Path] = {}  # absolute path -> the path as given or found
+    roots: list[Path] = []
     for given in inputs:
         if given.is_dir():
-            folder_given = True
-            files.extend(
-                sorted(
-                    path
-                    for path in given.rglob("*")
-                    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-                )
+            root = given
+            files = sorted(
+                path
+                for path in given.rglob("*")
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
             )
         elif given.is_file():
-            files.append(given)
+            root, files = given.parent, [given]
         else:
             raise PipelineError(f"{given}: no such file or folder")
-    if not files:
+        # Lexical absolute paths (no symlinks resolved), so every file stays under its root.
+        roots.append(Path(os.path.abspath(root)))
+        for file in files:
+            found.setdefault(Path(os.path.abspath(file)), file)
+    if not found:
         raise PipelineError(f"no image files in {', '.join(str(given) for given in inputs)}")
-    return files, folder_given
+    base = Path(os.path.commonpath(roots))
+    return {file: absolute.relative_to(base) for absolute, file in found.items()}
 
 
 def predict_files(
@@ -71,20 +82,34 @@ def predict_files(
     return table, images
 
 
+def gradcam_file(out_dir: Path, name: Path) -> Path:
+    """Where the overlay of the image named `name` (see image_files) goes: its subfolders kept."""
+    return out_dir / name.parent / f"{name.name}{GRADCAM_SUFFIX}"
+
+
 def save_gradcams(
-    predictor: Predictor, table: pd.DataFrame, images: np.ndarray, out_dir: Path
+    predictor: Predictor,
+    table: pd.DataFrame,
+    images: np.ndarray,
+    names: Sequence[Path],
+    out_dir: Path,
 ) -> str:
-    """Save a Grad-CAM overlay per readable image into out_dir; return what was done."""
+    """Save a Grad-CAM overlay per readable image under out_dir; return what was done.
+
+    `names` holds each table row's name relative to the given folder (image_files), in order.
+    """
     readable = table[table["error"] == ""]
     chosen = [predictor.class_names.index(name) for name in readable["class"]]
     try:
         heatmaps = gradcam_heatmaps(predictor.model, images, chosen)
     except NoFeatureMapError as reason:
         return f"Grad-CAM unavailable for this model: {reason}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for (_, row), image, heatmap in zip(readable.iterrows(), images, heatmaps, strict=True):
-        caption = f"{Path(row['path']).name}: {row['class']} ({row['confidence']:.2f})"
-        save_overlay(image, heatmap, caption, out_dir / f"{Path(row['path']).stem}_gradcam.png")
+    for (position, row), image, heatmap in zip(readable.iterrows(), images, heatmaps, strict=True):
+        name = names[int(position)]
+        target = gradcam_file(out_dir, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        caption = f"{name.as_posix()}: {row['class']} ({row['confidence']:.2f})"
+        save_overlay(image, heatmap, caption, target)
     return f"Grad-CAM overlays of {len(readable)} image(s) -> {out_dir}"
 
 
@@ -108,8 +133,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="models",
         help="models/ (default), models/model.keras, runs:/<run_id> or models:/<name>@champion",
     )
-    parser.add_argument("--csv", type=Path, help="write the results here (default for folders)")
-    parser.add_argument("--gradcam", type=Path, help="save a Grad-CAM overlay per image here")
+    parser.add_argument("--csv", type=Path, help="also write the results as a table here")
+    parser.add_argument(
+        "--gradcam", type=Path, help="save a Grad-CAM overlay per image here (subfolders kept)"
+    )
     parser.add_argument(
         "--max-pixels", type=int, default=PILLOW_MAX_PIXELS, help="refuse larger images"
     )
@@ -122,17 +149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # MLflow draws a progress bar per artifact download; the results are the point here.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    files, folder_given = image_files(args.inputs)
+    files = image_files(args.inputs)
     predictor = load_predictor(args.model)
-    table, images = predict_files(predictor, files, args.max_pixels)
+    table, images = predict_files(predictor, list(files), args.max_pixels)
     for _, row in table.iterrows():
         print(describe(row, predictor.class_names))
-    csv = args.csv or (DEFAULT_CSV if folder_given else None)
-    if csv is not None:
-        write_table(csv, table)
-        print(f"predict: {len(table)} result(s) -> {csv}")
+    # No default file: a run from the repository root must not leave a table in it.
+    if args.csv is not None:
+        write_table(args.csv, table)
+        print(f"predict: {len(table)} result(s) -> {args.csv}")
     if args.gradcam is not None:
-        print(f"predict: {save_gradcams(predictor, table, images, args.gradcam)}")
+        names = list(files.values())
+        print(f"predict: {save_gradcams(predictor, table, images, names, args.gradcam)}")
     if (table["error"] != "").all():
         raise PipelineError("no given file could be read as an image")
     return 0

@@ -4,7 +4,10 @@ Input: a DataFrame with a column `image` (the bytes of a PNG/JPEG/... file; base
 JSON requests, as MLflow does for binary columns) or a column `path` (a file path readable by
 the serving process); a row uses `image` when it is set, else `path`.
 Output: one row per input row: `class`, `confidence`, `p_<class>` for every class, and `error`
-(empty, or why that image could not be read, in which case the class is empty).
+(empty, or why that image could not be read, in which case class and scores are None: null in
+the served model's JSON, never NaN, which strict JSON parsers refuse). The score columns hold
+Python floats or None (dtype object) whether or not a row failed, so their type never depends on
+the batch; `.astype(float)` gives NaN for the failed rows.
 Every image takes the training path: decode_bytes -> resize_square(cache_size) -> resize_batch.
 """
 
@@ -85,17 +88,22 @@ class ImageClassifier(PythonModel):  # type: ignore[misc]
 
 
 def result_table(probabilities: np.ndarray, errors: list[str], names: list[str]) -> pd.DataFrame:
-    """One output row per input row; rows with an error get an empty class and NaN scores."""
-    rows = len(errors)
-    full = np.full((rows, len(names)), np.nan)
-    ok = np.array([not error for error in errors], dtype=bool)
-    full[ok] = probabilities
-    chosen = np.nan_to_num(full, nan=-1.0).argmax(axis=1)
+    """One output row per input row; a row with an error has None as class and scores."""
+    readable = iter(np.asarray(probabilities, dtype=np.float64))
+    scores = [None if error else next(readable) for error in errors]
+
+    def column(values: list[Any]) -> pd.Series:
+        # dtype object keeps None as None; a float column would turn it into NaN.
+        return pd.Series(values, dtype=object)
+
     return pd.DataFrame(
         {
-            "class": [names[index] if good else "" for index, good in zip(chosen, ok, strict=True)],
-            "confidence": [float(full[i].max()) if ok[i] else np.nan for i in range(rows)],
-            **{f"p_{name}": full[:, column] for column, name in enumerate(names)},
+            "class": column([None if row is None else names[int(row.argmax())] for row in scores]),
+            "confidence": column([None if row is None else float(row.max()) for row in scores]),
+            **{
+                f"p_{name}": column([None if row is None else float(row[index]) for row in scores])
+                for index, name in enumerate(names)
+            },
             "error": errors,
         }
     )
@@ -106,11 +114,12 @@ def signature(names: list[str]) -> ModelSignature:
     inputs = Schema(
         [ColSpec("binary", "image", required=False), ColSpec("string", "path", required=False)]
     )
+    # Class and scores are null for a row whose image could not be read.
     outputs = Schema(
         [
-            ColSpec("string", "class"),
-            ColSpec("double", "confidence"),
-            *[ColSpec("double", f"p_{name}") for name in names],
+            ColSpec("string", "class", required=False),
+            ColSpec("double", "confidence", required=False),
+            *[ColSpec("double", f"p_{name}", required=False) for name in names],
             ColSpec("string", "error"),
         ]
     )

@@ -43,6 +43,9 @@ def test_predict_prints_each_image_and_writes_a_csv_for_a_folder(project, tmp_pa
     assert any("broken.png: unreadable (" in line for line in lines)
     table = pd.read_csv(csv, keep_default_na=False)
     assert len(table) == 6 and "notes.txt" not in " ".join(table["path"])
+    # the broken file's class and scores are empty cells, its reason in `error`
+    broken = table[table["path"].str.endswith("broken.png")].iloc[0]
+    assert broken["error"] and broken["class"] == "" and broken["p_covid"] == ""
     readable = table[table["error"] == ""]
     assert set(readable["class"]) <= set(NAMES)
     probabilities = readable[[f"p_{name}" for name in NAMES]].to_numpy(float)
@@ -66,8 +69,8 @@ def test_gradcam_overlays_for_a_cnn_and_a_reason_for_sklearn(project, tmp_path, 
     out = tmp_path / "cams"
     files = [str(incoming / "ward" / "scan_rgb.jpg"), str(incoming / "ward" / "broken.png")]
     assert main([*files, "--model", str(paths.models_dir), "--gradcam", str(out)]) == 0
-    assert [path.name for path in out.iterdir()] == ["scan_rgb_gradcam.png"]
-    assert Image.open(out / "scan_rgb_gradcam.png").format == "PNG"
+    assert [path.name for path in out.iterdir()] == ["scan_rgb.jpg.gradcam.png"]
+    assert Image.open(out / "scan_rgb.jpg.gradcam.png").format == "PNG"
     # a scikit-learn model has no feature map: said, not failed
     pixels = np.load(paths.pixel_cache)
     train = pd.read_parquet(paths.split_table("train"))
@@ -77,6 +80,54 @@ def test_gradcam_overlays_for_a_cnn_and_a_reason_for_sklearn(project, tmp_path, 
     assert main([files[0], "--model", str(models), "--gradcam", str(tmp_path / "none")]) == 0
     output = capsys.readouterr().out
     assert "Grad-CAM unavailable for this model" in output and "scan_rgb.jpg:" in output
+
+
+def test_gradcam_overlays_of_same_named_images_in_subfolders_never_overwrite_each_other(
+    project, tmp_path, capsys
+):
+    # given a folder as the COVID-19 Radiography Database ships it: the same file name in two
+    # class folders, and two files with one stem in the same folder
+    paths, test, _ = project
+    pixels = np.load(paths.pixel_cache)
+    scans = tmp_path / "scans"
+    chosen = {
+        "Normal/0101.jpeg": test["cache_index"].iloc[0],
+        "Viral Pneumonia/0101.jpeg": test["cache_index"].iloc[1],
+        "Viral Pneumonia/0101.png": test["cache_index"].iloc[2],
+    }
+    for name, index in chosen.items():
+        (scans / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[index]).convert("RGB").save(scans / name)
+    out = tmp_path / "cams"
+    # when it is classified with Grad-CAM overlays
+    assert main([str(scans), "--model", str(paths.models_dir), "--gradcam", str(out)]) == 0
+    # then every image has its own overlay, named by its path inside the folder
+    written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*.png"))
+    assert written == sorted(f"{name}.gradcam.png" for name in chosen)
+    assert "Grad-CAM overlays of 3 image(s)" in capsys.readouterr().out
+    # and given a file and a folder from different places, names start at their shared folder
+    capsys.readouterr()
+    both = tmp_path / "both"
+    single = scans / "Normal" / "0101.jpeg"
+    assert main([str(single), str(scans / "Viral Pneumonia"), "--model",
+                 str(paths.models_dir), "--gradcam", str(both)]) == 0  # fmt: skip
+    written = sorted(path.relative_to(both).as_posix() for path in both.rglob("*.png"))
+    assert written == sorted(f"{name}.gradcam.png" for name in chosen)
+
+
+def test_a_folder_without_csv_prints_its_results_and_writes_no_file(
+    project, tmp_path, monkeypatch, capsys
+):
+    # given a working directory such as the repository root
+    paths, _, incoming = project
+    workdir = tmp_path / "checkout"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    # when a folder is classified without --csv
+    assert main([str(incoming), "--model", str(paths.models_dir)]) == 0
+    # then the results are on stdout and nothing is left in the working directory
+    assert sum("scan" in line for line in capsys.readouterr().out.splitlines()) == 5
+    assert list(workdir.iterdir()) == []
 
 
 def test_bad_inputs_give_one_line_errors(project, tmp_path, capsys):

@@ -1,10 +1,13 @@
+import base64
 import io
+import json
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from evaluation_fixtures import NAMES, write_project
+from mlflow.pyfunc.scoring_server import invocations
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -55,9 +58,10 @@ def test_pyfunc_takes_raw_png_and_jpeg_bytes_or_paths(logged, tmp_path):
         pd.DataFrame({"image": [encoded(pixels[0], "PNG"), encoded(pixels[1], "PNG"), b"junk"]})
     )
     assert result["error"].iloc[2].startswith("not_an_image")
-    assert result["class"].iloc[2] == "" and np.isnan(result["p_covid"].iloc[2])
+    assert result["class"].iloc[2] is None and result["p_covid"].iloc[2] is None
     expected = local.predict_proba(local.prepare([pixels[0], pixels[1]]))
-    assert np.allclose(result[["p_covid", "p_normal"]].to_numpy()[:2], expected, atol=1e-5)
+    scores = result[["p_covid", "p_normal"]].to_numpy(float)[:2]
+    assert np.allclose(scores, expected, atol=1e-5)
     assert list(result["class"][:2]) == [NAMES[i] for i in expected.argmax(axis=1)]
     jpeg = tmp_path / "scan.jpg"
     jpeg.write_bytes(encoded(pixels[2], "JPEG"))
@@ -78,3 +82,37 @@ def test_predictors_and_predict_cli_load_runs_and_the_registry_champion(logged, 
     assert f"{file}: " in capsys.readouterr().out
     assert predict_main([str(file), "--model", "models:/cxr-serving@nobody"]) == 2
     assert "cannot load this MLflow model" in capsys.readouterr().err
+
+
+def strict_json(text: str):
+    """Parse JSON as a strict parser would: NaN and Infinity are not JSON."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_the_served_model_answers_null_and_the_reason_for_a_row_that_is_not_an_image(logged):
+    paths, _, model_uri, _ = logged
+    model = mlflow.pyfunc.load_model(model_uri)
+    pixels = np.load(paths.pixel_cache)
+    # given a JSON request as `mlflow models serve` takes it: one PNG, then a text file's bytes
+    rows = [encoded(pixels[0], "PNG"), b"patient notes, not an image"]
+    body = json.dumps(
+        {
+            "dataframe_split": {
+                "columns": ["image"],
+                "data": [[base64.b64encode(row).decode()] for row in rows],
+            }
+        }
+    )
+    # when the scoring server's /invocations handler answers it
+    answer = invocations(body, "application/json", model, model.metadata.get_input_schema())
+    # then the answer is strict JSON: the image gets a class, the text row nulls and its reason
+    assert answer.status == 200
+    image, text = strict_json(answer.response)["predictions"]
+    assert image["class"] in NAMES and image["error"] == ""
+    assert abs(image["p_covid"] + image["p_normal"] - 1) < 1e-4
+    assert text["error"].startswith("not_an_image")
+    assert [text[key] for key in ("class", "confidence", "p_covid", "p_normal")] == [None] * 4

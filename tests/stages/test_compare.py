@@ -72,7 +72,10 @@ def test_compare_stage_writes_metrics_markdown_chart_and_promotes(tmp_path, stor
     markdown = (paths.reports("compare") / "leaderboard.md").read_text()
     assert "efficientnetb0" in markdown and fingerprint in markdown
     assert "Excluded (other data" in markdown and "resnet50" in markdown
-    assert "Champion `cxr-stage@champion`: promoted (first champion)" in markdown
+    assert (
+        f"Champion `cxr-stage@champion`: promoted efficientnetb0 run {best[:8]} as version 1, "
+        "the first champion (test_accuracy 0.8500)"
+    ) in markdown
     assert (paths.reports("compare") / "leaderboard.png").stat().st_size > 0
     assert np.isfinite(metrics["leaderboard"]["efficientnetb0"]["test_accuracy_ci_low"])
     # no run logged probabilities, so there is no ensemble row, and the files say why
@@ -90,10 +93,15 @@ def test_main_reads_params_and_reports_an_empty_store(
     # when the stage runs
     assert main(["--root", str(tmp_path)]) == 0
     # then it says so, and writes an empty leaderboard with nothing promoted
-    assert "compare: 0 model(s) on this data, no evaluated runs yet" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "compare: 0 model(s) on this data, no evaluated runs yet" in printed
+    assert (
+        "compare: Champion `cxr-classifier@champion`: not eligible: metrics/evaluate.json names "
+        "no logged model (run evaluate first); no champion yet"
+    ) in printed
     metrics = json.loads(paths.metrics("compare").read_text())
     assert metrics["models"] == 0 and metrics["best_model"] is None
-    assert metrics["champion"]["action"] == "none"
+    assert metrics["champion"]["action"] == "not_eligible"
     assert (paths.reports("compare") / "leaderboard.md").is_file()
 
 
