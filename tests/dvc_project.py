@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -9,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,12 +68,54 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """Run a command, fail the test with its output if it fails, return stdout+stderr."""
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-4000:]}"
+def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> str:
+    """Run a command, fail the test with its output if it fails, return stdout+stderr.
+
+    The output goes through a file, not a pipe: a daemon the command leaves running (DVC's
+    queue workers) inherits it, and a pipe would keep this call waiting until that daemon
+    ends. A command still running after `timeout` s is killed with its process group and fails
+    the test, so a hang shows as a failure with its output instead of stalling the suite.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True
+        )
+        timed_out = False
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        out.seek(0)
+        err.seek(0)
+        output = out.read() + err.read()
+    assert not timed_out, (
+        f"{' '.join(args)} still running after {timeout} s, killed:\n{output[-4000:]}"
+    )
+    assert process.returncode == 0, f"{' '.join(args)} failed:\n{output[-4000:]}"
     return output
+
+
+def kill_processes_in(folder: Path) -> list[str]:
+    """SIGKILL every process whose working directory lies in `folder`; their command lines.
+
+    For daemons a test started there (DVC's queue workers start their own sessions, so no
+    process group reaches them); nothing the test started may outlive it.
+    """
+    folder = folder.resolve()
+    killed = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cwd = (entry / "cwd").resolve(strict=True)
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # ended meanwhile, or not ours to read
+        if int(entry.name) != os.getpid() and cwd.is_relative_to(folder):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(argv.strip())
+    return killed
 
 
 def git_repo(repo: Path, env: dict[str, str]) -> None:
