@@ -15,12 +15,16 @@ from cxr.core.errors import report_errors
 from cxr.core.outputs import write_json
 from cxr.core.params import load_params
 from cxr.core.paths import paths_from_argv
-from cxr.training.run import train_model
+from cxr.training.devices import avoid_empty_replica_batches
 
 
 @report_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the train stage from the repository root."""
+    avoid_empty_replica_batches(os.environ)
+    # Imported here, after the line above, which must run before TensorFlow loads.
+    from cxr.training.run import train_model
+
     paths = paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
     metrics = train_model(params, paths, dict(os.environ))

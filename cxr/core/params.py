@@ -451,7 +451,7 @@ class TrainParams(Section):
     )
     reduce_lr_patience: int = Field(ge=1)
     reduce_lr_factor: float = Field(gt=0.0, lt=1.0)
-    mixed_precision: Literal["auto", "on", "off"]
+    mixed_precision: Literal["auto", "off", "float16", "bfloat16"]
     deterministic: bool
     schedule: Literal["constant", "cosine", "adaptive"]
     cosine: CosineParams

@@ -1,15 +1,37 @@
-"""Which accelerator setup training uses, decided from the visible devices (testable anywhere)."""
+"""Which accelerator setup training uses, decided from the visible devices (testable anywhere).
+
+The environment says what the machine offers: the GPUs TensorFlow sees, `TF_CONFIG` (the
+workers of a multi-machine run, TensorFlow's own variable) and `CXR_CPU_DEVICES` (split the CPU
+into that many logical devices and mirror over them: multi-device training without GPUs, to
+check a distributed setup on a laptop or in CI).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from cxr.core.errors import PipelineError
 
 StrategyKind = Literal["default", "mirrored", "multi_worker"]
+Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+
+CPU_DEVICES_VARIABLE = "CXR_CPU_DEVICES"
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+
+# Keras 3 cannot fit under MultiWorkerMirroredStrategy (keras-team/keras#20585, open; seen
+# here with TensorFlow 2.21 and Keras 3.15): its train step reduces each scalar log with
+# strategy.reduce("MEAN", value, axis=0), which fails for a scalar, and its first symbolic
+# build reduces the input batch, which MultiWorkerMirroredStrategy cannot. Training across
+# machines therefore stops at once with this message instead of a traceback mid-fit;
+# tests/stages/test_train_distributed.py notices when a Keras release fixes it.
+MULTI_WORKER_BLOCKED = (
+    "TF_CONFIG names {workers}: Keras 3 cannot train under MultiWorkerMirroredStrategy yet "
+    "(keras-team/keras#20585); train on one machine (all its GPUs are mirrored) and unset "
+    "TF_CONFIG, or run several experiments at once with `dvc queue start -j N`"
+)
 
 # float16 runs on tensor cores from Volta (7.0) on; older GPUs emulate it and get slower.
 MIXED_PRECISION_CAPABILITY = (7, 0)
@@ -28,23 +50,48 @@ class AcceleratorPlan:
     """The distribution strategy, precision policy, XLA choice and a readable device text."""
 
     strategy: StrategyKind
-    mixed_precision: bool
+    precision: Precision
     jit_compile: bool
     device: str
+    cpu_devices: int = 1  # logical CPU devices to create (> 1 only when mirroring over the CPU)
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Whether compute runs in a 16-bit float (float16 or bfloat16)."""
+        return self.precision != "float32"
 
 
-def cluster_workers(tf_config: str) -> int:
-    """Number of workers TF_CONFIG declares (0 when unset)."""
+def _cluster_spec(tf_config: str) -> dict[str, Any]:
+    """TF_CONFIG parsed: {'cluster': {...}, 'task': {...}}; {} when unset."""
     if not tf_config.strip():
-        return 0
+        return {}
     try:
-        cluster = json.loads(tf_config).get("cluster", {})
-        return len(cluster.get("worker", []))
-    except (json.JSONDecodeError, AttributeError):
+        spec = json.loads(tf_config)
+        if not isinstance(spec, dict) or not isinstance(spec.get("cluster", {}), dict):
+            raise TypeError
+        return spec
+    except (json.JSONDecodeError, TypeError):
         raise PipelineError(
             f"TF_CONFIG = {tf_config[:60]!r}: not a JSON object with a cluster.worker list; "
             "fix it or unset it to train on this machine only"
         ) from None
+
+
+def cluster_workers(tf_config: str) -> int:
+    """Number of workers TF_CONFIG declares, the chief included (0 when unset)."""
+    cluster = _cluster_spec(tf_config).get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def cpu_devices(environ: Mapping[str, str]) -> int:
+    """Logical CPU devices CXR_CPU_DEVICES asks for (1 when unset)."""
+    value = environ.get(CPU_DEVICES_VARIABLE, "").strip() or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise PipelineError(
+            f"{CPU_DEVICES_VARIABLE} = {value!r}: a whole number of logical CPU devices, at "
+            "least 1 (2 or more mirrors training over them); unset it for the plain CPU"
+        )
+    return int(value)
 
 
 def _describe(gpu: Gpu) -> str:
@@ -54,14 +101,32 @@ def _describe(gpu: Gpu) -> str:
     return f"{gpu.name} (compute {gpu.compute_capability[0]}.{gpu.compute_capability[1]})"
 
 
+def avoid_empty_replica_batches(environ: MutableMapping[str, str]) -> bool:
+    """Turn TensorFlow's oneDNN CPU kernels off when mirroring over CPU devices; True if it did.
+
+    A batch smaller than the number of replicas (the last of an epoch) leaves a replica an empty
+    batch, and TensorFlow 2.21's oneDNN Conv2D returns its input unchanged for an empty batch
+    (shape (0, h, w, 3) instead of (0, h, w, filters)), so the next layer fails with "input
+    depth must be evenly divisible by filter depth". TensorFlow's own kernels are right. The
+    switch is read when TensorFlow loads, so this must run before it is imported; a value the
+    user set is left alone. GPUs do their convolutions in cuDNN and are unaffected.
+    (keras-team/keras#20585: found while running CXR_CPU_DEVICES=2 through the train stage.)
+    """
+    if ONEDNN_VARIABLE in environ or cpu_devices(environ) < 2:
+        return False
+    environ[ONEDNN_VARIABLE] = "0"
+    return True
+
+
 def plan_accelerators(
     gpus: Sequence[Gpu], mixed_precision: str, jit_compile: str, environ: Mapping[str, str]
 ) -> AcceleratorPlan:
-    """Decide strategy, precision and XLA from the GPUs, train.* switches and TF_CONFIG."""
+    """Decide strategy, precision and XLA from the GPUs, train.* switches and the environment."""
     workers = cluster_workers(environ.get("TF_CONFIG", ""))
+    logical_cpus = 1 if gpus else cpu_devices(environ)
     if workers > 1:
         strategy: StrategyKind = "multi_worker"
-    elif len(gpus) > 1:
+    elif len(gpus) > 1 or logical_cpus > 1:
         strategy = "mirrored"
     else:
         strategy = "default"
@@ -69,17 +134,28 @@ def plan_accelerators(
         gpu.compute_capability is not None and gpu.compute_capability >= MIXED_PRECISION_CAPABILITY
         for gpu in gpus
     )
-    use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and tensor_cores)
+    precision: Precision = "float32"
+    if mixed_precision == "bfloat16":
+        precision = "mixed_bfloat16"
+    elif mixed_precision == "float16" or (mixed_precision == "auto" and tensor_cores):
+        precision = "mixed_float16"
     # XLA compiles per device; keras turns it off under tf.distribute, and on a CPU the
     # compile time outweighs the gain for these models.
     use_jit = jit_compile == "on" or (
         jit_compile == "auto" and bool(gpus) and strategy == "default"
     )
-    device = f"{len(gpus)} GPU ({', '.join(_describe(gpu) for gpu in gpus)})" if gpus else "CPU"
+    if gpus:
+        device = f"{len(gpus)} GPU ({', '.join(_describe(gpu) for gpu in gpus)})"
+    else:
+        device = f"CPU ({logical_cpus} logical devices)" if logical_cpus > 1 else "CPU"
     if workers > 1:
         device += f", {workers} workers"
     return AcceleratorPlan(
-        strategy=strategy, mixed_precision=use_mixed, jit_compile=use_jit, device=device
+        strategy=strategy,
+        precision=precision,
+        jit_compile=use_jit,
+        device=device,
+        cpu_devices=logical_cpus,
     )
 
 
@@ -118,13 +194,45 @@ def build_info(gpu_used: bool) -> dict[str, str]:
 
 
 def apply_plan(plan: AcceleratorPlan) -> Any:
-    """Set the precision policy and return the tf.distribute strategy the plan names."""
+    """Set up the logical devices and precision policy; return the strategy the plan names.
+
+    Call it before TensorFlow runs anything: logical devices and a multi-worker strategy can
+    only be set up before its runtime starts.
+    """
     import keras
     import tensorflow as tf
 
-    keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")
+    cpu_names: list[str] = []
+    if plan.cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(plan.cpu_devices)]
+        )
+        cpu_names = [device.name for device in tf.config.list_logical_devices("CPU")]
+    keras.mixed_precision.set_global_policy(plan.precision)
     if plan.strategy == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if plan.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        return tf.distribute.MirroredStrategy(cpu_names or None)
     return tf.distribute.get_strategy()
+
+
+@dataclass(frozen=True)
+class Accelerators:
+    """The plan and the tf.distribute strategy it set up, for one training process."""
+
+    plan: AcceleratorPlan
+    strategy: Any
+
+
+def setup_accelerators(
+    mixed_precision: str, jit_compile: str, environ: Mapping[str, str]
+) -> Accelerators:
+    """Plan from the visible GPUs and the environment, then set it up: first thing in train.
+
+    Loading the training pixels already runs TensorFlow (resizing), so this comes before it.
+    """
+    plan = plan_accelerators(visible_gpus(), mixed_precision, jit_compile, environ)
+    if plan.strategy == "multi_worker":
+        raise PipelineError(MULTI_WORKER_BLOCKED.format(workers=plan.device.rsplit(", ", 1)[1]))
+    return Accelerators(plan, apply_plan(plan))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,7 @@ from cxr.models.classifier import (
     unfreeze_top_layers,
 )
 from cxr.models.layer_names import GOOGLENET_AUX_OUTPUTS
-from cxr.training.devices import (
-    AcceleratorPlan,
-    apply_plan,
-    build_info,
-    plan_accelerators,
-    visible_gpus,
-)
+from cxr.training.devices import AcceleratorPlan, Accelerators, build_info
 from cxr.training.features import extract_features, split_at_features, use_cached_features
 from cxr.training.inputs import TrainingData, array_dataset
 from cxr.training.result import FitResult
@@ -64,19 +58,20 @@ class EpochMetricsCallback(MlflowCallback):
     Its `optimizer_*` params repeat params.yaml (train.learning_rate, ...; the rate per epoch is
     the `learning_rate` curve), and the `validation_*` metrics it logs after every validation,
     all at step 0, repeat val_loss / val_accuracy: both are left out of the run. The model
-    summary is logged once, in the first phase.
+    summary is logged once, when the first phase begins.
     """
 
-    def __init__(self, log_summary: bool) -> None:
+    def __init__(self) -> None:
         super().__init__(log_every_epoch=True)
-        self.log_summary = log_summary
+        self.summary_logged = False
 
     def on_train_begin(self, logs: Any = None) -> None:
         """Log the model summary (first phase only), not the optimizer config."""
-        if self.log_summary:
+        if not self.summary_logged:
             lines: list[str] = []
             self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
             mlflow.log_text("\n".join(lines), artifact_file="model_summary.txt")
+            self.summary_logged = True
 
     def on_test_end(self, logs: Any = None) -> None:
         """Log nothing: the epoch's val_* metrics come with on_epoch_end, at their epoch."""
@@ -168,7 +163,7 @@ def phase_callbacks(
     work: Path,
     extra: Sequence[keras.callbacks.Callback],
 ) -> list[keras.callbacks.Callback]:
-    """Rate schedule, early stopping, best checkpoint, history, MLflow and resume callbacks."""
+    """Rate schedule, early stopping, best checkpoint, history, `extra` (MLflow) and resume."""
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=train.early_stopping_patience
     )
@@ -183,7 +178,6 @@ def phase_callbacks(
         early_stopping,
         checkpoint,
         keras.callbacks.CSVLogger(str(work / HISTORY_FILE), append=True),
-        EpochMetricsCallback(log_summary=phase.first_epoch == 0),
         *extra,
         # Always, so that any interrupted run can be resumed (cxr.training.resume); last, so
         # that it saves and restores the other callbacks' counters.
@@ -332,16 +326,19 @@ def read_history(csv: Path) -> pd.DataFrame:
 def fit_keras(
     params: Params,
     data: TrainingData,
-    environ: Mapping[str, str],
+    accelerators: Accelerators,
     work: Path,
     out_dir: Path,
     extra: Sequence[keras.callbacks.Callback] = (),
 ) -> FitResult:
-    """Build and fit the Keras classifier `params.model`; save it as <out_dir>/model.keras."""
+    """Build and fit the Keras classifier `params.model`; save it as <out_dir>/model.keras.
+
+    `accelerators` must have been set up before the data was loaded (setup_accelerators).
+    """
     train = params.train
+    plan, strategy = accelerators.plan, accelerators.strategy
     seed_everything(params.seed, train.deterministic)
-    plan = plan_accelerators(visible_gpus(), train.mixed_precision, train.jit_compile, environ)
-    strategy = apply_plan(plan)
+    extra = [EpochMetricsCallback(), *extra]  # the per-epoch curves, in the active MLflow run
     with strategy.scope():
         model, backbone, pretrained = build_classifier(
             params.model, train.image_size, data.class_names, train.weights, train.head,
@@ -369,7 +366,7 @@ def fit_keras(
         "cached_features": str(cached).lower(),
         "device": plan.device,
         "strategy": plan.strategy,
-        "mixed_precision": str(plan.mixed_precision).lower(),
+        "mixed_precision": plan.precision,
         "jit_compile": str(plan.jit_compile).lower(),
         **build_info(gpu_used=not plan.device.startswith("CPU")),
     }

@@ -15,6 +15,7 @@ from cxr.core.paths import ProjectPaths
 from cxr.core.registry import is_baseline
 from cxr.core.run_record import RunRecord, write_run_record
 from cxr.tracking import end_abandoned_runs, run_tags, use_experiment
+from cxr.training.devices import setup_accelerators
 from cxr.training.inputs import load_training_data
 from cxr.training.keras_fit import fit_keras
 from cxr.training.result import FitResult
@@ -34,6 +35,12 @@ def train_model(
     """
     baseline = is_baseline(params.model)
     image_size = params.train.baseline.image_size if baseline else params.train.image_size
+    # Devices first: logical CPU devices can only be set up before TensorFlow runs, and
+    # loading the pixels already runs it (resizing).
+    accelerators = None
+    if not baseline:
+        train = params.train
+        accelerators = setup_accelerators(train.mixed_precision, train.jit_compile, environ)
     data = load_training_data(paths, image_size)
     experiment_id = use_experiment(params.mlflow_experiment, paths.root, environ)
     tags = run_tags(params.model, data.fingerprint, paths.root, environ)
@@ -52,10 +59,10 @@ def train_model(
         # train.resume itself can differ, since the backup folder is keyed by all the others.
         logged = run.data.params
         mlflow.log_params({k: v for k, v in flatten_params(params).items() if k not in logged})
-        if baseline:
+        if accelerators is None:
             result = fit_baseline(params, data, staging)
         else:
-            result = fit_keras(params, data, environ, work, staging, extra_callbacks)
+            result = fit_keras(params, data, accelerators, work, staging, extra_callbacks)
         record = RunRecord(
             run_id=run.info.run_id,
             experiment_id=experiment_id,

@@ -7,7 +7,15 @@ import json
 import pytest
 
 from cxr.core.errors import PipelineError
-from cxr.training.devices import AcceleratorPlan, Gpu, plan_accelerators
+from cxr.training.devices import (
+    CPU_DEVICES_VARIABLE,
+    ONEDNN_VARIABLE,
+    AcceleratorPlan,
+    Gpu,
+    avoid_empty_replica_batches,
+    plan_accelerators,
+    setup_accelerators,
+)
 
 ONE_GPU = [Gpu("NVIDIA H100", (9, 0))]
 TWO_GPUS = [Gpu("NVIDIA A100", (8, 0)), Gpu("NVIDIA A100", (8, 0))]
@@ -21,23 +29,29 @@ def _tf_config(workers: int) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("mixed_precision", "expected"), [("auto", False), ("on", True), ("off", False)]
+    ("mixed_precision", "expected"),
+    [
+        ("auto", "float32"),
+        ("float16", "mixed_float16"),
+        ("bfloat16", "mixed_bfloat16"),
+        ("off", "float32"),
+    ],
 )
 def test_no_gpu_trains_on_cpu_with_the_default_strategy(
-    mixed_precision: str, expected: bool
+    mixed_precision: str, expected: str
 ) -> None:
     # Given no visible GPU and no cluster
     # When the accelerators are planned
     plan = plan_accelerators([], mixed_precision, "auto", {})
 
-    # Then training uses the CPU with the default strategy, mixed precision only when forced
+    # Then training uses the CPU with the default strategy, 16-bit floats only when asked
     assert plan == AcceleratorPlan(
-        strategy="default", mixed_precision=expected, jit_compile=False, device="CPU"
+        strategy="default", precision=expected, jit_compile=False, device="CPU"
     )
 
 
 @pytest.mark.parametrize(
-    ("mixed_precision", "expected"), [("auto", True), ("on", True), ("off", False)]
+    ("mixed_precision", "expected"), [("auto", True), ("float16", True), ("off", False)]
 )
 def test_one_gpu_uses_the_default_strategy_and_mixed_precision_under_auto(
     mixed_precision: str, expected: bool
@@ -116,7 +130,7 @@ def test_mixed_precision_auto_needs_tensor_cores_on_every_gpu() -> None:
 
     # Then float16 is not used (it would be emulated and slower), unless forced on
     assert [plan.mixed_precision for plan in plans] == [False, False, False]
-    assert plan_accelerators(OLD_GPU, "on", "auto", {}).mixed_precision is True
+    assert plan_accelerators(OLD_GPU, "float16", "auto", {}).precision == "mixed_float16"
     assert "Tesla P100 (compute 6.0)" in plans[0].device
 
 
@@ -129,3 +143,65 @@ def test_xla_is_on_for_one_gpu_under_auto_and_follows_on_off(
 ) -> None:
     # Given a CPU or one GPU, When planned with train.jit_compile, Then XLA follows it
     assert plan_accelerators(gpus, "off", jit_compile, {}).jit_compile is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "mirrored"), [("2", True), ("4", True), ("1", False), ("", False)]
+)
+def test_cxr_cpu_devices_mirrors_over_logical_cpu_devices(value: str, mirrored: bool) -> None:
+    # Given no GPU and CXR_CPU_DEVICES
+    # When the accelerators are planned
+    plan = plan_accelerators([], "auto", "auto", {CPU_DEVICES_VARIABLE: value})
+
+    # Then two or more logical devices are mirrored over, and the device text says how many
+    assert (plan.strategy == "mirrored") is mirrored
+    assert plan.cpu_devices == (int(value) if mirrored else 1)
+    assert plan.device == (f"CPU ({value} logical devices)" if mirrored else "CPU")
+
+
+def test_cxr_cpu_devices_is_ignored_when_gpus_are_visible() -> None:
+    # Given one GPU and CXR_CPU_DEVICES=2, When planned, Then the GPU decides
+    plan = plan_accelerators(ONE_GPU, "auto", "auto", {CPU_DEVICES_VARIABLE: "2"})
+    assert (plan.strategy, plan.cpu_devices) == ("default", 1)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_a_bad_cxr_cpu_devices_is_a_one_line_error(value: str) -> None:
+    # Given a value that is not a whole number of at least 1
+    with pytest.raises(PipelineError) as error:
+        plan_accelerators([], "auto", "auto", {CPU_DEVICES_VARIABLE: value})
+
+    # Then one line names the variable and its value
+    assert f"{CPU_DEVICES_VARIABLE} = {value!r}" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "switched"),
+    [
+        ({CPU_DEVICES_VARIABLE: "2"}, True),
+        ({CPU_DEVICES_VARIABLE: "2", ONEDNN_VARIABLE: "1"}, False),  # the user's choice stays
+        ({}, False),
+    ],
+)
+def test_onednn_is_switched_off_only_when_mirroring_over_cpu_devices(
+    environ: dict[str, str], switched: bool
+) -> None:
+    # Given an environment, When prepared before TensorFlow loads
+    before = dict(environ)
+    changed = avoid_empty_replica_batches(environ)
+
+    # Then oneDNN is off only for a CPU split into devices, and a value already set is kept
+    assert changed is switched
+    assert environ.get(ONEDNN_VARIABLE) == ("0" if switched else before.get(ONEDNN_VARIABLE))
+
+
+def test_several_workers_are_refused_with_the_keras_issue() -> None:
+    # Given a TF_CONFIG with two workers
+    # When train sets up its accelerators
+    with pytest.raises(PipelineError) as error:
+        setup_accelerators("auto", "auto", _tf_config(2))
+
+    # Then it stops before TensorFlow runs anything, naming the workers and the Keras issue
+    assert str(error.value).startswith("TF_CONFIG names 2 workers: ")
+    assert "keras-team/keras#20585" in str(error.value)
