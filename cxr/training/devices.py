@@ -109,8 +109,8 @@ def avoid_empty_replica_batches(environ: MutableMapping[str, str]) -> bool:
     (shape (0, h, w, 3) instead of (0, h, w, filters)), so the next layer fails with "input
     depth must be evenly divisible by filter depth". TensorFlow's own kernels are right. The
     switch is read when TensorFlow loads, so this must run before it is imported; a value the
-    user set is left alone. GPUs do their convolutions in cuDNN and are unaffected.
-    (keras-team/keras#20585: found while running CXR_CPU_DEVICES=2 through the train stage.)
+    user set is left alone. GPUs do their convolutions in cuDNN and are unaffected. (Found by
+    running CXR_CPU_DEVICES=2 through the train stage: tests/stages/test_train_distributed.py.)
     """
     if ONEDNN_VARIABLE in environ or cpu_devices(environ) < 2:
         return False
