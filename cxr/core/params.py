@@ -436,6 +436,9 @@ class TrainParams(Section):
 
     image_size: int = Field(ge=32, le=1024)
     batch_size: int = Field(ge=1)
+    memory_cache_mb: float = Field(
+        ge=0.0, description="resized train+val pixels held in memory up to this size, else streamed"
+    )
     epochs: int = Field(ge=1)
     learning_rate: float = Field(gt=0.0)
     optimizer: Literal["adam", "adamw"]

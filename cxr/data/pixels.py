@@ -39,6 +39,17 @@ def load_split_pixels(cache: Path, cache_index: Sequence[int], image_size: int) 
     return result
 
 
+def read_cache_rows(cache: Path, cache_index: Sequence[int], image_size: int) -> np.ndarray:
+    """A few rows of the pixel cache at `image_size`, read now: one streamed batch.
+
+    Same pixels as load_split_pixels gives for those rows (the resize is per image).
+    """
+    pixels = open_pixel_cache(cache)
+    with cache.open("rb") as handle:
+        rows = _read_rows(handle, pixels, np.asarray(cache_index, dtype=np.int64))
+    return resize_batch(rows[..., np.newaxis], image_size)
+
+
 def _read_rows(handle: BufferedReader, pixels: np.memmap, rows: np.ndarray) -> np.ndarray:
     """Rows of the cache read with plain file reads, not through the memory map.
 

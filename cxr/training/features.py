@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from cxr.models import layer_names
+from cxr.training.inputs import Pixels, StreamedPixels, array_dataset
 
 
 def use_cached_features(cache_features: str, pretrained: bool, model: keras.Model) -> bool:
@@ -44,7 +45,12 @@ def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     return extractor, head
 
 
-def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+def extract_features(extractor: keras.Model, images: Pixels, batch_size: int) -> np.ndarray:
     """The extractor's output for every image, in order, as float32."""
-    features = extractor.predict(images, batch_size=batch_size, verbose=0)
+    if isinstance(images, StreamedPixels):
+        labels = np.zeros(len(images), dtype=np.int64)  # unused: predict reads the images only
+        batches = array_dataset(images, labels.tolist(), batch_size, None)
+        features = extractor.predict(batches.map(lambda pixels, _: pixels), verbose=0)
+    else:
+        features = extractor.predict(images, batch_size=batch_size, verbose=0)
     return np.asarray(features, dtype=np.float32)

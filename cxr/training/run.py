@@ -41,7 +41,8 @@ def train_model(
     if not baseline:
         train = params.train
         accelerators = setup_accelerators(train.mixed_precision, train.jit_compile, environ)
-    data = load_training_data(paths, image_size)
+    memory = None if baseline else params.train.memory_cache_mb  # baselines fit on arrays
+    data = load_training_data(paths, image_size, memory)
     experiment_id = use_experiment(params.mlflow_experiment, paths.root, environ)
     tags = run_tags(params.model, data.fingerprint, paths.root, environ)
     work = fresh_backup_dir(paths, params, data.fingerprint)

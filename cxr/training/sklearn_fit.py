@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, log_loss
 from cxr.core.params import Params
 from cxr.core.paths import MODEL_FILES
 from cxr.models.baselines import build_baseline, fitted_parameter_count, flatten_pixels
-from cxr.training.inputs import TrainingData
+from cxr.training.inputs import TrainingData, in_memory
 from cxr.training.result import FitResult
 
 
@@ -34,7 +34,9 @@ def split_scores(pipeline: Any, data: TrainingData) -> dict[str, float]:
         ("", data.train_images, data.train_labels),
         ("val_", data.val_images, data.val_labels),
     ):
-        probabilities = full_probabilities(pipeline, flatten_pixels(images), len(classes))
+        probabilities = full_probabilities(
+            pipeline, flatten_pixels(in_memory(images)), len(classes)
+        )
         scores[f"{prefix}accuracy"] = float(accuracy_score(labels, probabilities.argmax(axis=1)))
         scores[f"{prefix}loss"] = float(log_loss(labels, probabilities, labels=classes))
     return scores
@@ -45,7 +47,7 @@ def fit_baseline(params: Params, data: TrainingData, out_dir: Path) -> FitResult
     baseline = params.train.baseline
     pipeline = build_baseline(params.model, baseline, params.seed)
     started = time.perf_counter()
-    pipeline.fit(flatten_pixels(data.train_images), data.train_labels)
+    pipeline.fit(flatten_pixels(in_memory(data.train_images)), data.train_labels)
     train_seconds = time.perf_counter() - started
     scores = split_scores(pipeline, data)
     # One row in the epoch log keeps the history plot and metrics file of every model.

@@ -12,7 +12,7 @@ from cxr.core.params import parse_params
 from cxr.core.paths import ProjectPaths
 from cxr.core.run_record import read_run_record
 from cxr.data.pixels import load_split_pixels
-from cxr.training.inputs import load_training_data
+from cxr.training.inputs import StreamedPixels, array_dataset, in_memory, load_training_data
 from cxr.training.keras_fit import class_weights
 from cxr.training.resume import BACKUP_DIR
 from cxr.training.run import train_model
@@ -113,6 +113,40 @@ def test_training_pixels_come_from_the_cache_rows_the_table_names(prepared):
     assert np.array_equal(data.val_images, expected) and data.val_images.shape[1:] == (32, 32, 1)
     assert data.cache_size == 40 and data.class_names == names
     assert data.val_labels.tolist() == [names.index(label) for label in table["label"]]
+
+
+def test_streamed_batches_are_the_in_memory_batches_in_the_same_order(prepared):
+    # Given the training data in memory and streamed from the pixel cache (limit 0 MB)
+    paths = ProjectPaths(prepared)
+    held = load_training_data(paths, 32, memory_cache_mb=1024)
+    streamed = load_training_data(paths, 32, memory_cache_mb=0)
+    assert isinstance(held.train_images, np.ndarray)
+    assert isinstance(streamed.train_images, StreamedPixels)
+
+    # When both are batched and shuffled with one seed, over two epochs
+    def epochs(data):
+        batches = array_dataset(data.train_images, data.train_labels.tolist(), 5, 3)
+        return [[(x.numpy(), y.numpy()) for x, y in batches] for _ in range(2)]
+
+    # Then every batch holds the same pixels and labels
+    for held_epoch, streamed_epoch in zip(epochs(held), epochs(streamed), strict=True):
+        for (x1, y1), (x2, y2) in zip(held_epoch, streamed_epoch, strict=True):
+            assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    assert np.array_equal(in_memory(streamed.val_images), held.val_images)
+
+
+@pytest.mark.slow
+def test_a_streamed_fit_equals_the_in_memory_fit(prepared, tmp_path):
+    # Given the same run with its pixels in memory and streamed (train.memory_cache_mb: 0)
+    histories = []
+    for limit in (1024, 0):
+        params = tiny_params(memory_cache_mb=limit)
+        root = fresh_copy(prepared, tmp_path / f"limit{limit}", params)
+        # When each trains
+        assert train.main(["--root", str(root)]) == 0
+        histories.append(pd.read_csv(ProjectPaths(root).history))
+    # Then the epochs are the same
+    pd.testing.assert_frame_equal(histories[0], histories[1])
 
 
 @pytest.mark.slow
