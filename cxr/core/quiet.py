@@ -5,6 +5,10 @@ is initialised, so neither TF_CPP_MIN_LOG_LEVEL nor Python's logging reaches all
 stage runs as a program, fd 2 is therefore passed through a filter that drops those lines (the
 informational and warning ones, and the known-harmless "no GPU" errors) and forwards the rest,
 so real errors and our own warnings still show. `CXR_VERBOSE=1` turns all of this off.
+
+The filter forwards a progress bar's redraws (text after a carriage return) as they come, and
+records in CXR_STDERR_TERMINAL whether the real stderr is a terminal (fd 2 is a pipe now), so
+cxr.core.progress draws a bar there and prints plain lines into a log.
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ import warnings
 from collections.abc import MutableMapping
 
 VERBOSE_VARIABLE = "CXR_VERBOSE"
+STDERR_TERMINAL_VARIABLE = "CXR_STDERR_TERMINAL"
+
+# What the filter reads from the pipe at a time, and how it cuts that into pieces: each ends at
+# a newline or at a carriage return (where a progress bar starts redrawing its line).
+PIPE_READ_BYTES = 1 << 16
+LINE_PIECE = re.compile(rb"[^\r\n]*[\r\n]")
 
 # Lines the libraries print that say nothing a user acts on. Errors stay, except the ones a
 # machine without a GPU always prints.
@@ -81,12 +91,33 @@ class _StderrFilter:
         atexit.register(self.close)
 
     def _forward(self, read_end: int) -> None:
-        with os.fdopen(read_end, "rb") as pipe:
-            for line in pipe:
-                if line == self._marker:
-                    return
-                if not LIBRARY_NOISE.match(line.decode("utf-8", "replace")):
-                    os.write(self._real_stderr, line)
+        pending = b""
+        # Text after a carriage return redraws a progress bar's line; library noise never does,
+        # so it is forwarded as it comes, not held back until the line ends.
+        redrawing = False
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(PIPE_READ_BYTES):
+                pending += chunk
+                start = 0
+                for piece in LINE_PIECE.finditer(pending):
+                    start = piece.end()
+                    if piece.group().endswith(self._marker):
+                        self._pass(piece.group()[: -len(self._marker)], redrawing)
+                        return
+                    self._pass(piece.group(), redrawing)
+                    redrawing = piece.group().endswith(b"\r")
+                pending = pending[start:]
+                if redrawing:
+                    # Up to a NUL only: the end marker starts with one and may come in halves.
+                    text, nul, rest = pending.partition(b"\0")
+                    self._pass(text, redrawing)
+                    pending = nul + rest
+        self._pass(pending, redrawing)
+
+    def _pass(self, piece: bytes, redrawing: bool) -> None:
+        """Forward a piece of a line unless it is a whole line of LIBRARY_NOISE."""
+        if piece and (redrawing or not LIBRARY_NOISE.match(piece.decode("utf-8", "replace"))):
+            os.write(self._real_stderr, piece)
 
     def close(self) -> None:
         """Put the real stderr back and forward what is still in the pipe."""
@@ -98,8 +129,16 @@ class _StderrFilter:
         self._reader.join(timeout=5.0)
 
 
+def stderr_is_terminal(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Whether fd 2 shows on a terminal, also when quiet_process has piped it through the filter."""
+    environ = os.environ if environ is None else environ
+    return os.isatty(2) or environ.get(STDERR_TERMINAL_VARIABLE) == "1"
+
+
 def quiet_process() -> None:
     """Unless CXR_VERBOSE is set: quiet library settings and the stderr filter, for a program."""
+    # Set in every program, so a value inherited from a parent never speaks for this stderr.
+    os.environ[STDERR_TERMINAL_VARIABLE] = "1" if os.isatty(2) else "0"
     if verbose_requested():
         return
     quiet_libraries()

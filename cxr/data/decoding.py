@@ -26,6 +26,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from cxr.core.errors import PipelineError
 from cxr.core.processes import available_cores, map_in_processes
+from cxr.core.progress import track
 from cxr.core.registry import RESIZE_MODES
 
 # What Pillow raises on a damaged file, by format plugin: truncated data (OSError), broken
@@ -310,10 +311,11 @@ def decode_files(
     decode = functools.partial(
         decode_file, raw_dir, max_pixels=max_pixels, cache_size=cache_size, resize=resize
     )
+    decoded = map_in_processes(
+        decode, relatives, workers or available_cores(), preload=["cxr.data.decoding"]
+    )
     try:
-        yield from map_in_processes(
-            decode, relatives, workers or available_cores(), preload=["cxr.data.decoding"]
-        )
+        yield from track(decoded, "decoding", "images", total=len(relatives))
     except BrokenProcessPool:
         raise PipelineError(
             f"{raw_dir}: a decoding process died (out of memory, or a decoder crashed on a file); "

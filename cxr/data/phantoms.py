@@ -22,6 +22,7 @@ from PIL import Image
 from scipy import ndimage
 
 from cxr.core.processes import available_cores, map_in_processes
+from cxr.core.progress import track
 from cxr.core.registry import PHANTOM_CLASSES
 from cxr.data.portable_math import arctan2, cos, exp, expit, hypot, power, sin
 
@@ -129,7 +130,8 @@ def write_phantom_dataset(
         seed=int(seed),
         exposure=float(exposure),
     )
-    for _ in map_in_processes(draw, jobs, workers, preload=["cxr.data.phantoms"]):
+    drawn = map_in_processes(draw, jobs, workers, preload=["cxr.data.phantoms"])
+    for _ in track(drawn, "phantoms", "images", total=len(jobs)):
         pass
     return written
 

@@ -8,7 +8,6 @@ import lzma
 import os
 import shutil
 import stat
-import sys
 import tarfile
 import urllib.error
 import urllib.parse
@@ -19,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Literal
 
-from tqdm import tqdm
-
 from cxr.core.errors import PipelineError
 from cxr.core.outputs import staged_file
+from cxr.core.progress import BYTES, Progress, track
 from cxr.data.layouts import Rejection
 
 URL_SCHEMES = ("http://", "https://")
@@ -93,15 +91,8 @@ def download(url: str, sha256: str, downloads_dir: Path) -> Path:
             total = int(length) if length and length.isdigit() else None
             with (
                 temporary.open("wb") as handle,
-                tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=f"download {target.name}",
-                    file=sys.stderr,
-                    mininterval=0.5,
-                ) as progress,
+                # Shown whatever the size: a download's time depends on the network.
+                Progress(f"download {target.name}", BYTES, total, min_total=0) as progress,
             ):
                 for chunk in iter(lambda: response.read(DOWNLOAD_CHUNK), b""):
                     handle.write(chunk)
@@ -189,44 +180,57 @@ def copy_tree(source: Path, target: Path) -> list[Rejection]:
         )
     skipped: list[Rejection] = []
     pending = [PurePosixPath()]
-    while pending:
-        folder = pending.pop()
-        try:
-            with os.scandir(source / folder) as listing:
-                children = sorted(listing, key=lambda child: child.name)
-        except OSError as error:
-            raise _copy_failed(source / folder, error) from None
-        for child in children:
-            inner = folder / child.name
-            try:
-                if child.is_symlink():
-                    skipped.append(
-                        Rejection(
-                            inner.as_posix(),
-                            "symbolic_link",
-                            f"a symbolic link to {os.readlink(child.path)!r}, not followed; "
-                            "copy the file or folder itself into the source to use it",
-                        )
-                    )
-                elif child.is_dir(follow_symlinks=False):
-                    (target / inner).mkdir()
-                    pending.append(inner)
-                elif child.is_file(follow_symlinks=False):
-                    # Content only: the copy gets the umask's modes, so a read-only source (a
-                    # mounted dataset) still gives a copy DVC can replace.
-                    shutil.copyfile(child.path, target / inner, follow_symlinks=False)
-                else:
-                    # Reading a pipe would block ingest forever; a device is never an image.
-                    skipped.append(
-                        Rejection(
-                            inner.as_posix(),
-                            "not_a_regular_file",
-                            "a pipe, socket or device file, not read",
-                        )
-                    )
-            except OSError as error:
-                raise _copy_failed(source / inner, error) from None
+    with Progress("copying", "files") as progress:
+        while pending:
+            subfolders, left_out = _copy_folder(source, target, pending.pop(), progress)
+            pending.extend(subfolders)
+            skipped.extend(left_out)
     return sorted(skipped, key=lambda rejection: rejection.path)
+
+
+def _copy_folder(
+    source: Path, target: Path, folder: PurePosixPath, progress: Progress
+) -> tuple[list[PurePosixPath], list[Rejection]]:
+    """Copy one folder's files and create its subfolders: (subfolders to copy, files left out)."""
+    subfolders: list[PurePosixPath] = []
+    skipped: list[Rejection] = []
+    try:
+        with os.scandir(source / folder) as listing:
+            children = sorted(listing, key=lambda child: child.name)
+    except OSError as error:
+        raise _copy_failed(source / folder, error) from None
+    for child in children:
+        inner = folder / child.name
+        try:
+            if child.is_symlink():
+                skipped.append(
+                    Rejection(
+                        inner.as_posix(),
+                        "symbolic_link",
+                        f"a symbolic link to {os.readlink(child.path)!r}, not followed; "
+                        "copy the file or folder itself into the source to use it",
+                    )
+                )
+            elif child.is_dir(follow_symlinks=False):
+                (target / inner).mkdir()
+                subfolders.append(inner)
+            elif child.is_file(follow_symlinks=False):
+                # Content only: the copy gets the umask's modes, so a read-only source (a
+                # mounted dataset) still gives a copy DVC can replace.
+                shutil.copyfile(child.path, target / inner, follow_symlinks=False)
+                progress.update()
+            else:
+                # Reading a pipe would block ingest forever; a device is never an image.
+                skipped.append(
+                    Rejection(
+                        inner.as_posix(),
+                        "not_a_regular_file",
+                        "a pipe, socket or device file, not read",
+                    )
+                )
+        except OSError as error:
+            raise _copy_failed(source / inner, error) from None
+    return subfolders, skipped
 
 
 def _copy_failed(path: Path, error: OSError) -> PipelineError:
@@ -362,7 +366,7 @@ def _extract_zip(archive: Path, target: Path, max_bytes: int, max_files: int) ->
         # zipfile never yields more than a member's declared file_size, so the table bounds it.
         members = [_Member(info.filename, info.is_dir(), info.file_size) for info in infos]
         _check_table(archive, members, max_bytes, max_files, complete=True)
-        for info in infos:
+        for info in track(infos, "extracting", "members"):
             destination = _inside(archive, target, info.filename)
             if info.is_dir():
                 destination.mkdir(parents=True, exist_ok=True)
@@ -386,7 +390,8 @@ def _tar_table(
 ) -> list[tarfile.TarInfo]:
     """Every member of an open tar, each checked safe; stops reading past max_files members."""
     members: list[tarfile.TarInfo] = []
-    headers = iter(bundle)
+    # A compressed tar is decompressed whole to read its table: as long as extracting it.
+    headers = track(bundle, f"reading {archive.name}", "members")
     while len(members) <= max_files:
         # Only reading the next header can meet damage; the checks below name their member.
         try:
@@ -433,7 +438,7 @@ def _extract_tar(archive: Path, target: Path, max_bytes: int, max_files: int) ->
         _check_table(archive, members, max_bytes, max_files, complete=len(infos) <= max_files)
         # Only folders and plain files reach here; written with the umask's modes, as the data
         # filter would, without the archive's owners or permissions.
-        for info in infos:
+        for info in track(infos, "extracting", "members"):
             destination = _inside(archive, target, info.name)
             if info.isdir():
                 destination.mkdir(parents=True, exist_ok=True)

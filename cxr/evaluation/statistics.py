@@ -10,6 +10,8 @@ import pandas as pd
 from scipy.stats import binomtest, bootstrap
 from sklearn.calibration import calibration_curve
 
+from cxr.core.progress import Progress
+
 # The test metrics evaluate gives a bootstrap 95% interval (<name>_ci_low / _ci_high).
 INTERVAL_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc_ovr")
 
@@ -32,12 +34,21 @@ def bootstrap_intervals(
     if size < 2:
         nan = np.full(np.atleast_1d(statistic(np.arange(size))).shape, np.nan)
         return nan, nan
-    with warnings.catch_warnings():
+    with (
+        warnings.catch_warnings(),
+        Progress("bootstrap", "resamples", samples) as progress,
+    ):
         # scipy warns when NaN resamples make its own interval undefined; ours is computed below.
         warnings.simplefilter("ignore")
+
+        def resampled(indices: np.ndarray) -> np.ndarray:
+            # scipy calls a non-vectorized statistic once per resample (percentile method).
+            progress.update()
+            return np.atleast_1d(statistic(indices.astype(np.int64)))
+
         result = bootstrap(
             (np.arange(size),),
-            lambda indices: np.atleast_1d(statistic(indices.astype(np.int64))),
+            resampled,
             n_resamples=samples,
             vectorized=False,
             method="percentile",

@@ -24,13 +24,25 @@ import pandas as pd
 
 from cxr.core.errors import PipelineError, report_errors
 from cxr.core.outputs import write_table
+from cxr.core.progress import Progress
 from cxr.data.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_gray
 from cxr.data.layouts import IMAGE_SUFFIXES
-from cxr.evaluation.gradcam import NoFeatureMapError, gradcam_heatmaps, save_overlay
+from cxr.evaluation.gradcam import (
+    NoFeatureMapError,
+    backbone_split,
+    gradcam_heatmaps,
+    save_overlay,
+)
 from cxr.serving.predictors import Predictor, load_predictor
 from cxr.serving.pyfunc import result_table
 
 GRADCAM_SUFFIX = ".gradcam.png"
+
+# Files decoded and classified at a time: the progress moves chunk by chunk, and only one
+# chunk's decoded full-size images is held (a multiple of predict_proba's batch size).
+PREDICT_CHUNK = 256
+# Images whose Grad-CAM maps are computed at a time (a multiple of gradcam_heatmaps' batch).
+GRADCAM_CHUNK = 64
 
 
 def image_files(inputs: Sequence[Path]) -> dict[Path, Path]:
@@ -65,19 +77,31 @@ def image_files(inputs: Sequence[Path]) -> dict[Path, Path]:
 
 
 def predict_files(
-    predictor: Predictor, files: Sequence[Path], max_pixels: int
+    predictor: Predictor, files: Sequence[Path], max_pixels: int, chunk: int = PREDICT_CHUNK
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """One row per file (class, confidence, p_<class>, error) and the model inputs decoded."""
-    grays, errors = [], []
-    for file in files:
-        try:
-            # Decoded as build decodes (a large JPEG at the scale the cache needs).
-            grays.append(decode_gray(file, max_pixels, predictor.record.cache_size))
-            errors.append("")
-        except UnusableImage as error:
-            errors.append(str(error))
-    images = predictor.prepare(grays)
-    table = result_table(predictor.predict_proba(images), errors, list(predictor.class_names))
+    probabilities: list[np.ndarray] = []
+    inputs: list[np.ndarray] = []
+    errors: list[str] = []
+    with Progress("predicting", "images", len(files)) as progress:
+        for start in range(0, len(files), chunk):
+            grays = []
+            for file in files[start : start + chunk]:
+                try:
+                    # Decoded as build decodes (a large JPEG at the scale the cache needs).
+                    grays.append(decode_gray(file, max_pixels, predictor.record.cache_size))
+                    errors.append("")
+                except UnusableImage as error:
+                    errors.append(str(error))
+            inputs.append(predictor.prepare(grays))
+            probabilities.append(predictor.predict_proba(inputs[-1]))
+            progress.update(len(files[start : start + chunk]))
+    images = np.concatenate(inputs) if inputs else predictor.prepare([])
+    table = result_table(
+        np.concatenate(probabilities) if probabilities else predictor.predict_proba(images),
+        errors,
+        list(predictor.class_names),
+    )
     table.insert(0, "path", [str(file) for file in files])
     return table, images
 
@@ -101,15 +125,24 @@ def save_gradcams(
     readable = table[table["error"] == ""]
     chosen = [predictor.class_names.index(name) for name in readable["class"]]
     try:
-        heatmaps = gradcam_heatmaps(predictor.model, images, chosen)
+        backbone_split(predictor.model)
     except NoFeatureMapError as reason:
         return f"Grad-CAM unavailable for this model: {reason}"
-    for (position, row), image, heatmap in zip(readable.iterrows(), images, heatmaps, strict=True):
-        name = names[int(position)]
-        target = gradcam_file(out_dir, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        caption = f"{name.as_posix()}: {row['class']} ({row['confidence']:.2f})"
-        save_overlay(image, heatmap, caption, target)
+    rows = list(readable.iterrows())
+    with Progress("Grad-CAM", "images", len(rows)) as progress:
+        # A chunk at a time: the heat maps of a whole folder need not fit in memory at once.
+        for start in range(0, len(rows), GRADCAM_CHUNK):
+            stop = start + GRADCAM_CHUNK
+            heatmaps = gradcam_heatmaps(predictor.model, images[start:stop], chosen[start:stop])
+            for (position, row), image, heatmap in zip(
+                rows[start:stop], images[start:stop], heatmaps, strict=True
+            ):
+                name = names[int(position)]
+                target = gradcam_file(out_dir, name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                caption = f"{name.as_posix()}: {row['class']} ({row['confidence']:.2f})"
+                save_overlay(image, heatmap, caption, target)
+                progress.update()
     return f"Grad-CAM overlays of {len(readable)} image(s) -> {out_dir}"
 
 

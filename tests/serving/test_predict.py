@@ -8,7 +8,7 @@ from PIL import Image
 
 from cxr.data.decoding import resize_square
 from cxr.data.pixels import load_split_pixels, resize_batch
-from cxr.serving.predict import main
+from cxr.serving.predict import main, predict_files
 from cxr.serving.predictors import load_predictor
 
 
@@ -155,3 +155,17 @@ def test_a_new_image_is_squared_the_way_the_training_images_were(project):
         )
         np.testing.assert_array_equal(squared, expected)
     assert predictor.record.resize == "pad"
+
+
+def test_files_classified_chunk_by_chunk_give_the_table_and_inputs_of_one_pass(project):
+    # given the folder's files, a broken one among them
+    paths, _, incoming = project
+    predictor = load_predictor(paths.models_dir)
+    files = sorted(path for path in (incoming / "ward").iterdir() if path.suffix != ".txt")
+    # when they are classified two at a time (chunks with and without the broken file)
+    chunked, chunked_images = predict_files(predictor, files, 10_000_000, chunk=2)
+    whole, whole_images = predict_files(predictor, files, 10_000_000, chunk=len(files))
+    # then the rows, in file order, and the model inputs are those of a single pass
+    pd.testing.assert_frame_equal(chunked, whole, check_exact=False, atol=1e-6)
+    assert np.array_equal(chunked_images, whole_images)
+    assert (chunked["error"] != "").sum() == 1
