@@ -155,7 +155,7 @@ def benchmark(name: str, options: dict[str, Any], args: argparse.Namespace) -> l
                 results[f"{model}+tta"] = keep_results(root, root / "results" / f"{model}+tta")
 
         run_stage("compare", root)
-        compare = json.loads((root / "metrics" / "compare.json").read_text())
+        report = json.loads((root / "reports" / "compare" / "leaderboard.json").read_text())
         tables = {m: pd.read_csv(root / "results" / m / "test_predictions.csv") for m in results}
         baseline = tables.get(BASELINE)
         rows = []
@@ -167,7 +167,7 @@ def benchmark(name: str, options: dict[str, Any], args: argparse.Namespace) -> l
                 f"{'-' if p is None else f'{p:.3g}'} | {metrics['epochs_run']} | "
                 f"{metrics['train_seconds']:.0f} |"
             )
-        ensemble = compare.get("ensemble")
+        ensemble = report.get("ensemble")
         if ensemble:
             rows.append(ensemble_row(name, ensemble, tables, params))
         return rows

@@ -1,8 +1,10 @@
 """Stage compare: leaderboard of every model evaluated on the current data, from MLflow.
 
 With an ensemble row: the mean probabilities of the top models, logged as a run of its own,
-and columns for each external dataset (evaluate.external), whose metrics it gathers in
-metrics/external.json.
+and columns for each external dataset (evaluate.external), whose headline figures it gathers in
+metrics/external.json. The whole leaderboard is a report (reports/compare/leaderboard.json);
+metrics/compare.json holds its headline only, so `dvc metrics show` and `dvc exp show` stay
+readable.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cxr.evaluation.ensemble import (
     with_ensemble,
 )
 from cxr.evaluation.leaderboard import (
+    compare_metrics,
     draw_leaderboard,
     evaluated_runs,
     excluded_runs,
@@ -37,6 +40,10 @@ from cxr.evaluation.leaderboard import (
     with_mcnemar,
 )
 from cxr.tracking import ENSEMBLE_MODEL, run_tags, use_experiment
+
+LEADERBOARD_REPORT = "leaderboard.json"  # in reports/compare/, beside leaderboard.md and .png
+# Per external dataset in metrics/external.json; the rest is in metrics/external/<name>.json.
+EXTERNAL_HEADLINE = ("images", "accuracy", "f1_macro", "accuracy_drop", "source_shortcut_accuracy")
 
 
 def compare(
@@ -48,7 +55,7 @@ def compare(
     environ: Mapping[str, str],
     external: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Write the leaderboard as metrics JSON, Markdown and a bar chart; update the champion.
+    """Write the leaderboard (JSON, Markdown, chart) and its headline metrics; update the champion.
 
     The ensemble is scored as evaluate scores a model (`scoring`, `seed`: same bootstrap);
     `external` names the external datasets whose columns the leaderboard shows.
@@ -67,6 +74,7 @@ def compare(
     evaluated = read_json(paths.metrics("evaluate")) if paths.metrics("evaluate").exists() else {}
     champion = update_champion(settings.registered_model, evaluated, settings.rank_by, fingerprint)
     summary = champion_summary(settings.registered_model, champion)
+    report = leaderboard_json(board, excluded, fingerprint, champion, note, external)
     with staged_dir(paths.reports("compare")) as reports_dir:
         (reports_dir / "leaderboard.md").write_text(
             leaderboard_markdown(board, excluded, fingerprint, settings, summary, note, external),
@@ -74,18 +82,21 @@ def compare(
         )
         chart = draw_leaderboard(board, settings.rank_by, fingerprint)
         save_figure(chart, reports_dir / "leaderboard.png")
-    write_json(
-        paths.metrics("compare"),
-        leaderboard_json(board, excluded, fingerprint, champion, note, external),
-    )
+        write_json(reports_dir / LEADERBOARD_REPORT, report)
+    write_json(paths.metrics("compare"), compare_metrics(report))
     write_json(paths.metrics("external"), external_metrics(paths.root, external))
     return board
 
 
 def external_metrics(root: Path, external: Sequence[str]) -> dict[str, Any]:
-    """metrics/external.json: each dataset's metrics/external/<name>.json, by name ({}: none)."""
+    """metrics/external.json: the headline of each metrics/external/<name>.json ({}: none)."""
     files = {name: ExternalDataPaths(root, name).external_metrics for name in external}
-    return {name: read_json(path) for name, path in files.items() if path.exists()}
+    return {
+        name: {key: scores.get(key) for key in EXTERNAL_HEADLINE}
+        for name, path in files.items()
+        if path.exists()
+        for scores in [read_json(path)]
+    }
 
 
 @report_errors
@@ -110,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"compare: {len(single)} model(s) on this data{averaged}, {best} "
         f"-> {paths.reports('compare')}"
     )
-    champion = read_json(paths.metrics("compare"))["champion"]
+    champion = read_json(paths.reports("compare") / LEADERBOARD_REPORT)["champion"]
     print(f"compare: {champion_summary(params.compare.registered_model, champion)}")
     return 0
 

@@ -41,6 +41,11 @@ from cxr.tracking import (
     use_experiment,
 )
 
+# Kept out of metrics/evaluate.json, where `dvc metrics show` and `dvc exp show` print a column per
+# key: the interval pairs (also written as <name>_ci_low / _ci_high) and the Grad-CAM sentence
+# (printed, and tagged on the MLflow run).
+NOT_METRICS = ("confidence_intervals", "gradcam")
+
 
 def evaluate(
     settings: EvaluateParams,
@@ -79,7 +84,7 @@ def evaluate(
         experiment_id = use_experiment(experiment, paths.root, environ)
         linked = {"model": record.model, "data_fingerprint": record.data_fingerprint}
         with reopen_run(record.run_id, experiment_id, linked, paths.root) as run:
-            tag_run({"tta": str(settings.tta).lower()})
+            tag_run({"tta": str(settings.tta).lower(), "gradcam": metrics["gradcam"]})
             log_results(
                 flat_metrics(metrics),
                 {EVALUATE_ARTIFACTS: figures_dir, f"{EVALUATE_ARTIFACTS}/plots": plots_dir},
@@ -91,7 +96,10 @@ def evaluate(
         print(f"evaluate: MLflow run {record.run_id} is not in this store; logged to a new run")
     metrics["mlflow_run_id"], metrics["model_uri"] = run.info.run_id, model_uri
     write_table(paths.predictions, per_image)
-    write_json(paths.metrics("evaluate"), metrics)
+    write_json(
+        paths.metrics("evaluate"),
+        {key: value for key, value in metrics.items() if key not in NOT_METRICS},
+    )
     return metrics
 
 

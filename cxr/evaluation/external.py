@@ -60,6 +60,17 @@ SHORTCUT_HARD = 0.6
 SHORTCUT_TRAP = 0.9
 # Where the external figures go in the model's MLflow run: external/<name>/.
 EXTERNAL_ARTIFACTS = "external"
+# Kept out of metrics/external/<name>.json, where `dvc exp show` prints a column per key: lists
+# and sentences. summary.md and the printed lines say them, the MLflow tag
+# external_<name>_classes names the classes scored, and the source is in params.yaml.
+NOT_METRICS = (
+    "confidence_intervals",
+    "classes_scored",
+    "model_classes",
+    "class_note",
+    "source_shortcut_note",
+    "source",
+)
 
 
 def external_dataset(params: Params, name: str) -> ExternalDataParams:
@@ -438,7 +449,10 @@ def evaluate_external(
                 mlflow_metrics(name, metrics), {f"{EXTERNAL_ARTIFACTS}/{name}": figures_dir}, {}
             )
     metrics["mlflow_run_id"] = run.info.run_id
-    write_json(paths.external_metrics, metrics)
+    write_json(
+        paths.external_metrics,
+        {key: value for key, value in metrics.items() if key not in NOT_METRICS},
+    )
     return metrics
 
 

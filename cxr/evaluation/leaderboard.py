@@ -6,7 +6,7 @@ from the old tag. The ensemble row (cxr/evaluation/ensemble.py) is added last, n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -363,7 +363,7 @@ def leaderboard_json(
     ensemble: str,
     external: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """metrics/compare.json: the best model, every model's entry, the ensemble, excluded, champion.
+    """reports/compare/leaderboard.json: best model, every entry, ensemble, excluded, champion.
 
     `ensemble` is the line saying what the ensemble row averages, or why there is none.
     """
@@ -378,4 +378,26 @@ def leaderboard_json(
         "ensemble_note": ensemble,
         "excluded": excluded.to_dict(orient="records"),
         "champion": champion,
+    }
+
+
+def compare_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
+    """metrics/compare.json: the headline of a leaderboard_json report, scalars only.
+
+    `dvc metrics show` and `dvc exp show` print one column per key, so the rows, the excluded
+    runs and the reasons stay in the report. None: not applicable (no model, no ensemble).
+    """
+    best = report["leaderboard"].get(report["best_model"] or "", {})
+    champion = report["champion"]
+    ensemble = report["ensemble"] or {}
+    return {
+        "best_model": report["best_model"],
+        "best_test_accuracy": best.get("test_accuracy"),
+        "best_test_f1_macro": best.get("test_f1_macro"),
+        # Not `models`: a metric named like an output path (models/) breaks `dvc exp show --drop`.
+        "models_compared": report["models"],
+        "ensemble_test_accuracy": ensemble.get("test_accuracy"),
+        "champion_action": champion.get("action"),
+        # The version that holds the alias after this run, promoted or kept (None: no champion).
+        "champion_version": champion.get("version", champion.get("champion_version")),
     }

@@ -14,6 +14,7 @@ from cxr.evaluation.ensemble import (
     with_ensemble,
 )
 from cxr.evaluation.leaderboard import (
+    compare_metrics,
     draw_leaderboard,
     evaluated_runs,
     leaderboard,
@@ -179,9 +180,10 @@ def test_ensemble_row_is_last_marked_and_kept_out_of_the_ranking(tmp_path, store
     # then it comes last, never best, with a p-value against the best single model
     assert board["model"].tolist()[-1] == "ensemble" and board["best"].tolist()[0]
     assert not board["best"].iloc[-1] and board["mcnemar_p"].iloc[-1] == pytest.approx(1.0)
-    # metrics/compare.json keys it `ensemble` with its members; the best stays a single model
+    # the report keys it `ensemble` with its members; the best stays a single model
     summary = leaderboard_json(board, board.iloc[:0], "data-a", {"action": "none"}, note)
     assert summary["models"] == 3 and summary["best_model"] != "ensemble"
+    assert compare_metrics(summary)["ensemble_test_accuracy"] == 1.0
     assert "ensemble" not in summary["leaderboard"]
     entry = summary["ensemble"]
     assert entry["test_accuracy"] == 1.0 and entry["test_images"] == 4

@@ -6,6 +6,7 @@ from mlflow.tracking import MlflowClient
 
 from cxr.core.params import CompareParams
 from cxr.evaluation.leaderboard import (
+    compare_metrics,
     correctness_by_image,
     draw_leaderboard,
     evaluated_runs,
@@ -69,6 +70,9 @@ def test_empty_store_gives_an_empty_board(tmp_path, store):
     with_p = with_mcnemar(board, experiment_id, 0.05)
     empty = leaderboard_json(with_p, excluded_runs(board, "data-a"), "data-a", {}, "")
     assert empty["best_model"] is None and empty["models"] == 0 and empty["leaderboard"] == {}
+    headline = compare_metrics(empty)
+    assert headline["models_compared"] == 0 and headline["best_test_accuracy"] is None
+    assert headline["champion_action"] is None and headline["champion_version"] is None
 
 
 def test_mcnemar_against_the_best_on_the_shared_test_images(tmp_path, store):
@@ -123,6 +127,35 @@ def test_report_json_and_chart_name_the_best_model(tmp_path, store):
     axis = figure.axes[0]
     assert [label.get_text() for label in axis.get_xticklabels()] == ["efficientnetb0", "vgg16"]
     assert axis.get_title() == "Models on data data-a (95% CI)"
+
+
+def test_the_metrics_hold_the_headline_of_the_report_in_scalars(tmp_path, store):
+    # given a leaderboard of two models, one run on other data and a kept champion
+    experiment_id = use_experiment("cxr-headline", tmp_path, store)
+    log_run(experiment_id, "vgg16", "data-a", 0.75, correct=[True, False, True])
+    log_run(experiment_id, "efficientnetb0", "data-a", 0.85, correct=[True] * 3)
+    log_run(experiment_id, "resnet50", "old-data", 0.95)
+    runs = evaluated_runs(experiment_id)
+    board = with_mcnemar(leaderboard(runs, "data-a", "test_accuracy"), experiment_id, 0.05)
+    champion = {"action": "kept", "champion_version": 3, "reason": "kept version 3: " + "x" * 200}
+    report = leaderboard_json(board, excluded_runs(runs, "data-a"), "data-a", champion, "None.")
+    # when its headline is taken
+    headline = compare_metrics(report)
+    # then it names the best model and its figures, and nothing DVC would print as a wide column
+    assert headline == {
+        "best_model": "efficientnetb0",
+        "best_test_accuracy": pytest.approx(0.85),
+        "best_test_f1_macro": pytest.approx(0.75),
+        "models_compared": 2,
+        "ensemble_test_accuracy": None,
+        "champion_action": "kept",
+        "champion_version": 3,
+    }
+    # and no key is named like an output folder (`dvc exp show --drop` fails on `models`)
+    assert not set(headline) & {"models", "data", "metrics", "reports"}
+    # and a promotion names the new version
+    promoted = report | {"champion": {"action": "promoted", "champion_version": 3, "version": 4}}
+    assert compare_metrics(promoted)["champion_version"] == 4
 
 
 def test_a_run_evaluated_twice_counts_with_its_latest_predictions():

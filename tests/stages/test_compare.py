@@ -57,16 +57,28 @@ def test_compare_stage_writes_metrics_markdown_chart_and_promotes(tmp_path, stor
     )
     board = compare(params, SCORING, 42, "cxr-stage", paths, store)
     assert len(board) == 2 and board["model"].tolist() == ["efficientnetb0", "vgg16"]
+    # the metrics hold the headline only, one scalar per key ...
     metrics = json.loads(paths.metrics("compare").read_text())
-    assert metrics["best_model"] == "efficientnetb0" and metrics["models"] == 2
-    assert "best_backbone" not in metrics
-    vgg = metrics["leaderboard"]["vgg16"]
+    assert metrics == {
+        "best_model": "efficientnetb0",
+        "best_test_accuracy": pytest.approx(0.85),
+        "best_test_f1_macro": pytest.approx(0.75),
+        "models_compared": 2,
+        "ensemble_test_accuracy": None,
+        "champion_action": "promoted",
+        "champion_version": 1,
+    }
+    # ... and the report the whole leaderboard
+    report = json.loads((paths.reports("compare") / "leaderboard.json").read_text())
+    assert report["best_model"] == "efficientnetb0" and report["models"] == 2
+    assert "best_backbone" not in report
+    vgg = report["leaderboard"]["vgg16"]
     assert vgg["test_accuracy"] == pytest.approx(0.75) and vgg["parameters"] == 1234
     assert vgg["mcnemar_p_vs_best"] == pytest.approx(1.0) and vgg["significant"] is False
     assert vgg["pretrained"] is False and vgg["inference_images_per_second"] == 250.0
-    assert metrics["data_fingerprint"] == fingerprint
-    assert [row["model"] for row in metrics["excluded"]] == ["resnet50"]
-    assert metrics["champion"]["action"] == "promoted"
+    assert report["data_fingerprint"] == fingerprint
+    assert [row["model"] for row in report["excluded"]] == ["resnet50"]
+    assert report["champion"]["action"] == "promoted"
     champion = MlflowClient().get_model_version_by_alias("cxr-stage", CHAMPION_ALIAS)
     assert champion.run_id == best
     markdown = (paths.reports("compare") / "leaderboard.md").read_text()
@@ -77,9 +89,9 @@ def test_compare_stage_writes_metrics_markdown_chart_and_promotes(tmp_path, stor
         "the first champion (test_accuracy 0.8500)"
     ) in markdown
     assert (paths.reports("compare") / "leaderboard.png").stat().st_size > 0
-    assert np.isfinite(metrics["leaderboard"]["efficientnetb0"]["test_accuracy_ci_low"])
+    assert np.isfinite(report["leaderboard"]["efficientnetb0"]["test_accuracy_ci_low"])
     # no run logged probabilities, so there is no ensemble row, and the files say why
-    assert metrics["ensemble"] is None and "no ensemble row" in metrics["ensemble_note"].lower()
+    assert report["ensemble"] is None and "no ensemble row" in report["ensemble_note"].lower()
     assert "only 0 logged its test probabilities" in markdown
 
 
@@ -100,8 +112,9 @@ def test_main_reads_params_and_reports_an_empty_store(
         "no logged model (run evaluate first); no champion yet"
     ) in printed
     metrics = json.loads(paths.metrics("compare").read_text())
-    assert metrics["models"] == 0 and metrics["best_model"] is None
-    assert metrics["champion"]["action"] == "not_eligible"
+    assert metrics["models_compared"] == 0 and metrics["best_model"] is None
+    assert metrics["best_test_accuracy"] is None and metrics["champion_version"] is None
+    assert metrics["champion_action"] == "not_eligible"
     assert (paths.reports("compare") / "leaderboard.md").is_file()
 
 
@@ -126,8 +139,9 @@ def test_compare_adds_the_ensemble_row_and_logs_it_once(tmp_path, store):
     assert board["model"].tolist()[-1] == "ensemble" and len(board) == 4
     assert first["run_id"].tolist() == board["run_id"].tolist()
     metrics = json.loads(paths.metrics("compare").read_text())
-    assert metrics["models"] == 3 and metrics["best_model"] != "ensemble"
-    ensemble = metrics["ensemble"]
+    assert metrics["models_compared"] == 3 and metrics["best_model"] != "ensemble"
+    assert metrics["ensemble_test_accuracy"] == 1.0
+    ensemble = json.loads((paths.reports("compare") / "leaderboard.json").read_text())["ensemble"]
     assert ensemble["test_accuracy"] == 1.0 and ensemble["test_images"] == 4
     assert set(ensemble["member_run_ids"]) == members
     assert ensemble["mcnemar_p_vs_best"] == pytest.approx(1.0)

@@ -120,6 +120,7 @@ def test_outputs_match_the_paths_module(pipeline):
         assert path.parent == external.interim_dir
     assert declared("compare") == {
         rel(paths.reports("compare") / "leaderboard.md"),
+        rel(paths.reports("compare") / "leaderboard.json"),
         rel(paths.reports("compare") / "leaderboard.png"),
         rel(paths.metrics("compare")),
         rel(paths.metrics("external")),

@@ -49,6 +49,9 @@ def test_evaluate_stage_continues_the_train_run_and_writes_everything(tmp_path, 
     assert written["mlflow_run_id"] == train_run.info.run_id
     assert set(written["per_source"]) == {"site-a", "site-b"}
     assert written["test_images"] == 12 and metrics["gradcam"] == "4 images"
+    # and no list or sentence, which `dvc metrics show` would print as a wide column: the
+    # intervals are the _ci_low / _ci_high keys, the Grad-CAM line a tag of the run
+    assert "confidence_intervals" not in written and "gradcam" not in written
     # plots data for DVC and the figures
     plots = paths.metrics_dir / "evaluate_plots"
     assert sorted(p.name for p in (plots / "roc").iterdir()) == ["covid.csv", "normal.csv"]
@@ -75,6 +78,7 @@ def test_evaluate_stage_continues_the_train_run_and_writes_everything(tmp_path, 
     run = MlflowClient().get_run(train_run.info.run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(written["test_accuracy"])
     assert "test_sensitivity_covid" in run.data.metrics
+    assert run.data.tags["gradcam"] == "4 images"
     assert "source_site-a_accuracy" in run.data.metrics
     logged = {item.path for item in MlflowClient().list_artifacts(run.info.run_id, "evaluate")}
     assert {"evaluate/roc_curves.png", "evaluate/test_predictions.json", "evaluate/plots"} <= logged

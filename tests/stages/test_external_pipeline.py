@@ -67,7 +67,7 @@ def test_adding_an_external_dataset_runs_only_its_stage_and_compare(project):
     metrics = json.loads((repo / "metrics" / "external" / "site_b.json").read_text())
     assert metrics["images"] == 24 and metrics["source_shortcut_accuracy"] is not None
     # and the leaderboard and metrics/external.json show it
-    board = json.loads((repo / "metrics" / "compare.json").read_text())
+    board = json.loads((repo / "reports" / "compare" / "leaderboard.json").read_text())
     assert "site_b" in board["leaderboard"]["compact_cnn"]["external"]
     combined = json.loads((repo / "metrics" / "external.json").read_text())
     assert combined["site_b"]["accuracy"] == metrics["accuracy"]

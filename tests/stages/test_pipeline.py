@@ -91,7 +91,7 @@ def test_repro_builds_every_output(project):
     predictions = pd.read_csv(repo / "metrics" / "test_predictions.csv")
     assert len(predictions) == len(splits["test"])
     compare = json.loads((repo / "metrics" / "compare.json").read_text())
-    assert compare["best_model"] == "compact_cnn" and compare["models"] == 1
+    assert compare["best_model"] == "compact_cnn" and compare["models_compared"] == 1
     # and MLflow holds one finished run with curves, test metrics and artifacts
     runs = runs_in_store(repo)
     assert len(runs) == 1 and runs.loc[0, "metrics.test_accuracy"] == pytest.approx(
@@ -143,10 +143,13 @@ def test_experiment_with_another_backbone_reruns_only_train_evaluate_compare(pro
     # then only the stages that depend on it re-run
     assert stages_run(output) == ["train", "evaluate", "compare"]
     # and the leaderboard and MLflow hold both backbones, the experiment's run tagged with its name
-    compare = json.loads((repo / "metrics" / "compare.json").read_text())
-    assert set(compare["leaderboard"]) == {"compact_cnn", "efficientnetb0"}
+    board = json.loads((repo / "reports" / "compare" / "leaderboard.json").read_text())
+    assert set(board["leaderboard"]) == {"compact_cnn", "efficientnetb0"}
     # and the ensemble row averages the two
-    assert sorted(compare["ensemble"]["members"]) == ["compact_cnn", "efficientnetb0"]
+    assert sorted(board["ensemble"]["members"]) == ["compact_cnn", "efficientnetb0"]
+    compare = json.loads((repo / "metrics" / "compare.json").read_text())
+    assert compare["models_compared"] == 2
+    assert compare["ensemble_test_accuracy"] == board["ensemble"]["test_accuracy"]
     runs = runs_in_store(repo)
     assert set(runs["tags.model"]) == {"compact_cnn", "efficientnetb0", "ensemble"}
     assert runs["metrics.test_accuracy"].notna().all()
@@ -168,6 +171,81 @@ def test_experiment_with_another_backbone_reruns_only_train_evaluate_compare(pro
         "reports_compare_leaderboard_png",
     ):
         assert rendered in page, f"{rendered} missing from {plots}"
+
+
+def metric_leaves(value: object, key: str = "") -> dict[str, object]:
+    """Each value of a metrics file by its dotted key, as DVC names the columns; lists whole."""
+    if not isinstance(value, dict):
+        return {key: value}
+    return {
+        name: leaf
+        for child, inner in value.items()
+        for name, leaf in metric_leaves(inner, f"{key}.{child}" if key else child).items()
+    }
+
+
+def test_dvc_metrics_and_exp_show_stay_readable(project):
+    repo, env = project
+    dvc = [sys.executable, "-m", "dvc"]
+    # given the pipeline and the experiment above: two models and their ensemble compared
+    shown = json.loads(run([*dvc, "metrics", "show", "--json"], repo, env))
+    files = list(shown[""]["data"])
+    assert {"metrics/compare.json", "metrics/evaluate.json", "metrics/train.json"} <= set(files)
+    # then every metrics file holds scalars, names and ids (a model URI) only: DVC prints one
+    # column per key, so the leaderboard rows, excluded runs and reasons are in
+    # reports/compare/leaderboard.json
+    keys: set[str] = set()
+    for name in files:
+        leaves = metric_leaves(json.loads((repo / name).read_text()))
+        wide = {
+            key: value
+            for key, value in leaves.items()
+            if isinstance(value, list) or (isinstance(value, str) and len(value) > 64)
+        }
+        assert not wide, f"{name}: {wide}"
+        keys |= set(leaves)
+    # and the compare headline fits a terminal line, however many models were compared
+    table = run([*dvc, "metrics", "show", "metrics/compare.json"], repo, env)
+    assert max(map(len, table.splitlines())) < 200, table
+    assert "efficientnetb0" in table or "compact_cnn" in table
+    # and no metric is named like a dependency or output path (`models` made exp show fail)
+    experiments = json.loads(run([*dvc, "exp", "show", "--json"], repo, env))
+    paths = {path for kind in ("deps", "outs") for path in experiments[0]["data"][kind] or {}}
+    assert "models" in paths and not keys & paths
+    # so exp show keeps and drops columns by pattern: the command that failed with KeyError ...
+    kept = run(
+        [*dvc, "exp", "show", "--no-pager", "--drop", ".*", "--keep", "test_accuracy$"], repo, env
+    )
+    assert "test_accuracy" in kept and "train.epochs" not in kept
+    # ... and the README's headline view of every experiment, which fits 80 columns
+    headline = run(
+        [*dvc, "exp", "show", "--no-pager", "--drop", ".*", "--keep",
+         "Experiment|params.yaml:model|test_accuracy$|test_f1_macro$"],
+        repo,
+        {**env, "COLUMNS": "80"},
+    )  # fmt: skip
+    assert "effnet" in headline and "efficientnetb0" in headline and "…" not in headline
+    assert max(map(len, headline.splitlines())) <= 80
+    # ... and compare's headline beside evaluate's by pattern
+    csv = run(
+        [*dvc, "exp", "show", "--no-pager", "--csv", "--drop", ".*", "--keep",
+         "Experiment|params.yaml:model|.*test_accuracy$"],
+        repo,
+        env,
+    )  # fmt: skip
+    assert csv.splitlines()[0].split(",") == [
+        "Experiment",
+        "test_accuracy",
+        "best_test_accuracy",
+        "ensemble_test_accuracy",
+        "params.yaml:model",
+    ]
+    assert "effnet" in csv and "efficientnetb0" in csv
+    # and --only-changed leaves out every column no experiment changed (deps among them)
+    changed = run([*dvc, "exp", "show", "--no-pager", "--csv", "--only-changed"], repo, env)
+    columns = changed.splitlines()[0].split(",")
+    assert {"params.yaml:model", "mlflow_run_id", "train_seconds"} <= set(columns)
+    assert "split.val_fraction" not in columns and "stages/ingest.py" not in columns
 
 
 def test_temp_experiment_logs_to_the_workspace_store(project):
