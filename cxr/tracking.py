@@ -28,6 +28,8 @@ EVALUATE_ARTIFACTS = "evaluate"
 PREDICTIONS_ARTIFACT = f"{EVALUATE_ARTIFACTS}/test_predictions.json"
 # The model tag of compare's ensemble runs: never a single model, never the champion.
 ENSEMBLE_MODEL = "ensemble"
+# compare's own run holding the leaderboard (table, chart, headline) of one data fingerprint.
+LEADERBOARD_MODEL = "leaderboard"
 # Tags naming who holds a run open: the checkout, and the process (host+pid+start time), so a
 # later train can tell a run left RUNNING by a killed process from one still in progress.
 WORKSPACE_TAG = "workspace"

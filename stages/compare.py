@@ -37,11 +37,15 @@ from cxr.evaluation.leaderboard import (
     leaderboard,
     leaderboard_json,
     leaderboard_markdown,
+    log_leaderboard,
     with_mcnemar,
 )
-from cxr.tracking import ENSEMBLE_MODEL, run_tags, use_experiment
+from cxr.tracking import ENSEMBLE_MODEL, LEADERBOARD_MODEL, run_tags, use_experiment
 
 LEADERBOARD_REPORT = "leaderboard.json"  # in reports/compare/, beside leaderboard.md and .png
+REPORT_FILES = ("leaderboard.md", "leaderboard.png", LEADERBOARD_REPORT)
+# The MLflow experiment of the leaderboards: mlflow_experiment + this (cxr-pipeline-leaderboard).
+LEADERBOARD_SUFFIX = "-leaderboard"
 # Per external dataset in metrics/external.json; the rest is in metrics/external/<name>.json.
 EXTERNAL_HEADLINE = ("images", "accuracy", "f1_macro", "accuracy_drop", "source_shortcut_accuracy")
 
@@ -83,8 +87,15 @@ def compare(
         chart = draw_leaderboard(board, settings.rank_by, fingerprint)
         save_figure(chart, reports_dir / "leaderboard.png")
         write_json(reports_dir / LEADERBOARD_REPORT, report)
-    write_json(paths.metrics("compare"), compare_metrics(report))
+    headline = compare_metrics(report)
+    write_json(paths.metrics("compare"), headline)
     write_json(paths.metrics("external"), external_metrics(paths.root, external))
+    if len(board):
+        reports = [paths.reports("compare") / name for name in REPORT_FILES]
+        tags = run_tags(LEADERBOARD_MODEL, fingerprint, paths.root, environ)
+        # Its own experiment: the training experiment lists models, not reports about them.
+        boards = use_experiment(f"{experiment}{LEADERBOARD_SUFFIX}", paths.root, environ)
+        log_leaderboard(boards, tags, headline, reports, board)
     return board
 
 

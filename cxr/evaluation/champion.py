@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from cxr.tracking import ENSEMBLE_MODEL
 
 CHAMPION_ALIAS = "champion"
+# The test metrics a registry version carries as tags (its run holds them all).
+VERSION_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc_ovr", "test_balanced_accuracy")
 # How long a run id is shown: as on the leaderboard's run column.
 SHORT_RUN_ID = 8
 
@@ -110,11 +112,7 @@ def update_champion(
                 "reason": f"{kept}: its {rank_by} {held_score:.4f} is not beaten by {label} "
                 f"at {score:.4f}",
             }
-    version = mlflow.register_model(
-        model_uri,
-        name,
-        tags={"data_fingerprint": fingerprint, rank_by: f"{score:.6f}"},
-    )
+    version = mlflow.register_model(model_uri, name, tags=version_tags(candidate, fingerprint))
     client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
     promoted = f"promoted {label} as version {version.version}"
     if champion is None:
@@ -127,6 +125,19 @@ def update_champion(
             f"({held_label})"
         )
     return status | {"action": "promoted", "version": int(version.version), "reason": reason}
+
+
+def version_tags(run: Run, fingerprint: str) -> dict[str, str]:
+    """What a registry version says about itself: model, data, run and headline test metrics."""
+    tags = {
+        "model": run.data.tags.get("model", ""),
+        "data_fingerprint": fingerprint,
+        "run_id": run.info.run_id,
+    }
+    for metric in VERSION_METRICS:
+        if metric in run.data.metrics:
+            tags[metric] = f"{run.data.metrics[metric]:.4f}"
+    return tags
 
 
 def _get_run(client: MlflowClient, run_id: str) -> Run | None:

@@ -7,6 +7,7 @@ from the old tag. The ensemble row (cxr/evaluation/ensemble.py) is added last, n
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -21,7 +22,13 @@ from mlflow.tracking import MlflowClient
 
 from cxr.core.params import CompareParams, external_metric
 from cxr.evaluation.statistics import INTERVAL_METRICS, mcnemar_exact
-from cxr.tracking import ENSEMBLE_MODEL, PREDICTIONS_ARTIFACT
+from cxr.tracking import (
+    ENSEMBLE_MODEL,
+    LEADERBOARD_MODEL,
+    PREDICTIONS_ARTIFACT,
+    find_run,
+    tag_run,
+)
 
 MODEL_TAG = "tags.model"
 LEGACY_MODEL_TAG = "tags.backbone"  # what runs logged before the rename call the model
@@ -401,3 +408,34 @@ def compare_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
         # The version that holds the alias after this run, promoted or kept (None: no champion).
         "champion_version": champion.get("version", champion.get("champion_version")),
     }
+
+
+def log_leaderboard(
+    experiment_id: str,
+    tags: Mapping[str, str],
+    headline: Mapping[str, Any],
+    files: Sequence[Path],
+    table: pd.DataFrame,
+) -> str:
+    """Log the leaderboard as its own run (model=leaderboard) of its data; return the run id.
+
+    The `files` (Markdown, chart, JSON report) and `table` (one row per model) are artifacts,
+    the numbers of `headline` metrics. One such run per data fingerprint: compare run again
+    deletes the previous one and logs the new leaderboard in its place, never a second copy.
+    """
+    identity = {"model": LEADERBOARD_MODEL, "data_fingerprint": tags["data_fingerprint"]}
+    previous = find_run(experiment_id, identity)
+    if previous is not None:
+        MlflowClient().delete_run(previous)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=LEADERBOARD_MODEL) as run:
+        tag_run({**tags, **identity})
+        numbers = {
+            key: float(value)
+            for key, value in headline.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        mlflow.log_metrics(numbers)
+        for path in files:
+            mlflow.log_artifact(str(path))
+        mlflow.log_table(table, artifact_file="leaderboard_table.json")
+    return str(run.info.run_id)

@@ -1,4 +1,4 @@
-"""Queued experiments run in parallel on a fresh clone: both create the MLflow store at once.
+"""A queued sweep runs in parallel on a fresh clone: both experiments create the store at once.
 
 Neither clone has an mlflow.db yet, so the two training processes create it at the same
 moment; both must succeed and land in the one store of the clone (cxr.tracking.store_lock).
@@ -75,9 +75,8 @@ def test_two_queued_experiments_on_a_fresh_clone_both_succeed(tmp_path: Path) ->
     run(["git", "clone", "-q", str(origin), str(clone)], tmp_path, env)
     assert not (clone / "mlflow.db").exists()
 
-    # When two experiments are queued and the queue runs them two at a time
-    for model in MODELS:
-        run([*DVC, "exp", "run", "--queue", "-S", f"model={model}"], clone, env)
+    # When a two-model sweep is queued, as README's workflow does, and run two at a time
+    run([*DVC, "exp", "run", "--queue", "-S", f"model={','.join(MODELS)}"], clone, env)
     try:
         run([*DVC, "queue", "start", "-j", "2"], clone, env)
         status = wait_for_tasks(clone, env, len(MODELS))

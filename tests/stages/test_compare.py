@@ -93,6 +93,27 @@ def test_compare_stage_writes_metrics_markdown_chart_and_promotes(tmp_path, stor
     # no run logged probabilities, so there is no ensemble row, and the files say why
     assert report["ensemble"] is None and "no ensemble row" in report["ensemble_note"].lower()
     assert "only 0 logged its test probabilities" in markdown
+    # the registry version says which model, data, run and scores it is
+    assert champion.tags["model"] == "efficientnetb0"
+    assert champion.tags["data_fingerprint"] == fingerprint and champion.tags["run_id"] == best
+    assert champion.tags["test_accuracy"] == "0.8500"
+    # the leaderboard is in MLflow too, in its own experiment: one run with its files, table
+    # and headline ...
+    client = MlflowClient()
+    boards = client.get_experiment_by_name("cxr-stage-leaderboard").experiment_id
+    query = f"tags.model = 'leaderboard' and tags.data_fingerprint = '{fingerprint}'"
+    [first] = client.search_runs([boards], query)
+    files = {artifact.path for artifact in client.list_artifacts(first.info.run_id)}
+    assert {"leaderboard.md", "leaderboard.png", "leaderboard.json"} <= files
+    assert "leaderboard_table.json" in files
+    assert first.data.metrics["best_test_accuracy"] == pytest.approx(0.85)
+    assert first.info.run_name == "leaderboard"
+    # ... which compare run again replaces rather than duplicates, and never ranks
+    board = compare(params, SCORING, 42, "cxr-stage", paths, store)
+    [again] = client.search_runs([boards], query)
+    assert again.info.run_id != first.info.run_id
+    assert not client.search_runs([experiment_id], "tags.model = 'leaderboard'")
+    assert board["model"].tolist() == ["efficientnetb0", "vgg16"]
 
 
 def test_main_reads_params_and_reports_an_empty_store(
