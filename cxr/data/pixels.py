@@ -39,12 +39,13 @@ def load_split_pixels(cache: Path, cache_index: Sequence[int], image_size: int) 
     return result
 
 
-def read_cache_rows(cache: Path, cache_index: Sequence[int], image_size: int) -> np.ndarray:
-    """A few rows of the pixel cache at `image_size`, read now: one streamed batch.
+def read_cache_rows(
+    cache: Path, pixels: np.memmap, cache_index: Sequence[int], image_size: int
+) -> np.ndarray:
+    """A few rows of the pixel cache (`pixels`: it opened) at `image_size`: one streamed batch.
 
     Same pixels as load_split_pixels gives for those rows (the resize is per image).
     """
-    pixels = open_pixel_cache(cache)
     with cache.open("rb") as handle:
         rows = _read_rows(handle, pixels, np.asarray(cache_index, dtype=np.int64))
     return resize_batch(rows[..., np.newaxis], image_size)

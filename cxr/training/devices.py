@@ -61,25 +61,20 @@ class AcceleratorPlan:
         return self.precision != "float32"
 
 
-def _cluster_spec(tf_config: str) -> dict[str, Any]:
-    """TF_CONFIG parsed: {'cluster': {...}, 'task': {...}}; {} when unset."""
+def cluster_workers(tf_config: str) -> int:
+    """Number of workers TF_CONFIG declares, the chief included (0 when unset)."""
     if not tf_config.strip():
-        return {}
+        return 0
     try:
         spec = json.loads(tf_config)
         if not isinstance(spec, dict) or not isinstance(spec.get("cluster", {}), dict):
             raise TypeError
-        return spec
     except (json.JSONDecodeError, TypeError):
         raise PipelineError(
             f"TF_CONFIG = {tf_config[:60]!r}: not a JSON object with a cluster.worker list; "
             "fix it or unset it to train on this machine only"
         ) from None
-
-
-def cluster_workers(tf_config: str) -> int:
-    """Number of workers TF_CONFIG declares, the chief included (0 when unset)."""
-    cluster = _cluster_spec(tf_config).get("cluster", {})
+    cluster = spec.get("cluster", {})
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
@@ -234,5 +229,6 @@ def setup_accelerators(
     """
     plan = plan_accelerators(visible_gpus(), mixed_precision, jit_compile, environ)
     if plan.strategy == "multi_worker":
-        raise PipelineError(MULTI_WORKER_BLOCKED.format(workers=plan.device.rsplit(", ", 1)[1]))
+        workers = cluster_workers(environ.get("TF_CONFIG", ""))
+        raise PipelineError(MULTI_WORKER_BLOCKED.format(workers=f"{workers} workers"))
     return Accelerators(plan, apply_plan(plan))

@@ -30,6 +30,7 @@ class StreamedPixels:
     """A split's pixels left in the pixel cache: rows `cache_index`, resized as they are read."""
 
     cache: Path
+    pixels: np.memmap  # the cache, opened once (open_pixel_cache): its row layout
     cache_index: np.ndarray
     image_size: int
 
@@ -39,7 +40,8 @@ class StreamedPixels:
 
     def batch(self, positions: np.ndarray) -> np.ndarray:
         """The images at `positions` (0 .. len-1) as uint8 (n, size, size, 1)."""
-        return read_cache_rows(self.cache, self.cache_index[positions], self.image_size)
+        rows = self.cache_index[positions]
+        return read_cache_rows(self.cache, self.pixels, rows, self.image_size)
 
 
 Pixels = np.ndarray | StreamedPixels
@@ -72,11 +74,12 @@ def load_training_data(
     rows = len(splits["train"]) + len(splits["val"])
     stream = memory_cache_mb is not None and rows * image_size**2 > memory_cache_mb * MEGABYTE
 
+    cache = open_pixel_cache(paths.pixel_cache)  # fails now, with its reason, not mid-epoch
+
     def pixels(split: str) -> Pixels:
         index = splits[split]["cache_index"].to_numpy(dtype=np.int64)
         if stream:
-            open_pixel_cache(paths.pixel_cache)  # fail now, with its reason, not mid-epoch
-            return StreamedPixels(paths.pixel_cache, index, image_size)
+            return StreamedPixels(paths.pixel_cache, cache, index, image_size)
         return load_split_pixels(paths.pixel_cache, index, image_size)
 
     def labels(split: str) -> np.ndarray:
@@ -86,7 +89,7 @@ def load_training_data(
         splits=splits,
         class_names=names,
         fingerprint=data_fingerprint(splits),
-        cache_size=int(open_pixel_cache(paths.pixel_cache).shape[1]),
+        cache_size=int(cache.shape[1]),
         train_images=pixels("train"),
         train_labels=labels("train"),
         val_images=pixels("val"),
