@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import subprocess
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from mlflow import ActiveRun
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from cxr.core.errors import PipelineError
@@ -239,13 +241,59 @@ def reopen_run(
     return open_run(experiment_id, {**tags, "trained_in_run": run_id}, None, cwd)
 
 
+def clear_earlier_results(run_id: str, artifact_path: str, logged_model: str) -> list[str]:
+    """Remove what an earlier evaluation logged to run `run_id`; the ids of the models removed.
+
+    MLflow appends: `log_table` adds its rows to a table file already there, `log_model` adds a
+    second model of the same name, and a folder logged again keeps the files it no longer has.
+    So the run's `artifact_path` folder is deleted, and so are its logged models named
+    `logged_model`, except those a registry version points at (the registry serves them).
+    """
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    with contextlib.suppress(NotImplementedError):  # a store that cannot delete keeps them
+        get_artifact_repository(run.info.artifact_uri).delete_artifacts(artifact_path)
+    # A version names its logged model in `source` (models:/<model id>); model_id may be unset.
+    registered = {
+        str(version.source).removeprefix("models:/")
+        for version in client.search_model_versions(f"run_id = '{run_id}'")
+    }
+    models = client.search_logged_models(
+        [run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{logged_model}'",
+    )
+    removed = []
+    for model in models:
+        if model.model_id not in registered:
+            client.delete_logged_model(model.model_id)
+            removed.append(model.model_id)
+    return removed
+
+
+def changed_metrics(metrics: Mapping[str, float], logged: Mapping[str, float]) -> dict[str, float]:
+    """The metrics whose value differs from the run's latest `logged` one (all, when new).
+
+    A metric MLflow already holds with the same value is not logged again: each would add a
+    second point to its history (MLflow cannot delete one), and a re-evaluation of the same
+    model gives the same figures.
+    """
+    return {
+        key: value
+        for key, value in metrics.items()
+        if key not in logged
+        or not (logged[key] == value or math.isnan(logged[key]) and math.isnan(value))
+    }
+
+
 def log_results(
     metrics: Mapping[str, float],
     folders: Mapping[str, Path],
     tables: Mapping[str, pd.DataFrame],
 ) -> None:
-    """Log metrics, folders (artifact path -> folder) and tables (file -> table) to the run."""
-    mlflow.log_metrics(dict(metrics))
+    """Log metrics (the changed ones), folders (artifact path -> folder), tables to the run."""
+    run = mlflow.active_run()
+    logged = MlflowClient().get_run(run.info.run_id).data.metrics if run else {}
+    mlflow.log_metrics(changed_metrics(metrics, logged))
     for artifact_path, folder in folders.items():
         mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
     for artifact_file, table in tables.items():

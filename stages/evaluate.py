@@ -30,11 +30,12 @@ from cxr.evaluation.metrics import (
     prediction_table,
 )
 from cxr.evaluation.tta import with_tta
-from cxr.serving.predictors import load_models_dir
+from cxr.serving.predictors import LOGGED_MODEL_NAME, load_models_dir
 from cxr.serving.pyfunc import log_classifier
 from cxr.tracking import (
     EVALUATE_ARTIFACTS,
     PREDICTIONS_ARTIFACT,
+    clear_earlier_results,
     log_results,
     reopen_run,
     tag_run,
@@ -85,6 +86,8 @@ def evaluate(
         linked = {"model": record.model, "data_fingerprint": record.data_fingerprint}
         with reopen_run(record.run_id, experiment_id, linked, paths.root) as run:
             tag_run({"tta": str(settings.tta).lower(), "gradcam": metrics["gradcam"]})
+            # Evaluated before (evaluate params or code changed, or `dvc repro -f`): replace.
+            clear_earlier_results(run.info.run_id, EVALUATE_ARTIFACTS, LOGGED_MODEL_NAME)
             log_results(
                 flat_metrics(metrics),
                 {EVALUATE_ARTIFACTS: figures_dir, f"{EVALUATE_ARTIFACTS}/plots": plots_dir},

@@ -1,4 +1,4 @@
-"""The project's Python: a stage started by a Python without the project's packages re-runs in .venv.
+"""The project's Python: a stage started by a Python lacking the packages re-runs in .venv.
 
 DVC runs each stage's `cmd` (`python -m stages.<name>`) with whatever `python` comes first on
 PATH, not with the interpreter DVC itself runs in. So `.venv/bin/dvc repro` in a shell where the

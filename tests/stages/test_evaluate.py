@@ -192,3 +192,50 @@ def test_tta_scores_the_mean_over_the_views_and_off_keeps_the_plain_probabilitie
     run = MlflowClient().get_run(augmented["mlflow_run_id"])
     assert run.data.tags["tta"] == "true" and run.data.metrics["tta_views"] == 6
     assert MlflowClient().get_run(plain["mlflow_run_id"]).data.tags["tta"] == "false"
+
+
+def test_a_second_evaluation_of_a_run_replaces_the_first(tmp_path, store):
+    # given a train run evaluated once, whose classifier the registry holds as a version
+    experiment_id = use_experiment("cxr-evaluate", tmp_path, store)
+    with mlflow.start_run(experiment_id=experiment_id) as train_run:
+        mlflow.log_metric("parameters", 100)
+    run_id = train_run.info.run_id
+    paths = write_project(tmp_path, run_id=run_id, epochs=1)
+    quick = PARAMS.model_copy(update={"gradcam_images": 0, "bootstrap_samples": 20})
+    first = evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store)
+    client = MlflowClient()
+
+    def classifiers() -> list[str]:
+        found = client.search_logged_models(
+            [experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = 'classifier'"
+        )
+        return [model.model_id for model in found]
+
+    # when it is evaluated again with the same params (`dvc repro -f evaluate`), twice
+    evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store)
+    second = evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store)
+    # then the run holds one classifier (the newest), one value of each test metric, and a
+    # predictions table of the test images once, not appended to the earlier ones
+    assert classifiers() == [second["model_uri"].removeprefix("models:/")]
+    assert first["model_uri"] != second["model_uri"]
+    assert len(client.get_metric_history(run_id, "test_accuracy")) == 1
+    assert len(client.get_metric_history(run_id, "test_f1_macro")) == 1
+    table = client.load_table(experiment_id, "evaluate/test_predictions.json", [run_id])
+    assert len(table) == second["test_images"] == 12
+    assert mlflow.pyfunc.load_model(f"runs:/{run_id}/classifier") is not None
+    # when the classifier is registered and the run is evaluated with other params
+    version = mlflow.register_model(second["model_uri"], "cxr-evaluate-test")
+    other = quick.model_copy(update={"bootstrap_samples": 30})
+    third = evaluate(other, 42, 10**7, "cxr-evaluate", paths, store)
+    # then the registered classifier is kept (the registry serves it) beside the new one, and
+    # only the metrics whose value changed got a second point
+    assert set(classifiers()) == {
+        second["model_uri"].removeprefix("models:/"),
+        third["model_uri"].removeprefix("models:/"),
+    }
+    assert mlflow.pyfunc.load_model(f"models:/cxr-evaluate-test/{version.version}") is not None
+    assert len(client.get_metric_history(run_id, "test_accuracy")) == 1
+    changed = third["confidence_intervals"]["test_accuracy"] != first["confidence_intervals"][
+        "test_accuracy"
+    ]
+    assert len(client.get_metric_history(run_id, "test_accuracy_ci_low")) == (2 if changed else 1)
