@@ -235,7 +235,8 @@ def test_a_second_evaluation_of_a_run_replaces_the_first(tmp_path, store):
     }
     assert mlflow.pyfunc.load_model(f"models:/cxr-evaluate-test/{version.version}") is not None
     assert len(client.get_metric_history(run_id, "test_accuracy")) == 1
-    changed = third["confidence_intervals"]["test_accuracy"] != first["confidence_intervals"][
-        "test_accuracy"
-    ]
+    changed = (
+        third["confidence_intervals"]["test_accuracy"]
+        != first["confidence_intervals"]["test_accuracy"]
+    )
     assert len(client.get_metric_history(run_id, "test_accuracy_ci_low")) == (2 if changed else 1)
