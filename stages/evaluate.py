@@ -17,7 +17,7 @@ from cxr.core.outputs import staged_dir, write_json, write_table
 from cxr.core.params import EvaluateParams, load_params
 from cxr.core.paths import ExternalDataPaths, ProjectPaths, paths_from_argv
 from cxr.core.tables import read_table
-from cxr.data.pixels import load_split_pixels
+from cxr.data.pixels import CachedImages
 from cxr.evaluation.external import evaluate_external, external_summary
 from cxr.evaluation.figures import draw_evaluation_figures, write_plots_data
 from cxr.evaluation.metrics import (
@@ -61,7 +61,8 @@ def evaluate(
     record = predictor.record
     test = read_table(paths.split_table("test"))
     true = known_label_indices(test, record.class_names)
-    images = load_split_pixels(paths.pixel_cache, test["cache_index"], record.image_size)
+    # Read a chunk at a time while predicting, and again only for the images the figures show.
+    images = CachedImages(paths.pixel_cache, test["cache_index"], record.image_size)
     probabilities, images_per_second = predictor.timed_predict_proba(images, settings.batch_size)
     predictions = Predictions(true, probabilities, record.class_names)
     metrics = evaluation_metrics(

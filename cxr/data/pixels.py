@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from io import BufferedReader
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -15,7 +16,9 @@ from cxr.core.errors import PipelineError
 GATHER_CHUNK = 512
 
 
-def load_split_pixels(cache: Path, cache_index: Sequence[int], image_size: int) -> np.ndarray:
+def load_split_pixels(
+    cache: Path, cache_index: Sequence[int] | np.ndarray, image_size: int
+) -> np.ndarray:
     """Rows `cache_index` of the build's pixel cache as uint8 (N, image_size, image_size, 1).
 
     The cache holds every image decoded once at build.cache_size; a smaller training size is
@@ -37,6 +40,49 @@ def load_split_pixels(cache: Path, cache_index: Sequence[int], image_size: int) 
             rows = _read_rows(handle, pixels, index[start : start + GATHER_CHUNK])
             result[start : start + len(rows)] = resize_batch(rows[..., np.newaxis], image_size)
     return result
+
+
+class ImageRows(Protocol):
+    """Images indexed like an array (N, size, size, 1): a numpy array or CachedImages."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(images, size, size, 1)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, key: Any) -> Any: ...
+
+
+class CachedImages:
+    """Rows of the pixel cache at `image_size`, read when indexed: the split is never all held.
+
+    Indexing with an int, a slice or an array of positions gives what load_split_pixels would
+    give for those rows (an int: one image), so evaluate scores a split of any size a chunk at
+    a time and reads back only the few images its figures show.
+    """
+
+    def __init__(self, cache: Path, cache_index: Sequence[int], image_size: int) -> None:
+        self.cache = cache
+        self.cache_index = np.asarray(cache_index, dtype=np.int64)
+        self.image_size = image_size
+        side = open_pixel_cache(cache).shape[1]
+        if image_size > side:
+            load_split_pixels(cache, [], image_size)  # raises the one-line error
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(images, image_size, image_size, 1), as the loaded array would be."""
+        return (len(self.cache_index), self.image_size, self.image_size, 1)
+
+    def __len__(self) -> int:
+        return len(self.cache_index)
+
+    def __getitem__(self, key: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
+        if isinstance(key, int | np.integer):
+            return load_split_pixels(self.cache, [self.cache_index[key]], self.image_size)[0]
+        return load_split_pixels(self.cache, self.cache_index[key], self.image_size)
 
 
 def read_cache_rows(

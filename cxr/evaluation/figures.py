@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -24,6 +24,9 @@ from cxr.core.params import EvaluateParams
 from cxr.evaluation.gradcam import NoFeatureMapError, draw_gradcam_grid, gradcam_heatmaps
 from cxr.evaluation.metrics import Predictions, curve_tables
 from cxr.evaluation.statistics import calibration_bins, expected_calibration_error
+
+if TYPE_CHECKING:
+    from cxr.data.pixels import ImageRows
 
 
 def draw_confusion(
@@ -81,9 +84,7 @@ def draw_reliability(
     save_figure(figure, path)
 
 
-def draw_misclassified(
-    predictions: pd.DataFrame, pixels: np.ndarray, limit: int, path: Path
-) -> int:
+def draw_misclassified(predictions: pd.DataFrame, pixels: ImageRows, limit: int, path: Path) -> int:
     """Save a grid of misclassified test images titled true -> predicted; return how many."""
     wrong = predictions.reset_index(drop=True)
     wrong = wrong[wrong["actual"] != wrong["predicted"]]
@@ -107,7 +108,7 @@ def draw_misclassified(
 
 def draw_gradcam(
     model: Any,
-    images: np.ndarray,
+    images: ImageRows,
     predictions: Predictions,
     per_kind: int,
     seed: int,
@@ -153,7 +154,7 @@ def draw_gradcam(
 def draw_evaluation_figures(
     figures_dir: Path,
     model: Any,
-    images: np.ndarray,
+    images: ImageRows,
     predictions: Predictions,
     per_image: pd.DataFrame,
     settings: EvaluateParams,

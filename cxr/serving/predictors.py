@@ -13,10 +13,12 @@ import numpy as np
 from cxr.core.errors import PipelineError
 from cxr.core.paths import MODEL_FILES
 from cxr.core.run_record import RunRecord, read_run_record
-from cxr.data.pixels import resize_batch
+from cxr.data.pixels import ImageRows, resize_batch
 
 # The name the pyfunc classifier is logged under in a run (cxr/serving/pyfunc.py).
 LOGGED_MODEL_NAME = "classifier"
+# Images scored at once when a split is predicted (timed_predict_proba): what memory holds of it.
+PREDICT_CHUNK = 2048
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,23 @@ class Predictor:
         return np.asarray(self.model.predict(images, batch_size=batch_size, verbose=0))
 
     def timed_predict_proba(
-        self, images: np.ndarray, batch_size: int = 64
+        self, images: ImageRows, batch_size: int = 64, chunk: int = PREDICT_CHUNK
     ) -> tuple[np.ndarray, float]:
-        """Probabilities and the inference speed in images per second (after one warm-up batch)."""
+        """Probabilities and the inference speed in images per second (after one warm-up batch).
+
+        `images` is an array or cxr.data.pixels.CachedImages: it is read `chunk` images at a
+        time, so memory holds one chunk, not the split; only the predictions are timed.
+        """
         # The first call traces the graph; timing it would understate the speed people get.
-        self.predict_proba(images[:batch_size], batch_size)
-        started = time.perf_counter()
-        probabilities = self.predict_proba(images, batch_size)
-        seconds = time.perf_counter() - started
+        self.predict_proba(np.asarray(images[:batch_size]), batch_size)
+        parts = [np.zeros((0, len(self.class_names)), dtype=np.float32)]
+        seconds = 0.0
+        for start in range(0, len(images), chunk):
+            batch = np.asarray(images[start : start + chunk])
+            started = time.perf_counter()
+            parts.append(self.predict_proba(batch, batch_size))
+            seconds += time.perf_counter() - started
+        probabilities = np.concatenate(parts)
         return probabilities, len(images) / seconds if seconds > 0 else float("inf")
 
     def prepare(self, grays: Sequence[np.ndarray]) -> np.ndarray:

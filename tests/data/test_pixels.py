@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from cxr.core.errors import PipelineError
-from cxr.data.pixels import GATHER_CHUNK, load_split_pixels, open_pixel_cache, resize_batch
+from cxr.data.pixels import (
+    GATHER_CHUNK,
+    CachedImages,
+    load_split_pixels,
+    open_pixel_cache,
+    resize_batch,
+)
 
 
 def _cache(path: Path, rows: int, side: int) -> np.ndarray:
@@ -62,3 +68,27 @@ def test_a_truncated_cache_is_one_error_naming_the_file(tmp_path: Path) -> None:
 def test_a_missing_cache_says_to_run_the_pipeline(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="missing; run `dvc repro`"):
         open_pixel_cache(tmp_path / "pixels.npy")
+
+
+def test_cached_images_read_what_load_split_pixels_gives_for_the_indexed_rows(
+    tmp_path: Path,
+) -> None:
+    # Given a cache and a split of unsorted rows across a gather chunk
+    _cache(tmp_path / "pixels.npy", GATHER_CHUNK + 10, 16)
+    index = np.concatenate([np.arange(GATHER_CHUNK + 9, -1, -2), [3, 3]])
+    loaded = load_split_pixels(tmp_path / "pixels.npy", index, 8)
+    # When the same split is indexed lazily
+    images = CachedImages(tmp_path / "pixels.npy", index, 8)
+    # Then shape, length and every kind of index give the loaded pixels
+    assert images.shape == loaded.shape and len(images) == len(loaded)
+    np.testing.assert_array_equal(images[3], loaded[3])
+    np.testing.assert_array_equal(images[np.int64(7)], loaded[7])
+    np.testing.assert_array_equal(images[10:300], loaded[10:300])
+    np.testing.assert_array_equal(images[np.array([5, 0, 5])], loaded[[5, 0, 5]])
+    np.testing.assert_array_equal(images[:], loaded)
+
+
+def test_cached_images_larger_than_the_cache_is_the_same_one_line_error(tmp_path: Path) -> None:
+    _cache(tmp_path / "pixels.npy", 3, 16)
+    with pytest.raises(PipelineError, match="train.image_size = 32 is larger than build"):
+        CachedImages(tmp_path / "pixels.npy", [0, 1], 32)

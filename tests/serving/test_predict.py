@@ -7,7 +7,7 @@ from evaluation_fixtures import NAMES, sklearn_models_dir, write_project
 from PIL import Image
 
 from cxr.data.decoding import resize_square
-from cxr.data.pixels import load_split_pixels, resize_batch
+from cxr.data.pixels import CachedImages, load_split_pixels, resize_batch
 from cxr.serving.predict import main, predict_files
 from cxr.serving.predictors import load_predictor
 
@@ -169,3 +169,16 @@ def test_files_classified_chunk_by_chunk_give_the_table_and_inputs_of_one_pass(p
     pd.testing.assert_frame_equal(chunked, whole, check_exact=False, atol=1e-6)
     assert np.array_equal(chunked_images, whole_images)
     assert (chunked["error"] != "").sum() == 1
+
+
+def test_a_split_scored_chunk_by_chunk_from_the_cache_gives_the_one_pass_probabilities(project):
+    # Given the trained model and its test split, held in memory and as lazy cache rows
+    paths, test, _ = project
+    predictor = load_predictor(str(paths.models_dir))
+    held = load_split_pixels(paths.pixel_cache, test["cache_index"], predictor.image_size)
+    lazy = CachedImages(paths.pixel_cache, test["cache_index"], predictor.image_size)
+    # When the lazy rows are scored five images at a time
+    chunked, speed = predictor.timed_predict_proba(lazy, batch_size=4, chunk=5)
+    # Then the probabilities are those of one pass over the held split, and a speed is given
+    np.testing.assert_allclose(chunked, predictor.predict_proba(held), atol=1e-5)
+    assert chunked.shape == (len(test), len(NAMES)) and speed > 0
