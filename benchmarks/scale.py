@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,7 +108,7 @@ def measure(images: int, overrides: dict[str, Any], keep: bool) -> dict[str, tup
         seconds, peak = results[stage]
         print(f"  {images:,} images: {stage} {seconds:.0f} s, peak {peak / 1e9:.2f} GB", flush=True)
     if not keep:
-        subprocess.run(["rm", "-rf", str(root)], check=False)
+        shutil.rmtree(root, ignore_errors=True)
     return results
 
 
