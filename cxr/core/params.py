@@ -444,6 +444,9 @@ class TrainParams(Section):
     optimizer: Literal["adam", "adamw"]
     weight_decay: float = Field(ge=0.0, lt=1.0, description="decoupled weight decay of adamw")
     label_smoothing: float = Field(ge=0.0, lt=0.5, description="0 = hard one-hot targets")
+    mixup: float = Field(
+        ge=0.0, le=1.0, description="MixUp alpha on training batches (keras.layers.MixUp); 0 = off"
+    )
     fine_tune_epochs: int = Field(ge=0)
     fine_tune_layers: int = Field(ge=0)
     fine_tune_learning_rate: float = Field(gt=0.0)

@@ -102,15 +102,17 @@ def compile_model(
     optimizer: str = "adam",
     weight_decay: float = 0.0,
     label_smoothing: float = 0.0,
+    one_hot: bool = False,
 ) -> None:
-    """Adam or AdamW and cross-entropy: on class indices, or on smoothed one-hot targets.
+    """Adam or AdamW and cross-entropy: on class indices, or on (smoothed, mixed) one-hot targets.
 
-    With label smoothing the datasets must carry one-hot labels (phase_batches does it). With
+    With `one_hot` (label smoothing or MixUp, see one_hot_targets) the datasets must carry one-hot
+    labels (phase_batches does it). With
     GoogLeNet's auxiliary classifiers each output gets the loss, the auxiliary ones weighted as
     in the paper, and accuracy is measured on the main output only.
     """
     loss: Any = "sparse_categorical_crossentropy"
-    if label_smoothing > 0:
+    if one_hot:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     options: dict[str, Any] = {"loss": loss, "metrics": ["accuracy"]}
     if auxiliary:
@@ -125,6 +127,28 @@ def compile_model(
     else:
         chosen = keras.optimizers.Adam(learning_rate)
     model.compile(optimizer=chosen, jit_compile=jit_compile, **options)
+
+
+def one_hot_targets(train: TrainParams) -> bool:
+    """Whether the loss needs one-hot targets: smoothed ones, or the blends MixUp makes."""
+    return train.label_smoothing > 0 or train.mixup > 0
+
+
+def mixup_batches(batches: tf.data.Dataset, alpha: float, seed: int) -> tf.data.Dataset:
+    """Each batch blended with a shuffled copy of itself, images and one-hot targets alike.
+
+    keras.layers.MixUp draws one Beta(alpha, alpha) weight per image; the images become float32
+    (the model rescales whatever it is given, as it does uint8).
+    """
+    mix = keras.layers.MixUp(alpha=alpha, seed=seed)
+
+    def blend(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        mixed = mix({"images": tf.cast(images, tf.float32), "labels": labels}, training=True)
+        return mixed["images"], mixed["labels"]
+
+    # One batch at a time: the layer's seed generator is a variable that each call advances, so
+    # parallel calls would draw the weights in a varying order and break determinism.
+    return batches.map(blend)
 
 
 def class_weights(mode: str, labels: np.ndarray, class_count: int) -> dict[int, float] | None:
@@ -194,10 +218,12 @@ def phase_batches(
     batch_size: int,
     seed: int,
     one_hot: bool = False,
+    mixup: float = 0.0,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Train (shuffled) and val batches: images, or the frozen backbone's features when cached.
 
-    Labels are class indices, or one-hot rows when `one_hot` (for label smoothing).
+    Labels are class indices, or one-hot rows when `one_hot` (for label smoothing and MixUp).
+    With `mixup` > 0 the train images (not cached features, not val) are MixUp blends.
     """
     inputs = (data.train_images, data.val_images)
     if cached:
@@ -215,6 +241,10 @@ def phase_batches(
             return images, tf.one_hot(labels, depth)
 
         train_batches, val_batches = train_batches.map(encode), val_batches.map(encode)
+    if mixup > 0 and not cached:
+        if not one_hot:
+            raise ValueError("MixUp blends one-hot targets: call phase_batches with one_hot=True")
+        train_batches = mixup_batches(train_batches, mixup, seed)
     if auxiliary:
         return train_batches.map(auxiliary_targets), val_batches.map(auxiliary_targets)
     return train_batches, val_batches
@@ -254,12 +284,13 @@ def fit_phase(
     rate = learning_rate_for(
         train.schedule, train.cosine, phase.learning_rate, phase.epochs, steps_per_epoch
     )
+    one_hot = one_hot_targets(train)
     compile_model(
         fitted, rate, plan.jit_compile, auxiliary,
-        train.optimizer, train.weight_decay, train.label_smoothing,
+        train.optimizer, train.weight_decay, train.label_smoothing, one_hot,
     )  # fmt: skip
     train_batches, val_batches = phase_batches(
-        model, data, cached, auxiliary, train.batch_size, params.seed, train.label_smoothing > 0
+        model, data, cached, auxiliary, train.batch_size, params.seed, one_hot, train.mixup
     )
     already = completed_epochs(work, phase.name, phase.first_epoch)
     # A resumed phase must see the shuffles the interrupted one would have: every pass over the

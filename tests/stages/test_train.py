@@ -300,3 +300,17 @@ def test_adamw_label_smoothing_and_a_time_budget_reach_the_fit(prepared, tmp_pat
     assert float(model.optimizer.weight_decay) == pytest.approx(1e-4)
     assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
     assert model.predict(np.zeros((1, 32, 32, 1), np.uint8), verbose=0).shape == (1, 3)
+
+
+@pytest.mark.slow
+def test_mixup_without_smoothing_trains_on_one_hot_targets(prepared, tmp_path):
+    # given MixUp on and label smoothing off
+    params = tiny_params(mixup=0.3, label_smoothing=0.0, epochs=1, fine_tune_epochs=0)
+    root = fresh_copy(prepared, tmp_path, params)
+    # when train runs
+    assert train.main(["--root", str(root)]) == 0
+    # then the model was compiled on one-hot (blended) targets, unsmoothed, and its loss is finite
+    model = keras.models.load_model(ProjectPaths(root).model_file())
+    assert type(model.loss).__name__ == "CategoricalCrossentropy"
+    assert model.loss.get_config()["label_smoothing"] == 0
+    assert np.isfinite(pd.read_csv(ProjectPaths(root).history)["loss"]).all()
