@@ -138,7 +138,7 @@ def benchmark(name: str, options: dict[str, Any], args: argparse.Namespace) -> l
         write_params(root, params)
         for stage in ("ingest", "build", "split"):
             run_stage(stage, root)
-        split = json.loads((root / "metrics" / "split.json").read_text())
+        split = json.loads((root / "metrics" / "summary" / "split.json").read_text())
         print(
             f"{name}: " + ", ".join(f"{s} {split[s]['images']}" for s in ("train", "val", "test"))
         )

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         root = args.project or Path(scratch) / "project"
         prepare_project(root, args.data, ["train.epochs=1000", *args.set])
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        split_counts = json.loads((root / "metrics" / "split.json").read_text())
+        split_counts = json.loads((root / "metrics" / "summary" / "split.json").read_text())
         print("split:", {key: split_counts[key]["images"] for key in ("train", "val", "test")})
         if not args.skip_accuracy:
             rows = [score_model(root, name, args.minutes) for name in args.models]

@@ -17,7 +17,7 @@ from cxr.data.pixel_cache import check_classes_left, decode_into_cache
 
 
 def build(build_params: BuildParams, seed: int, paths: ProjectPaths) -> pd.DataFrame:
-    """Write the pixel cache, images table, rejected table, metrics and exploration figures."""
+    """Write the pixel cache, images table, rejected table, summary and exploration figures."""
     manifest = read_manifest(paths.manifest)
     if manifest.empty:
         raise PipelineError(
@@ -39,7 +39,7 @@ def build(build_params: BuildParams, seed: int, paths: ProjectPaths) -> pd.DataF
         draw_exploration(images, histograms, figures_dir)
     write_table(paths.images_table, images)
     write_table(paths.rejected_table, rejected)
-    write_json(paths.metrics("build"), build_metrics(images, rejected))
+    write_json(paths.summary("build"), build_metrics(images, rejected))
     return images
 
 

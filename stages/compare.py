@@ -3,8 +3,8 @@
 With an ensemble row: the mean probabilities of the top models, logged as a run of its own,
 and columns for each external dataset (evaluate.external), whose headline figures it gathers in
 metrics/external.json. The whole leaderboard is a report (reports/compare/leaderboard.json);
-metrics/compare.json holds its headline only, so `dvc metrics show` and `dvc exp show` stay
-readable.
+metrics/summary/compare.json holds its headline and metrics/compare.json (a DVC metric) only the
+best model's name, so `dvc metrics show` and `dvc exp show` stay readable.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from cxr.core.errors import report_errors
-from cxr.core.outputs import read_json, save_figure, staged_dir, write_json
+from cxr.core.outputs import read_json, save_figure, staged_dir, write_json, write_results
 from cxr.core.params import CompareParams, EvaluateParams, load_params
 from cxr.core.paths import ExternalDataPaths, ProjectPaths, paths_from_argv
 from cxr.core.tables import data_fingerprint, read_splits
@@ -46,6 +46,8 @@ LEADERBOARD_REPORT = "leaderboard.json"  # in reports/compare/, beside leaderboa
 REPORT_FILES = ("leaderboard.md", "leaderboard.png", LEADERBOARD_REPORT)
 # The MLflow experiment of the leaderboards: mlflow_experiment + this (cxr-pipeline-leaderboard).
 LEADERBOARD_SUFFIX = "-leaderboard"
+# The DVC metrics of compare: the leaderboard's figures are evaluate's metrics of each experiment.
+COMPARE_HEADLINE = ("best_model",)
 # Per external dataset in metrics/external.json; the rest is in metrics/external/<name>.json.
 EXTERNAL_HEADLINE = ("images", "accuracy", "f1_macro", "accuracy_drop", "source_shortcut_accuracy")
 
@@ -75,7 +77,7 @@ def compare(
     board = with_mcnemar(board, experiment_id, settings.significance)
     note = ensemble_note(ensemble)
     excluded = excluded_runs(runs, fingerprint)
-    evaluated = read_json(paths.metrics("evaluate")) if paths.metrics("evaluate").exists() else {}
+    evaluated = read_json(paths.summary("evaluate")) if paths.summary("evaluate").exists() else {}
     champion = update_champion(settings.registered_model, evaluated, settings.rank_by, fingerprint)
     summary = champion_summary(settings.registered_model, champion)
     report = leaderboard_json(board, excluded, fingerprint, champion, note, external)
@@ -88,7 +90,7 @@ def compare(
         save_figure(chart, reports_dir / "leaderboard.png")
         write_json(reports_dir / LEADERBOARD_REPORT, report)
     headline = compare_metrics(report)
-    write_json(paths.metrics("compare"), headline)
+    write_results(paths.summary("compare"), paths.metrics("compare"), headline, COMPARE_HEADLINE)
     write_json(paths.metrics("external"), external_metrics(paths.root, external))
     if len(board):
         reports = [paths.reports("compare") / name for name in REPORT_FILES]

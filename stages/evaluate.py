@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from cxr.core.errors import report_errors
-from cxr.core.outputs import staged_dir, write_json, write_table
+from cxr.core.outputs import staged_dir, write_results, write_table
 from cxr.core.params import EvaluateParams, load_params
 from cxr.core.paths import ExternalDataPaths, ProjectPaths, paths_from_argv
 from cxr.core.tables import read_table
@@ -42,10 +42,18 @@ from cxr.tracking import (
     use_experiment,
 )
 
-# Kept out of metrics/evaluate.json, where `dvc metrics show` and `dvc exp show` print a column per
-# key: the interval pairs (also written as <name>_ci_low / _ci_high) and the Grad-CAM sentence
-# (printed, and tagged on the MLflow run).
+# Kept out of metrics/summary/evaluate.json: the interval pairs (also written as <name>_ci_low /
+# _ci_high) and the Grad-CAM sentence (printed, and tagged on the MLflow run).
 NOT_METRICS = ("confidence_intervals", "gradcam")
+# The DVC metrics of evaluate (metrics/evaluate.json): `dvc metrics show` and `dvc exp show` print
+# one column per key, so the per-class scores, intervals and ids stay in the summary.
+EVALUATE_HEADLINE = (
+    "test_accuracy",
+    "test_f1_macro",
+    "test_roc_auc_ovr",
+    "test_balanced_accuracy",
+    "test_covid_sensitivity",
+)
 
 
 def evaluate(
@@ -100,10 +108,8 @@ def evaluate(
         print(f"evaluate: MLflow run {record.run_id} is not in this store; logged to a new run")
     metrics["mlflow_run_id"], metrics["model_uri"] = run.info.run_id, model_uri
     write_table(paths.predictions, per_image)
-    write_json(
-        paths.metrics("evaluate"),
-        {key: value for key, value in metrics.items() if key not in NOT_METRICS},
-    )
+    recorded = {key: value for key, value in metrics.items() if key not in NOT_METRICS}
+    write_results(paths.summary("evaluate"), paths.metrics("evaluate"), recorded, EVALUATE_HEADLINE)
     return metrics
 
 

@@ -1,7 +1,7 @@
 """Stage ingest: copy data.source into data/raw as it is and list its files in a manifest.
 
 Table rows it cannot use go to data/interim/ingest_rejected.csv; warnings and rows dropped
-are counted in metrics/ingest.json.
+are counted in metrics/summary/ingest.json.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(paths.params)
     ingested = ingest(params.data, paths)
     metrics = ingest_metrics(ingested)
-    write_json(paths.metrics("ingest"), metrics)
+    write_json(paths.summary("ingest"), metrics)
     counts = ingested.counts
     print(
         f"ingest: {sum(counts.values())} files in {len(counts)} classes "

@@ -3,7 +3,7 @@
 Units of images that must not be separated (see cxr.data.splitting) are assigned to splits;
 the three tables go to data/processed; their counts, the duplicates found and the warnings
 (a line each on stderr: classes missing or thin in a split, heavy undersampling, large units)
-to the metrics.
+to its summary (metrics/summary/split.json).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def run_split(
         for name, table in tables.items():
             write_table(staging / paths.split_table(name).name, table)
     metrics = {**split_counts(tables), "duplicates": found, "warnings": warnings.to_metrics()}
-    write_json(paths.metrics("split"), metrics)
+    write_json(paths.summary("split"), metrics)
     return tables
 
 

@@ -3,7 +3,7 @@
 A Keras backbone trains in one phase from scratch, or frozen then fine-tuned when pretrained
 (cxr/training/keras_fit.py); a scikit-learn baseline is fitted on flattened downscaled pixels
 (cxr/training/sklearn_fit.py). Writes models/ (model file and run record), the epoch history
-and metrics/train.json.
+metrics/train.json (its headline: TRAIN_HEADLINE) and metrics/summary/train.json (everything).
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ import os
 from collections.abc import Sequence
 
 from cxr.core.errors import report_errors
-from cxr.core.outputs import write_json
+from cxr.core.outputs import write_results
 from cxr.core.params import load_params
 from cxr.core.paths import paths_from_argv
 from cxr.training.devices import avoid_empty_replica_batches
+
+# The DVC metrics of train: `dvc metrics show` and `dvc exp show` print one column per key.
+TRAIN_HEADLINE = ("best_val_accuracy", "epochs_run", "train_seconds")
 
 
 @report_errors
@@ -28,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
     metrics = train_model(params, paths, dict(os.environ))
-    write_json(paths.metrics("train"), {"model": params.model, **metrics})
+    results = {"model": params.model, **metrics}
+    write_results(paths.summary("train"), paths.metrics("train"), results, TRAIN_HEADLINE)
     print(
         f"train: {params.model} best val accuracy {metrics['best_val_accuracy']:.3f} "
         f"in {metrics['epochs_run']} epochs -> {paths.models_dir}"

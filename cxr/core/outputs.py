@@ -16,7 +16,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -238,6 +238,14 @@ def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically, keys sorted so diffs stay small."""
     with staged_file(path) as temporary:
         temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_results(
+    summary: Path, metrics: Path, results: Mapping[str, Any], headline: Sequence[str]
+) -> None:
+    """Every result to `summary`; the `headline` keys (those present) to the DVC `metrics` file."""
+    write_json(summary, dict(results))
+    write_json(metrics, {key: results[key] for key in headline if key in results})
 
 
 def write_table(path: Path, table: pd.DataFrame) -> None:

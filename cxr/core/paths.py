@@ -99,8 +99,16 @@ class ProjectPaths:
         return self.root / "metrics"
 
     def metrics(self, stage: str) -> Path:
-        """The metrics JSON of one stage."""
+        """The DVC metrics of one stage (train, evaluate, compare): its headline numbers only.
+
+        `dvc metrics show` and `dvc exp show` print a column per key of every metrics file, so
+        the rest of what a stage records is in its summary.
+        """
         return self.metrics_dir / f"{stage}.json"
+
+    def summary(self, stage: str) -> Path:
+        """metrics/summary/<stage>.json: everything one stage records (counts, intervals, ids)."""
+        return self.metrics_dir / "summary" / f"{stage}.json"
 
     @property
     def history(self) -> Path:

@@ -62,7 +62,9 @@ def update_champion(
 
     run_id, model_uri = evaluated.get("mlflow_run_id"), evaluated.get("model_uri")
     if not run_id or not model_uri:
-        return not_eligible("metrics/evaluate.json names no logged model (run evaluate first)")
+        return not_eligible(
+            "metrics/summary/evaluate.json names no logged model (run evaluate first)"
+        )
     candidate = _get_run(client, run_id)
     label = run_label(run_id, candidate)
     status["candidate_run"] = run_id

@@ -191,8 +191,9 @@ def internal_reference(
 ) -> dict[str, float | None]:
     """The internal test figures to compare with, on the same classes as the external ones.
 
-    With every class shared they are metrics/evaluate.json's; otherwise the test images of the
-    shared classes are scored again from metrics/test_predictions.csv, renormalised the same way.
+    With every class shared they are metrics/summary/evaluate.json's; otherwise the test images
+    of the shared classes are scored again from metrics/test_predictions.csv, renormalised the
+    same way.
     """
     if len(shared) == len(model_classes):
         return {key: evaluated.get(f"test_{key}") for key in SCORED}
@@ -407,7 +408,7 @@ def evaluate_external(
     metrics = external_scores(
         predictions, settings.bootstrap_samples, settings.calibration_bins, params.seed
     )
-    evaluated = read_json(project.metrics("evaluate"))
+    evaluated = read_json(project.summary("evaluate"))
     internal = internal_reference(
         evaluated, pd.read_csv(project.predictions), model_classes, shared
     )

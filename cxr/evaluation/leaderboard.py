@@ -389,10 +389,10 @@ def leaderboard_json(
 
 
 def compare_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
-    """metrics/compare.json: the headline of a leaderboard_json report, scalars only.
+    """metrics/summary/compare.json: the headline of a leaderboard_json report, scalars only.
 
-    `dvc metrics show` and `dvc exp show` print one column per key, so the rows, the excluded
-    runs and the reasons stay in the report. None: not applicable (no model, no ensemble).
+    Also the leaderboard run's MLflow metrics; the rows, the excluded runs and the reasons stay in
+    the report. None: not applicable (no model, no ensemble).
     """
     best = report["leaderboard"].get(report["best_model"] or "", {})
     champion = report["champion"]

@@ -56,7 +56,7 @@ def grouped(tmp_path_factory: pytest.TempPathFactory) -> tuple[ProjectPaths, pd.
 def test_every_file_gets_its_paper_as_group(grouped: tuple[ProjectPaths, pd.DataFrame]) -> None:
     # Given the ingest metrics and manifest of the grouped run
     paths, rows = grouped
-    metrics = read_json(paths.metrics("ingest"))
+    metrics = read_json(paths.summary("ingest"))
 
     # Then every file matched the pattern: 329 papers or figures over 746 images
     assert metrics["files"] == len(rows) == 746
@@ -71,7 +71,7 @@ def test_no_paper_straddles_the_splits(grouped: tuple[ProjectPaths, pd.DataFrame
 
     # Then each group sits in one split, and split counted the same groups as its units
     assert rows.groupby("group")["split"].nunique().max() == 1
-    assert read_json(paths.metrics("split"))["duplicates"]["groups"] == 329
+    assert read_json(paths.summary("split"))["duplicates"]["groups"] == 329
     assert set(rows["split"]) == set(SPLITS)
 
 

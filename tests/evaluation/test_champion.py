@@ -6,7 +6,7 @@ from cxr.tracking import use_experiment
 
 
 def offer(name: str, run_id: str, model_uri: str | None, fingerprint: str = "data-a") -> dict:
-    """update_champion for a run as metrics/evaluate.json names it."""
+    """update_champion for a run as metrics/summary/evaluate.json names it."""
     evaluated = {"mlflow_run_id": run_id, "model_uri": model_uri}
     return update_champion(name, evaluated, "test_accuracy", fingerprint)
 
@@ -71,7 +71,8 @@ def test_a_run_that_cannot_be_champion_is_not_eligible_and_the_champion_stays(tm
     }
     # then each says why, and that the champion stays
     assert reasons == {
-        "no model": "not eligible: metrics/evaluate.json names no logged model (run evaluate "
+        "no model": "not eligible: metrics/summary/evaluate.json names no logged model "
+        "(run evaluate "
         f"first); {stays}",
         "other data": f"not eligible: vgg19 run {elsewhere[:8]} was evaluated on other data "
         f"(fingerprint data-b, the current data is data-a); {stays}",

@@ -46,7 +46,7 @@ def test_each_baseline_trains_saves_a_joblib_pipeline_and_an_mlflow_run(prepared
     assert train.main(["--root", str(root)]) == 0
     paths = ProjectPaths(root)
     record = read_run_record(paths.models_dir)
-    metrics = json.loads(paths.metrics("train").read_text())
+    metrics = json.loads(paths.summary("train").read_text())
     # then models/ holds the fitted pipeline and a run record saying how to feed it
     assert sorted(p.name for p in paths.models_dir.iterdir()) == ["model.joblib", "run.json"]
     assert record.kind == "sklearn" and record.model == model == metrics["model"]

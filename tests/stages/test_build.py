@@ -91,7 +91,7 @@ def test_build_writes_table_cache_rejected_metrics_and_figures(
     rejected = pd.read_csv(paths.rejected_table)
     assert tuple(rejected.columns) == REJECTED_COLUMNS
     assert rejected.empty
-    metrics = read_json(paths.metrics("build"))
+    metrics = read_json(paths.summary("build"))
     assert metrics == {
         "images": len(images),
         "classes": {"covid": 8, "normal": 10, "viral_pneumonia": 6},
@@ -169,7 +169,7 @@ def test_bad_files_are_listed_with_their_reason_and_counted(
     assert {path: reason.split(":")[0] for path, reason in rejected.items()} == expected
     assert "build.max_pixels = 1000000" in rejected["covid/huge.png"]
     assert set(images["path"]) == set(manifest["path"]) - set(expected)
-    metrics = read_json(paths.metrics("build"))
+    metrics = read_json(paths.summary("build"))
     assert metrics["rejected"] == 4
     assert metrics["rejected_reasons"] == {
         "corrupt": 1,

@@ -50,15 +50,16 @@ def test_compare_stage_writes_metrics_markdown_chart_and_promotes(tmp_path, stor
         experiment_id, "efficientnetb0", fingerprint, 0.85, correct=[True] * 3, with_model=True
     )
     log_run(experiment_id, "resnet50", "old-data", 0.95)
-    paths.metrics("evaluate").parent.mkdir(parents=True, exist_ok=True)
-    paths.metrics("evaluate").write_text(json.dumps({"mlflow_run_id": best, "model_uri": best_uri}))
+    paths.summary("evaluate").parent.mkdir(parents=True, exist_ok=True)
+    paths.summary("evaluate").write_text(json.dumps({"mlflow_run_id": best, "model_uri": best_uri}))
     params = CompareParams(
         rank_by="test_accuracy", significance=0.05, registered_model="cxr-stage", ensemble_size=3
     )
     board = compare(params, SCORING, 42, "cxr-stage", paths, store)
     assert len(board) == 2 and board["model"].tolist() == ["efficientnetb0", "vgg16"]
-    # the metrics hold the headline only, one scalar per key ...
-    metrics = json.loads(paths.metrics("compare").read_text())
+    # the DVC metric names the best model, the summary holds the headline, one scalar per key ...
+    assert json.loads(paths.metrics("compare").read_text()) == {"best_model": "efficientnetb0"}
+    metrics = json.loads(paths.summary("compare").read_text())
     assert metrics == {
         "best_model": "efficientnetb0",
         "best_test_accuracy": pytest.approx(0.85),
@@ -129,10 +130,10 @@ def test_main_reads_params_and_reports_an_empty_store(
     printed = capsys.readouterr().out
     assert "compare: 0 model(s) on this data, no evaluated runs yet" in printed
     assert (
-        "compare: Champion `cxr-classifier@champion`: not eligible: metrics/evaluate.json names "
-        "no logged model (run evaluate first); no champion yet"
+        "compare: Champion `cxr-classifier@champion`: not eligible: "
+        "metrics/summary/evaluate.json names no logged model (run evaluate first); no champion yet"
     ) in printed
-    metrics = json.loads(paths.metrics("compare").read_text())
+    metrics = json.loads(paths.summary("compare").read_text())
     assert metrics["models_compared"] == 0 and metrics["best_model"] is None
     assert metrics["best_test_accuracy"] is None and metrics["champion_version"] is None
     assert metrics["champion_action"] == "not_eligible"
@@ -159,7 +160,7 @@ def test_compare_adds_the_ensemble_row_and_logs_it_once(tmp_path, store):
     # then the three models are ranked and the ensemble of all three comes last
     assert board["model"].tolist()[-1] == "ensemble" and len(board) == 4
     assert first["run_id"].tolist() == board["run_id"].tolist()
-    metrics = json.loads(paths.metrics("compare").read_text())
+    metrics = json.loads(paths.summary("compare").read_text())
     assert metrics["models_compared"] == 3 and metrics["best_model"] != "ensemble"
     assert metrics["ensemble_test_accuracy"] == 1.0
     ensemble = json.loads((paths.reports("compare") / "leaderboard.json").read_text())["ensemble"]

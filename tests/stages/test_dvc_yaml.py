@@ -86,25 +86,27 @@ def test_outputs_match_the_paths_module(pipeline):
         rel(paths.manifest),
         rel(paths.ingest_rejected),
         rel(paths.downloads_dir),
-        rel(paths.metrics("ingest")),
+        rel(paths.summary("ingest")),
     }
     assert declared("build") == {
         rel(paths.images_table),
         rel(paths.pixel_cache),
         rel(paths.rejected_table),
         rel(paths.reports("build")),
-        rel(paths.metrics("build")),
+        rel(paths.summary("build")),
     }
-    assert declared("split") == {rel(paths.split_dir), rel(paths.metrics("split"))}
+    assert declared("split") == {rel(paths.split_dir), rel(paths.summary("split"))}
     assert declared("train") == {
         rel(paths.models_dir),
         rel(paths.metrics("train")),
+        rel(paths.summary("train")),
         rel(paths.history),
     }
     assert declared("evaluate") == {
         rel(paths.reports("evaluate")),
         rel(paths.evaluate_plots),
         rel(paths.metrics("evaluate")),
+        rel(paths.summary("evaluate")),
         rel(paths.predictions),
     }
     external = ExternalDataPaths(Path("."), "${key}")
@@ -123,6 +125,7 @@ def test_outputs_match_the_paths_module(pipeline):
         rel(paths.reports("compare") / "leaderboard.json"),
         rel(paths.reports("compare") / "leaderboard.png"),
         rel(paths.metrics("compare")),
+        rel(paths.summary("compare")),
         rel(paths.metrics("external")),
     }
 

@@ -18,7 +18,7 @@ from cxr.data.pixels import load_split_pixels
 from cxr.evaluation.tta import tta_views
 from cxr.serving.predictors import load_models_dir
 from cxr.tracking import use_experiment
-from stages.evaluate import evaluate, main
+from stages.evaluate import EVALUATE_HEADLINE, evaluate, main
 
 PARAMS = EvaluateParams(
     batch_size=8,
@@ -38,8 +38,8 @@ def test_evaluate_stage_continues_the_train_run_and_writes_everything(tmp_path, 
     paths = write_project(tmp_path, run_id=train_run.info.run_id, sources=("site-a", "site-b"))
     # when evaluate runs
     metrics = evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store)
-    # then metrics/evaluate.json keeps the keys compare and the README read, and the new ones
-    written = json.loads(paths.metrics("evaluate").read_text())
+    # then metrics/summary/evaluate.json keeps the keys compare and the README read
+    written = json.loads(paths.summary("evaluate").read_text())
     for key in (
         "test_accuracy", "test_f1_macro", "test_roc_auc_ovr", "test_balanced_accuracy",
         "test_cohen_kappa", "test_covid_sensitivity", "test_ece", "inference_images_per_second",
@@ -52,6 +52,9 @@ def test_evaluate_stage_continues_the_train_run_and_writes_everything(tmp_path, 
     # and no list or sentence, which `dvc metrics show` would print as a wide column: the
     # intervals are the _ci_low / _ci_high keys, the Grad-CAM line a tag of the run
     assert "confidence_intervals" not in written and "gradcam" not in written
+    # and the DVC metric holds the headline alone (`dvc exp show` prints a column per key)
+    headline = json.loads(paths.metrics("evaluate").read_text())
+    assert headline == {key: written[key] for key in EVALUATE_HEADLINE}
     # plots data for DVC and the figures
     plots = paths.metrics_dir / "evaluate_plots"
     assert sorted(p.name for p in (plots / "roc").iterdir()) == ["covid.csv", "normal.csv"]
@@ -185,8 +188,8 @@ def test_tta_scores_the_mean_over_the_views_and_off_keeps_the_plain_probabilitie
     expected = np.mean([predictor.predict_proba(view) for view in tta_views(images)], axis=0)
     np.testing.assert_allclose(table[columns], expected.round(4), atol=1e-4)
     assert not np.allclose(table[columns], plain_table[columns])
-    # and metrics/evaluate.json and the MLflow run say so; the speed is still per test image
-    written = json.loads(paths.metrics("evaluate").read_text())
+    # and metrics/summary/evaluate.json and the MLflow run say so; the speed is per test image
+    written = json.loads(paths.summary("evaluate").read_text())
     assert written["tta"] is True and written["tta_views"] == 6
     assert written["inference_images_per_second"] > 0
     run = MlflowClient().get_run(augmented["mlflow_run_id"])

@@ -95,7 +95,7 @@ def test_phantoms_of_another_seed_and_exposure_are_scored_and_logged(project, ca
     assert len(images) == 30 and set(images["label"]) == {"covid", "normal", "viral_pneumonia"}
     # and its metrics hold the five figures with CIs, the drop and the shortcut check
     metrics = json.loads(external.external_metrics.read_text())
-    internal = json.loads(paths.metrics("evaluate").read_text())
+    internal = json.loads(paths.summary("evaluate").read_text())
     for key in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_ovr", "covid_sensitivity"):
         assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"], key
         assert metrics[f"{key}_drop"] == pytest.approx(internal[f"test_{key}"] - metrics[key])

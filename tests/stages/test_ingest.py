@@ -40,7 +40,7 @@ def test_main_ingests_and_writes_metrics(
     assert f"{sum(counts.values())} files in {len(counts)} classes (class_folders layout)" in out
     for label, count in counts.items():
         assert f"  {label}: {count}" in out
-    metrics = json.loads(paths.metrics("ingest").read_text(encoding="utf-8"))
+    metrics = json.loads(paths.summary("ingest").read_text(encoding="utf-8"))
     assert metrics == {
         "layout": "class_folders",
         "files": sum(counts.values()),
@@ -162,7 +162,7 @@ def test_main_writes_the_rows_it_dropped_and_counts_them(
         {"path": "metadata.csv:4", "reason": "blank_label: no label (file p3.png)"},
         {"path": "metadata.csv:5", "reason": "no_file_match: no file matches p4.*"},
     ]
-    metrics = json.loads(paths.metrics("ingest").read_text(encoding="utf-8"))
+    metrics = json.loads(paths.summary("ingest").read_text(encoding="utf-8"))
     assert metrics["classes"] == {"covid": 1, "normal": 1}
     assert metrics["dropped_rows"] == {"blank_label": 1, "no_file_match": 1}
     assert metrics["warnings"] == {"blank_label": 1, "no_file_match": 1}

@@ -36,9 +36,9 @@ def test_repro_on_the_real_dataset_keeps_its_test_folder_without_leaks(tmp_path)
     output = run([sys.executable, "-m", "dvc", "repro"], repo, env)
 
     assert stages_run(output) == STAGES
-    ingest = json.loads((repo / "metrics" / "ingest.json").read_text())
+    ingest = json.loads((repo / "metrics" / "summary" / "ingest.json").read_text())
     assert ingest["layout"] == "split_folders"
-    split = json.loads((repo / "metrics" / "split.json").read_text())
+    split = json.loads((repo / "metrics" / "summary" / "split.json").read_text())
     assert split["duplicates"]["dropped"] == 6
     tables = {
         name: pd.read_parquet(repo / "data" / "processed" / f"{name}.parquet")
@@ -48,7 +48,7 @@ def test_repro_on_the_real_dataset_keeps_its_test_folder_without_leaks(tmp_path)
     assert set(tables["test"]["given_split"]) == {"test"} and len(tables["test"]) == 60
     contents = [set(table["sha256"]) for table in tables.values()]
     assert not (contents[0] & contents[1] or contents[0] & contents[2] or contents[1] & contents[2])
-    evaluate = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    evaluate = json.loads((repo / "metrics" / "summary" / "evaluate.json").read_text())
     assert evaluate["test_images"] == 60 and 0.0 <= evaluate["test_accuracy"] <= 1.0
-    compare = json.loads((repo / "metrics" / "compare.json").read_text())
+    compare = json.loads((repo / "metrics" / "summary" / "compare.json").read_text())
     assert compare["best_model"] == "vgg16"

@@ -41,7 +41,7 @@ def test_given_folders_hold_the_published_counts(checkout: ProjectPaths) -> None
     images = pd.read_parquet(checkout.images_table)
 
     # Then every file decoded, and the given train / test folders hold the published counts
-    assert read_json(checkout.metrics("build"))["rejected"] == 0
+    assert read_json(checkout.summary("build"))["rejected"] == 0
     counts = images.groupby(["given_split", "label"]).size().unstack().to_dict("index")
     assert counts == {
         "train": {"covid": 111, "normal": 70, "viral_pneumonia": 70},
@@ -51,7 +51,7 @@ def test_given_folders_hold_the_published_counts(checkout: ProjectPaths) -> None
 
 def test_duplicates_across_train_and_test_are_found_and_dropped(checkout: ProjectPaths) -> None:
     # Given the split metrics
-    duplicates = read_json(checkout.metrics("split"))["duplicates"]
+    duplicates = read_json(checkout.summary("split"))["duplicates"]
 
     # Then the 10 byte-identical copies are found, 6 of them across given train and test
     # (all covid), and those 6 test copies are dropped from test

@@ -38,7 +38,7 @@ def test_run_split_writes_the_tables_counts_and_warnings(tmp_path: Path) -> None
     written = read_splits(paths)
     for name in SPLITS:
         pd.testing.assert_frame_equal(written[name], tables[name])
-    metrics = read_json(paths.metrics("split"))
+    metrics = read_json(paths.summary("split"))
     assert set(metrics) == {*SPLITS, "duplicates", "warnings"}
     assert metrics["duplicates"] == {
         "identical_copies": 0,
@@ -76,7 +76,7 @@ def test_run_split_of_a_clean_table_counts_no_warnings(tmp_path: Path) -> None:
 
     # Then nothing is printed and the metrics say no warnings
     assert stream.getvalue() == ""
-    metrics = read_json(paths.metrics("split"))
+    metrics = read_json(paths.summary("split"))
     assert metrics["warnings"] == {}
     assert metrics["duplicates"]["largest_unit"] == 1
 
@@ -134,7 +134,7 @@ def test_main_prints_each_warning_and_counts_them(
     assert printed.err.startswith("warning: split.undersample drops ")
     assert len(printed.err.splitlines()) == 1
     assert printed.out.rstrip().endswith("(1 warning(s))")
-    metrics = read_json(ProjectPaths(tmp_path).metrics("split"))
+    metrics = read_json(ProjectPaths(tmp_path).summary("split"))
     assert metrics["warnings"] == {"undersampling_drops_most": 1}
 
 

@@ -112,7 +112,7 @@ def test_switching_to_a_tracking_server_logs_there_and_never_crashes(
     # evaluate: nothing it tracks changed), then evaluate and compare again (`dvc repro -f`)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     assert compare.main(["--root", str(project)]) == 0
-    first = json.loads(paths.metrics("compare").read_text())
+    first = json.loads(paths.summary("compare").read_text())
     server = {"MLFLOW_TRACKING_URI": mlflow_server}
     moved = evaluate(QUICK, 42, 10**7, "cxr-pipeline", paths, server)
     assert compare.main(["--root", str(project)]) == 0
@@ -129,7 +129,7 @@ def test_switching_to_a_tracking_server_logs_there_and_never_crashes(
     assert linked.data.metrics["test_accuracy"] == pytest.approx(local["test_accuracy"])
     assert mlflow.pyfunc.load_model(moved["model_uri"]) is not None
     # ... and compare then ranked that run and registered it on the server
-    after = json.loads(paths.metrics("compare").read_text())
+    after = json.loads(paths.summary("compare").read_text())
     assert after["models_compared"] == 1 and after["best_model"] == linked.data.tags["model"]
     assert client.search_model_versions(f"run_id = '{linked.info.run_id}'")
     # and the local store was not touched by any of it

@@ -17,6 +17,7 @@ from cxr.training.keras_fit import class_weights
 from cxr.training.resume import BACKUP_DIR
 from cxr.training.run import train_model
 from stages import train
+from stages.train import TRAIN_HEADLINE
 
 NO_AUGMENTATION = {
     "horizontal_flip": False,
@@ -76,7 +77,10 @@ def test_train_from_scratch_twice_gives_identical_metrics_and_an_mlflow_run_each
     pd.testing.assert_frame_equal(histories[0], histories[1])
     # and one trained one phase, saved a loadable model, the history and one MLflow run
     paths = ProjectPaths(root)
-    metrics = json.loads(paths.metrics("train").read_text())
+    metrics = json.loads(paths.summary("train").read_text())
+    # (the DVC metric holds the headline alone: one `dvc exp show` column per key)
+    headline = json.loads(paths.metrics("train").read_text())
+    assert headline == {key: metrics[key] for key in TRAIN_HEADLINE}
     record = records[1]
     assert metrics["pretrained"] is False and metrics["epochs_run"] == 2 == len(histories[1])
     assert histories[1]["learning_rate"].notna().all()
@@ -155,7 +159,7 @@ def test_pretrained_backbone_trains_frozen_then_fine_tunes(prepared, tmp_path, p
     params = tiny_params(str(pretrained_weights), schedule="constant")
     root = fresh_copy(prepared, tmp_path, params)
     assert train.main(["--root", str(root)]) == 0
-    metrics = json.loads(ProjectPaths(root).metrics("train").read_text())
+    metrics = json.loads(ProjectPaths(root).summary("train").read_text())
     history = pd.read_csv(ProjectPaths(root).history)
     record = read_run_record(ProjectPaths(root).models_dir)
     # then the frozen phase (2 epochs) is followed by one fine-tuning epoch at the lower rate

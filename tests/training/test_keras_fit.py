@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from training_fixtures import tiny_params
 
 from cxr.core.params import parse_params
 from cxr.training.keras_fit import mixup_batches, one_hot_targets
-from tests.training_fixtures import tiny_params
 
 
 def batches(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
