@@ -80,8 +80,10 @@ def evaluate_model(root: Path, params: dict[str, Any], model: str, out: Path) ->
 def keep_results(root: Path, out: Path) -> dict[str, Any]:
     """Copy the last train and evaluate metrics and predictions into `out`; return them."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("train.json", "evaluate.json", "test_predictions.csv"):
-        shutil.copy2(root / "metrics" / name, out / name)
+    summary = root / "metrics" / "summary"
+    for source in (summary / "train.json", summary / "evaluate.json"):
+        shutil.copy2(source, out / source.name)
+    shutil.copy2(root / "metrics" / "test_predictions.csv", out / "test_predictions.csv")
     metrics = json.loads((out / "evaluate.json").read_text())
     metrics["train_seconds"] = json.loads((out / "train.json").read_text())["train_seconds"]
     metrics["epochs_run"] = json.loads((out / "train.json").read_text())["epochs_run"]
