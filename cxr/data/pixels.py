@@ -67,9 +67,9 @@ class CachedImages:
         self.cache = cache
         self.cache_index = np.asarray(cache_index, dtype=np.int64)
         self.image_size = image_size
-        side = open_pixel_cache(cache).shape[1]
-        if image_size > side:
-            load_split_pixels(cache, [], image_size)  # raises the one-line error
+        # Reading no rows checks the cache and the size at once (the one-line error when the
+        # cache is missing or smaller than image_size), before anything is scored.
+        load_split_pixels(cache, [], image_size)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

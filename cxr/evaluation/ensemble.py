@@ -64,7 +64,8 @@ def has_probabilities(table: pd.DataFrame | None) -> bool:
 def mean_probabilities(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """The images all `tables` hold (same path and hash), with the mean of their p_ columns.
 
-    A run evaluated twice holds its table twice (MLflow appends); its latest rows count.
+    A run evaluated twice before evaluate cleared its earlier results (older runs) holds its
+    table twice, since MLflow appends; its latest rows count.
     """
     columns = class_columns(tables[0])
     indexed = [

@@ -146,7 +146,8 @@ def run_predictions(experiment_id: str, run_id: str) -> pd.DataFrame | None:
 def correctness_by_image(table: pd.DataFrame) -> pd.Series:
     """Whether each test image was classified right, indexed by its path and content hash.
 
-    A run evaluated twice holds its table twice (MLflow appends): the latest rows count.
+    A run evaluated twice before evaluate cleared its earlier results (older runs) holds its
+    table twice, since MLflow appends: the latest rows count.
     """
     keys = [column for column in ("path", "sha256") if column in table]
     right = table["actual"] == table["predicted"]
