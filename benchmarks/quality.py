@@ -1,7 +1,7 @@
 """Benchmark what the pipeline learns on real data: the default recipe against pixel_logreg.
 
     .venv/bin/python benchmarks/quality.py [--models compact_cnn pixel_logreg] [--minutes 20]
-        [--datasets covid19-dataset covid-ct-cropped] [--set KEY=VALUE ...]
+        [--datasets covid19-dataset covid-ct-cropped] [--set KEY=VALUE ...] [--seeds 42 7]
 
 For each dataset under ../shared/datasets (skipped with a line when absent), a temporary project
 runs the real stages (`python -m stages.<name>`): ingest, build and split once, then train and
@@ -12,7 +12,9 @@ covid-ct-cropped is split afresh with data.group_pattern, so no paper's slices s
 Prints accuracy, macro F1 and ROC AUC with 95% bootstrap CIs, McNemar's exact p against
 pixel_logreg on the same test images, and the training time. With --tta each CNN is scored again
 with evaluate.tta (a `<model>+tta` row; the ensemble then averages those TTA probabilities).
-Prints figures; never fails on them.
+With --seeds each dataset runs once per seed: a fresh split (group-aware for the CT slices),
+weight initialisation and augmentation each time, which on a few hundred images moves the
+figures by more than their intervals suggest. Prints figures; never fails on them.
 """
 
 from __future__ import annotations
@@ -117,8 +119,10 @@ def ensemble_row(
     )
 
 
-def benchmark(name: str, options: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    """Run one dataset through the stages; return its Markdown table rows."""
+def benchmark(
+    name: str, options: dict[str, Any], args: argparse.Namespace, label: str
+) -> list[str]:
+    """Run one dataset through the stages; return its Markdown table rows (data cell `label`)."""
     source = SHARED / name
     if not source.is_dir():
         print(f"skip {name}: {source} not found")
@@ -164,14 +168,14 @@ def benchmark(name: str, options: dict[str, Any], args: argparse.Namespace) -> l
         for model, metrics in results.items():
             p = None if model == BASELINE else paired_mcnemar(baseline, tables[model])
             rows.append(
-                f"| {name} | {model} | {cell(metrics, 'test_accuracy')} | "
+                f"| {label} | {model} | {cell(metrics, 'test_accuracy')} | "
                 f"{cell(metrics, 'test_f1_macro')} | {cell(metrics, 'test_roc_auc_ovr')} | "
                 f"{'-' if p is None else f'{p:.3g}'} | {metrics['epochs_run']} | "
                 f"{metrics['train_seconds']:.0f} |"
             )
         ensemble = report.get("ensemble")
         if ensemble:
-            rows.append(ensemble_row(name, ensemble, tables, params))
+            rows.append(ensemble_row(label, ensemble, tables, params))
         return rows
 
 
@@ -183,8 +187,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tta", action="store_true", help="also score each CNN with evaluate.tta")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[],
+        help="run each dataset once per seed (params `seed`: the split, init and augmentation); "
+        "default: params.yaml's seed",
+    )
     args = parser.parse_args(argv)
-    rows = [row for name in args.datasets for row in benchmark(name, DATASETS[name], args)]
+    rows = []
+    for name in args.datasets:
+        if not args.seeds:
+            rows += benchmark(name, DATASETS[name], args, name)
+        for seed in args.seeds:
+            rows += benchmark(name, {**DATASETS[name], "seed": seed}, args, f"{name}, seed {seed}")
     print(f"\nbudget {args.minutes:g} min per model, 2 CPU cores, no ImageNet weights")
     print(
         "| data | model | accuracy [95% CI] | macro F1 [95% CI] | ROC AUC [95% CI] "
