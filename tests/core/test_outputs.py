@@ -25,6 +25,7 @@ from cxr.core.outputs import (
     staged_file,
     staging_dir,
     write_json,
+    write_results,
     write_table,
 )
 
@@ -153,6 +154,21 @@ def test_write_json_round_trips_with_sorted_keys(tmp_path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert text.index('"train"') < text.index('"val"')
     assert text.endswith("}\n")
+
+
+def test_write_results_keeps_everything_in_the_summary_and_the_headline_in_the_metrics(
+    tmp_path: Path,
+) -> None:
+    # Given a stage's results, nested and flat, and its headline keys (one not recorded)
+    results = {"test_accuracy": 0.9, "per_class": {"covid": {"recall": 1.0}}, "model_uri": "m"}
+    summary, metrics = tmp_path / "metrics" / "summary" / "evaluate.json", tmp_path / "e.json"
+
+    # When they are written
+    write_results(summary, metrics, results, ("test_accuracy", "test_f1_macro"))
+
+    # Then the summary holds every result and the metrics file the recorded headline alone
+    assert read_json(summary) == results
+    assert read_json(metrics) == {"test_accuracy": 0.9}
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
