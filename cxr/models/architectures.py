@@ -174,8 +174,8 @@ def compact_cnn(inputs: Any) -> Any:
 
     Four stages of two 3x3 conv-BN-ReLU units (32, 64, 128, 256 filters) with 2x2 max pooling
     between them: 1.2M parameters, about a tenth of ResNet-18, so a few hundred radiographs
-    fit it without it memorising them, and its last map (8x8 at 128 px) still localises for
-    Grad-CAM.
+    fit it without it memorising them, and its last map (6x6 at the default 96 px, 8x8 at 128)
+    still localises for Grad-CAM.
     """
     x = inputs
     for stage, filters in enumerate(COMPACT_CNN_FILTERS, start=1):
