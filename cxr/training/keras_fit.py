@@ -106,13 +106,13 @@ def compile_model(
 ) -> None:
     """Adam or AdamW and cross-entropy: on class indices, or on (smoothed, mixed) one-hot targets.
 
-    With `one_hot` (label smoothing or MixUp, see one_hot_targets) the datasets must carry one-hot
-    labels (phase_batches does it). With
-    GoogLeNet's auxiliary classifiers each output gets the loss, the auxiliary ones weighted as
-    in the paper, and accuracy is measured on the main output only.
+    With `one_hot` or label smoothing (one_hot_targets: also MixUp) the datasets must carry
+    one-hot labels (phase_batches does it). With GoogLeNet's auxiliary classifiers each output
+    gets the loss, the auxiliary ones weighted as in the paper, and accuracy is measured on the
+    main output only.
     """
     loss: Any = "sparse_categorical_crossentropy"
-    if one_hot:
+    if one_hot or label_smoothing > 0:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     options: dict[str, Any] = {"loss": loss, "metrics": ["accuracy"]}
     if auxiliary:
