@@ -451,7 +451,12 @@ class TrainParams(Section):
     fine_tune_layers: int = Field(ge=0)
     fine_tune_learning_rate: float = Field(gt=0.0)
     weights: str = Field(min_length=1)
-    early_stopping_patience: int = Field(ge=1)
+    early_stopping_patience: int = Field(
+        ge=0, description="epochs without a better val_loss before stopping; 0 = never stop early"
+    )
+    restore_best_weights: bool = Field(
+        description="end each phase on its best val_loss epoch's weights; false = the last epoch's"
+    )
     time_budget_minutes: float = Field(
         ge=0.0, description="stop after the epoch that passes this much training time; 0 = none"
     )

@@ -187,19 +187,22 @@ def phase_callbacks(
     work: Path,
     extra: Sequence[keras.callbacks.Callback],
 ) -> list[keras.callbacks.Callback]:
-    """Rate schedule, early stopping, best checkpoint, history, `extra` (MLflow) and resume."""
-    early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=train.early_stopping_patience
-    )
+    """Rate schedule, early stopping (patience > 0), best checkpoint, history, `extra`, resume."""
     checkpoint = BestWeights(full_model, work / BEST_WEIGHTS_FILE, monitor="val_loss")
     schedule, tracked = schedule_callbacks(train)
-    tracked["early_stopping"] = (early_stopping, ("wait", "best", "best_epoch"))
+    stopping: list[keras.callbacks.Callback] = []
+    if train.early_stopping_patience > 0:
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=train.early_stopping_patience
+        )
+        tracked["early_stopping"] = (early_stopping, ("wait", "best", "best_epoch"))
+        stopping.append(early_stopping)
     tracked["checkpoint"] = (checkpoint, ("best",))
     callbacks = [
         MainOutputLogs(),
         *schedule,
         LearningRateLog(),
-        early_stopping,
+        *stopping,
         checkpoint,
         keras.callbacks.CSVLogger(str(work / HISTORY_FILE), append=True),
         *extra,
@@ -271,7 +274,11 @@ def fit_phase(
     work: Path,
     extra: Sequence[keras.callbacks.Callback],
 ) -> int:
-    """Fit one phase, resuming it when asked, end on its best weights; return epochs run."""
+    """Fit one phase, resuming it when asked; return epochs run.
+
+    The phase ends on its best val_loss epoch's weights (`train.restore_best_weights`), else on
+    its last epoch's.
+    """
     train = params.train
     # `work` holds an interrupted run's state only when resuming (fresh_backup_dir empties it).
     done = work / f"{phase.name}.done.json"
@@ -309,7 +316,7 @@ def fit_phase(
         verbose=2,
         callbacks=phase_callbacks(train, phase, model, work, extra),
     )
-    if (work / BEST_WEIGHTS_FILE).exists():
+    if train.restore_best_weights and (work / BEST_WEIGHTS_FILE).exists():
         model.load_weights(work / BEST_WEIGHTS_FILE)
     # No epoch in the history: the interrupted run had finished every epoch of this phase.
     epochs_run = int(history.epoch[-1]) + 1 - phase.first_epoch if history.epoch else already

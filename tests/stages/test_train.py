@@ -318,3 +318,33 @@ def test_mixup_without_smoothing_trains_on_one_hot_targets(prepared, tmp_path):
     assert type(model.loss).__name__ == "CategoricalCrossentropy"
     assert model.loss.get_config()["label_smoothing"] == 0
     assert np.isfinite(pd.read_csv(ProjectPaths(root).history)["loss"]).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("restore", [True, False])
+def test_a_phase_ends_on_its_best_or_its_last_epoch_and_runs_every_epoch_at_patience_0(
+    prepared, tmp_path, restore
+):
+    # given a run whose val loss is lowest before its last epoch (a high rate makes it bounce),
+    # with early stopping off when the last epoch is kept
+    params = tiny_params(
+        epochs=4,
+        fine_tune_epochs=0,
+        learning_rate=0.05,
+        restore_best_weights=restore,
+        early_stopping_patience=4 if restore else 0,
+    )
+    params["train"]["augment"] = NO_AUGMENTATION
+    root = fresh_copy(prepared, tmp_path, params)
+    # when train runs with train.restore_best_weights on or off
+    assert train.main(["--root", str(root)]) == 0
+    paths = ProjectPaths(root)
+    val_loss = pd.read_csv(paths.history)["val_loss"]
+    assert len(val_loss) == 4 and val_loss.idxmin() != 3
+    # then the saved model's val loss is the best epoch's, or the last epoch's
+    data = load_training_data(paths, 32)
+    model = keras.models.load_model(paths.model_file())
+    targets = keras.utils.to_categorical(data.val_labels, 3)
+    loss = model.evaluate(data.val_images, targets, batch_size=8, verbose=0, return_dict=True)
+    expected = val_loss.min() if restore else val_loss.iloc[-1]
+    assert loss["loss"] == pytest.approx(expected, rel=1e-4)
