@@ -447,6 +447,11 @@ class TrainParams(Section):
     mixup: float = Field(
         ge=0.0, le=1.0, description="MixUp alpha on training batches (keras.layers.MixUp); 0 = off"
     )
+    ema_momentum: float = Field(
+        ge=0.0,
+        lt=1.0,
+        description="moving average of the weights (Adam's use_ema), validated and saved; 0 = off",
+    )
     fine_tune_epochs: int = Field(ge=0)
     fine_tune_layers: int = Field(ge=0)
     fine_tune_learning_rate: float = Field(gt=0.0)

@@ -1,6 +1,8 @@
 """Fitting a Keras classifier: one phase from scratch, or frozen then fine-tuned when pretrained.
 
-Every phase ends on its best validation-loss weights; each phase keeps its last finished epoch
+Every phase ends on its best validation-loss weights (or its last epoch's); with
+train.ema_momentum those are the moving averages of the weights, which the validation also
+measures. Each phase keeps its last finished epoch
 in the run's backup folder (cxr.training.resume), and train.resume continues from there.
 """
 
@@ -49,7 +51,7 @@ from cxr.training.schedules import (
 )
 
 HISTORY_FILE = "history.csv"
-BEST_WEIGHTS_FILE = "best.weights.h5"
+PHASE_WEIGHTS_FILE = "phase.weights.h5"
 
 
 class EpochMetricsCallback(MlflowCallback):
@@ -103,8 +105,12 @@ def compile_model(
     weight_decay: float = 0.0,
     label_smoothing: float = 0.0,
     one_hot: bool = False,
+    ema_momentum: float = 0.0,
 ) -> None:
     """Adam or AdamW and cross-entropy: on class indices, or on (smoothed, mixed) one-hot targets.
+
+    With `ema_momentum` > 0 the optimizer keeps an exponential moving average of the weights
+    (keras' use_ema); phase_callbacks then validates and saves the averages.
 
     With `one_hot` or label smoothing (one_hot_targets: also MixUp) the datasets must carry
     one-hot labels (phase_batches does it). With GoogLeNet's auxiliary classifiers each output
@@ -122,10 +128,13 @@ def compile_model(
             "loss_weights": {**weights, layer_names.PREDICTIONS: 1.0},
             "metrics": {layer_names.PREDICTIONS: ["accuracy"]},
         }
+    average: dict[str, Any] = {"use_ema": True, "ema_momentum": ema_momentum}
+    if ema_momentum <= 0:
+        average = {}
     if optimizer == "adamw":
-        chosen = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        chosen = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **average)
     else:
-        chosen = keras.optimizers.Adam(learning_rate)
+        chosen = keras.optimizers.Adam(learning_rate, **average)
     model.compile(optimizer=chosen, jit_compile=jit_compile, **options)
 
 
@@ -187,9 +196,22 @@ def phase_callbacks(
     work: Path,
     extra: Sequence[keras.callbacks.Callback],
 ) -> list[keras.callbacks.Callback]:
-    """Rate schedule, early stopping (patience > 0), best checkpoint, history, `extra`, resume."""
-    checkpoint = BestWeights(full_model, work / BEST_WEIGHTS_FILE, monitor="val_loss")
+    """Weight averages, rate schedule, early stopping, checkpoint, history, `extra`, resume.
+
+    The checkpoint keeps the best val_loss epoch's weights, or with train.restore_best_weights
+    false the last epoch's (also when early stopping or the time budget ends the phase).
+    """
+    monitor = "val_loss" if train.restore_best_weights else None
+    checkpoint = BestWeights(full_model, work / PHASE_WEIGHTS_FILE, monitor=monitor)
     schedule, tracked = schedule_callbacks(train)
+    averages: list[keras.callbacks.Callback] = []
+    if train.ema_momentum > 0:
+        # First: validation runs on the averages, and from each epoch's end to the next one's
+        # start the model holds them, so early stopping and the checkpoint see them too; the
+        # flag says which set the model holds when a resumed run restores the backup.
+        swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+        tracked["averages"] = (swap, ("_ema_weights_in_model",))
+        averages.append(swap)
     stopping: list[keras.callbacks.Callback] = []
     if train.early_stopping_patience > 0:
         early_stopping = keras.callbacks.EarlyStopping(
@@ -199,6 +221,7 @@ def phase_callbacks(
         stopping.append(early_stopping)
     tracked["checkpoint"] = (checkpoint, ("best",))
     callbacks = [
+        *averages,
         MainOutputLogs(),
         *schedule,
         LearningRateLog(),
@@ -277,7 +300,8 @@ def fit_phase(
     """Fit one phase, resuming it when asked; return epochs run.
 
     The phase ends on its best val_loss epoch's weights (`train.restore_best_weights`), else on
-    its last epoch's.
+    its last epoch's: the checkpoint's, since keras ends a fit that stops before its last epoch
+    on the raw weights, not on the averages (train.ema_momentum).
     """
     train = params.train
     # `work` holds an interrupted run's state only when resuming (fresh_backup_dir empties it).
@@ -294,7 +318,7 @@ def fit_phase(
     one_hot = one_hot_targets(train)
     compile_model(
         fitted, rate, plan.jit_compile, auxiliary,
-        train.optimizer, train.weight_decay, train.label_smoothing, one_hot,
+        train.optimizer, train.weight_decay, train.label_smoothing, one_hot, train.ema_momentum,
     )  # fmt: skip
     train_batches, val_batches = phase_batches(
         model, data, cached, auxiliary, train.batch_size, params.seed, one_hot, train.mixup
@@ -316,8 +340,8 @@ def fit_phase(
         verbose=2,
         callbacks=phase_callbacks(train, phase, model, work, extra),
     )
-    if train.restore_best_weights and (work / BEST_WEIGHTS_FILE).exists():
-        model.load_weights(work / BEST_WEIGHTS_FILE)
+    if (work / PHASE_WEIGHTS_FILE).exists():
+        model.load_weights(work / PHASE_WEIGHTS_FILE)
     # No epoch in the history: the interrupted run had finished every epoch of this phase.
     epochs_run = int(history.epoch[-1]) + 1 - phase.first_epoch if history.epoch else already
     with staged_file(work / f"{phase.name}.weights.h5") as temporary:

@@ -162,12 +162,17 @@ class TimeBudget(keras.callbacks.Callback):
 class BestWeights(keras.callbacks.Callback):
     """Save `full_model`'s weights atomically whenever `monitor` (lower is better) improves.
 
-    With cached features the fitted model is the head alone; its layers are the full model's,
-    so saving the full model keeps one checkpoint format for every phase. The file is replaced
-    in one rename, so a killed run leaves the previous best weights, never half of new ones.
+    With `monitor` None it saves after every epoch, so the file holds the last epoch's weights
+    (with weight averaging, the averages that keras.callbacks.SwapEMAWeights put in the model
+    at the epoch's end). With cached features the fitted model is the head alone; its layers are
+    the full model's, so saving the full model keeps one checkpoint format for every phase. The
+    file is replaced in one rename, so a killed run leaves the previous weights, never half of
+    new ones.
     """
 
-    def __init__(self, full_model: keras.Model, path: Path, monitor: str = "val_loss") -> None:
+    def __init__(
+        self, full_model: keras.Model, path: Path, monitor: str | None = "val_loss"
+    ) -> None:
         super().__init__()
         self.full_model = full_model
         self.path = path
@@ -175,11 +180,12 @@ class BestWeights(keras.callbacks.Callback):
         self.best = math.inf
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        """Save the weights when the monitored value beats the best so far."""
-        current = (logs or {}).get(self.monitor)
-        if current is None or not float(current) < self.best:
-            return
-        self.best = float(current)
+        """Save the weights when the monitored value beats the best so far (or always)."""
+        if self.monitor is not None:
+            current = (logs or {}).get(self.monitor)
+            if current is None or not float(current) < self.best:
+                return
+            self.best = float(current)
         with staged_file(self.path) as temporary:
             self.full_model.save_weights(temporary)
 

@@ -212,9 +212,11 @@ class Interrupt(keras.callbacks.Callback):
 def test_resume_after_an_interruption_reaches_the_uninterrupted_weights(
     prepared, tmp_path, pretrained_weights
 ):
-    # given frozen (1 epoch) then fine-tuning (2 epochs), cosine rates and augmentation, and
-    # the default train.resume: false (a run never meant to be resumed)
-    params = tiny_params(str(pretrained_weights), epochs=1, fine_tune_epochs=2, schedule="cosine")
+    # given frozen (1 epoch) then fine-tuning (2 epochs), cosine rates, augmentation, weight
+    # averages and the default train.resume: false (a run never meant to be resumed)
+    params = tiny_params(
+        str(pretrained_weights), epochs=1, fine_tune_epochs=2, schedule="cosine", ema_momentum=0.9
+    )
     resuming = {**params, "train": {**params["train"], "resume": True}}
     environ = dict(os.environ)
     whole = fresh_copy(prepared, tmp_path / "whole", params)
@@ -348,3 +350,37 @@ def test_a_phase_ends_on_its_best_or_its_last_epoch_and_runs_every_epoch_at_pati
     loss = model.evaluate(data.val_images, targets, batch_size=8, verbose=0, return_dict=True)
     expected = val_loss.min() if restore else val_loss.iloc[-1]
     assert loss["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_weight_averages_are_validated_and_saved_when_a_phase_stops_before_its_last_epoch(
+    prepared, tmp_path
+):
+    # given the last epoch's weights kept and a time budget that ends 3 epochs after the first,
+    # once without and once with a moving average of the weights
+    runs = {}
+    for momentum in (0.0, 0.9):
+        params = tiny_params(
+            epochs=3,
+            fine_tune_epochs=0,
+            restore_best_weights=False,
+            early_stopping_patience=0,
+            time_budget_minutes=1e-4,
+            ema_momentum=momentum,
+        )
+        root = fresh_copy(prepared, tmp_path / str(momentum), params)
+        # when train runs
+        assert train.main(["--root", str(root)]) == 0
+        runs[momentum] = ProjectPaths(root)
+    histories = {momentum: pd.read_csv(paths.history) for momentum, paths in runs.items()}
+    # then both trained the same raw weights for one epoch, but validated different ones
+    assert [len(history) for history in histories.values()] == [1, 1]
+    assert histories[0.9]["loss"][0] == pytest.approx(histories[0.0]["loss"][0], rel=1e-6)
+    assert histories[0.9]["val_loss"][0] != pytest.approx(histories[0.0]["val_loss"][0], rel=1e-5)
+    # and each saved model is the one it validated: the averages, not the raw weights
+    data = load_training_data(runs[0.0], 32)
+    targets = keras.utils.to_categorical(data.val_labels, 3)
+    for momentum, paths in runs.items():
+        model = keras.models.load_model(paths.model_file())
+        loss = model.evaluate(data.val_images, targets, batch_size=8, verbose=0, return_dict=True)
+        assert loss["loss"] == pytest.approx(histories[momentum]["val_loss"][0], rel=1e-4)
