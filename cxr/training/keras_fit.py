@@ -2,8 +2,8 @@
 
 Every phase ends on its best validation-loss weights (or its last epoch's); with
 train.ema_momentum those are the moving averages of the weights, which the validation also
-measures. Each phase keeps its last finished epoch
-in the run's backup folder (cxr.training.resume), and train.resume continues from there.
+measures. Each phase keeps its last finished epoch in the run's backup folder
+(cxr.training.resume), and train.resume continues from there.
 """
 
 from __future__ import annotations
@@ -128,9 +128,7 @@ def compile_model(
             "loss_weights": {**weights, layer_names.PREDICTIONS: 1.0},
             "metrics": {layer_names.PREDICTIONS: ["accuracy"]},
         }
-    average: dict[str, Any] = {"use_ema": True, "ema_momentum": ema_momentum}
-    if ema_momentum <= 0:
-        average = {}
+    average = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum > 0 else {}
     if optimizer == "adamw":
         chosen = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **average)
     else:
