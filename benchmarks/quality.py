@@ -14,7 +14,11 @@ pixel_logreg on the same test images, and the training time. With --tta each CNN
 with evaluate.tta (a `<model>+tta` row; the ensemble then averages those TTA probabilities).
 With --seeds each dataset runs once per seed: a fresh split (group-aware for the CT slices),
 weight initialisation and augmentation each time, which on a few hundred images moves the
-figures by more than their intervals suggest. Prints figures; never fails on them.
+figures by more than their intervals suggest. With --members N each CNN is trained N times on
+the same split, member k with params `seed` + 100 k after the split (another initialisation,
+augmentation and batch order; member 0 is the plain run), and a `<model> x N` row scores the
+mean of their probabilities (a seed ensemble of one backbone). Prints figures; never fails on
+them.
 """
 
 from __future__ import annotations
@@ -101,6 +105,38 @@ def cell(metrics: dict[str, Any], name: str) -> str:
     return f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
+MEMBER_SEED_STEP = 100  # member k trains with seed + 100 k: far from the seeds a user passes
+
+
+def seed_ensemble(
+    model: str, members: int, root: Path, params: dict[str, Any], results: dict[str, Any]
+) -> None:
+    """Train `model` `members` times on the split already made; add each member and their mean.
+
+    Member k trains with params `seed` + MEMBER_SEED_STEP k (the split stays the one `seed` made);
+    the mean row `<model> x N` sums the members' epochs and training seconds.
+    """
+    split_seed = int(params["seed"])
+    names = []
+    for k in range(members):
+        params["seed"] = split_seed + MEMBER_SEED_STEP * k
+        name = model if k == 0 else f"{model}, init {params['seed']}"
+        results[name] = evaluate_model(root, params, model, root / "results" / name)
+        names.append(name)
+    params["seed"] = split_seed
+    write_params(root, params)
+    tables = [pd.read_csv(root / "results" / name / "test_predictions.csv") for name in names]
+    per_image, metrics = score_mean(
+        mean_probabilities(tables), parse_params(params).evaluate, split_seed
+    )
+    out = root / "results" / f"{model} x {members}"
+    out.mkdir(parents=True)
+    per_image.to_csv(out / "test_predictions.csv", index=False)
+    metrics["epochs_run"] = sum(results[name]["epochs_run"] for name in names)
+    metrics["train_seconds"] = sum(results[name]["train_seconds"] for name in names)
+    results[f"{model} x {members}"] = metrics
+
+
 def ensemble_row(
     name: str, ensemble: dict[str, Any], tables: dict[str, pd.DataFrame], params: dict[str, Any]
 ) -> str:
@@ -148,8 +184,11 @@ def benchmark(
         print(
             f"{name}: " + ", ".join(f"{s} {split[s]['images']}" for s in ("train", "val", "test"))
         )
-        results = {}
+        results: dict[str, Any] = {}
         for model in args.models:
+            if args.members > 1 and not is_baseline(model):
+                seed_ensemble(model, args.members, root, params, results)
+                continue
             results[model] = evaluate_model(root, params, model, root / "results" / model)
             if args.tta and not is_baseline(model):
                 # The same trained model scored again with test-time augmentation.
@@ -188,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tta", action="store_true", help="also score each CNN with evaluate.tta")
     parser.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="train each CNN this many times on one split (init seeds seed + 100 k) and score "
+        "the mean of their probabilities",
+    )
+    parser.add_argument(
         "--seeds",
         nargs="+",
         type=int,
@@ -196,12 +242,18 @@ def main(argv: list[str] | None = None) -> int:
         "default: params.yaml's seed",
     )
     args = parser.parse_args(argv)
+    runs = [
+        (name, DATASETS[name] | ({"seed": seed} if seed is not None else {}), label)
+        for name in args.datasets
+        for seed, label in (
+            [(seed, f"{name}, seed {seed}") for seed in args.seeds] or [(None, name)]
+        )
+    ]
     rows = []
-    for name in args.datasets:
-        if not args.seeds:
-            rows += benchmark(name, DATASETS[name], args, name)
-        for seed in args.seeds:
-            rows += benchmark(name, {**DATASETS[name], "seed": seed}, args, f"{name}, seed {seed}")
+    for name, options, label in runs:
+        done = benchmark(name, options, args, label)
+        print("\n".join(["rows so far:", *done]), flush=True)  # a long run's finished part
+        rows += done
     print(f"\nbudget {args.minutes:g} min per model, 2 CPU cores, no ImageNet weights")
     print(
         "| data | model | accuracy [95% CI] | macro F1 [95% CI] | ROC AUC [95% CI] "
