@@ -452,6 +452,12 @@ class TrainParams(Section):
         lt=1.0,
         description="moving average of the weights (Adam's use_ema), validated and saved; 0 = off",
     )
+    members: int = Field(
+        ge=1,
+        le=20,
+        description="networks trained on the same split, seeds seed + 100 k; the saved model "
+        "averages their probabilities (1 = one network)",
+    )
     fine_tune_epochs: int = Field(ge=0)
     fine_tune_layers: int = Field(ge=0)
     fine_tune_learning_rate: float = Field(gt=0.0)

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from cxr.core.outputs import save_figure
 from cxr.models import layer_names
+from cxr.models.classifier import ensemble_members
 
 SKIPPED_LAYERS = (layer_names.AUGMENTATION,)  # random layers are identities at inference
 
@@ -48,6 +49,12 @@ def backbone_split(model: Any) -> tuple[list[Any], Any, list[Any]]:
     return before, backbone, layers[position + 1 :]
 
 
+def check_explainable(model: Any) -> None:
+    """Raise NoFeatureMapError unless gradcam_heatmaps can explain `model` (or every member)."""
+    for explained in ensemble_members(model) or [model]:
+        backbone_split(explained)
+
+
 def _class_scores(head: list[Any], features: tf.Tensor) -> tf.Tensor:
     """The head's output before its softmax, so confident predictions still have gradients."""
     scores = features
@@ -63,7 +70,18 @@ def _class_scores(head: list[Any], features: tf.Tensor) -> tf.Tensor:
 def gradcam_heatmaps(
     model: Any, images: np.ndarray, class_indices: Sequence[int] | np.ndarray, batch_size: int = 32
 ) -> np.ndarray:
-    """Grad-CAM maps (N, H, W) in [0, 1] for uint8 images (N, H, W, 1), one class each."""
+    """Grad-CAM maps (N, H, W) in [0, 1] for uint8 images (N, H, W, 1), one class each.
+
+    For a seed ensemble (train.members), the mean of its members' maps, rescaled to [0, 1].
+    """
+    members = ensemble_members(model)
+    if members:
+        mean = np.mean(
+            [gradcam_heatmaps(member, images, class_indices, batch_size) for member in members],
+            axis=0,
+        )
+        peak = mean.max(axis=(1, 2), keepdims=True) if len(mean) else 1.0
+        return (mean / np.where(peak > 0, peak, 1.0)).astype(np.float32)
     before, backbone, head = backbone_split(model)
     size = images.shape[1:3]
     maps = []

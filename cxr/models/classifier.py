@@ -5,6 +5,7 @@ Layer names are a contract training, Grad-CAM and serving rely on: cxr.models.la
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -139,6 +140,32 @@ def build_classifier(
     outputs = build_head(features, head, len(class_names), seed)
     model = keras.Model(inputs, outputs, name=f"cxr_{model_name}")
     return model, backbone, pretrained
+
+
+def average_members(members: Sequence[keras.Model], model_name: str) -> keras.Model:
+    """One model whose output is the mean of the `members`' probabilities (a seed ensemble).
+
+    Each member stays a whole classifier inside it (layer member_<k>), so Grad-CAM explains
+    each one and a single .keras file serves the ensemble like any model.
+    """
+    inputs = keras.Input(members[0].input.shape[1:], name=layer_names.INPUT)
+    outputs = [
+        keras.Model(member.input, member.output, name=f"{layer_names.MEMBER_PREFIX}{k}")(inputs)
+        for k, member in enumerate(members)
+    ]
+    mean = keras.layers.Average(dtype="float32", name=layer_names.PREDICTIONS)(outputs)
+    return keras.Model(inputs, mean, name=f"cxr_{model_name}_x{len(members)}")
+
+
+def ensemble_members(model: Any) -> list[keras.Model]:
+    """The classifiers a seed ensemble built by average_members averages; [] for any other."""
+    if not isinstance(model, keras.Model):
+        return []
+    return [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.Model) and layer.name.startswith(layer_names.MEMBER_PREFIX)
+    ]
 
 
 def check_googlenet_aux(model_name: str, image_size: int) -> None:

@@ -2,6 +2,8 @@
 
 image -> augmentation (absent without augmentation) -> backbone_input -> backbone -> head_pool
 -> head_* -> predictions; GoogLeNet's training model adds the outputs aux_1 and aux_2.
+A seed ensemble (train.members > 1) is image -> member_0, member_1, ... (each such a classifier)
+-> predictions (their mean).
 """
 
 INPUT = "image"
@@ -12,3 +14,4 @@ BACKBONE = "backbone"
 FEATURES = "head_pool"
 PREDICTIONS = "predictions"
 GOOGLENET_AUX_OUTPUTS = ("aux_1", "aux_2")
+MEMBER_PREFIX = "member_"  # member_0, member_1, ...: the classifiers a seed ensemble averages

@@ -29,7 +29,7 @@ from cxr.data.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_gray
 from cxr.data.layouts import IMAGE_SUFFIXES
 from cxr.evaluation.gradcam import (
     NoFeatureMapError,
-    backbone_split,
+    check_explainable,
     gradcam_heatmaps,
     save_overlay,
 )
@@ -125,7 +125,7 @@ def save_gradcams(
     readable = table[table["error"] == ""]
     chosen = [predictor.class_names.index(name) for name in readable["class"]]
     try:
-        backbone_split(predictor.model)
+        check_explainable(predictor.model)
     except NoFeatureMapError as reason:
         return f"Grad-CAM unavailable for this model: {reason}"
     rows = list(readable.iterrows())

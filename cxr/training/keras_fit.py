@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 from mlflow.keras import MlflowCallback
+from sklearn.metrics import accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
 
 from cxr.core.outputs import read_json, staged_file, write_json
@@ -30,6 +31,7 @@ from cxr.models import layer_names
 from cxr.models.classifier import (
     GOOGLENET_AUX_LOSS_WEIGHT,
     auxiliary_targets,
+    average_members,
     build_classifier,
     googlenet_training_model,
     unfreeze_top_layers,
@@ -51,6 +53,14 @@ from cxr.training.schedules import (
 )
 
 HISTORY_FILE = "history.csv"
+MEMBER_SEED_STEP = 100  # member k of a seed ensemble trains with seed + 100 k
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The seed of member `member` of a seed ensemble (train.members); member 0 has `seed`."""
+    return seed + MEMBER_SEED_STEP * member
+
+
 PHASE_WEIGHTS_FILE = "phase.weights.h5"
 
 
@@ -357,21 +367,36 @@ def fit_phases(
     plan: AcceleratorPlan,
     work: Path,
     extra: Sequence[keras.callbacks.Callback],
+    member: int = 0,
+    first_epoch: int = 0,
 ) -> tuple[int, bool]:
-    """Fit frozen then fine-tuned when pretrained, else end to end; return epochs, cached."""
+    """Fit frozen then fine-tuned when pretrained, else end to end; return epochs, cached.
+
+    Member k > 0 of a seed ensemble names its phases member<k>_<phase> (their own resume state)
+    and numbers its epochs on from `first_epoch`, where the members before it ended.
+    """
     train = params.train
+    prefix = f"member{member}_" if member else ""
     # Freezing random weights would only train the head on noise features, so a backbone
     # without pretrained weights trains end to end in a single phase.
     backbone.trainable = not pretrained
     cached = use_cached_features(train.cache_features, pretrained, model)
     if train.time_budget_minutes > 0:
         extra = [*extra, TimeBudget(train.time_budget_minutes)]
-    first = Phase("frozen" if pretrained else "scratch", train.learning_rate, 0, train.epochs)
+    first = Phase(
+        f"{prefix}{'frozen' if pretrained else 'scratch'}",
+        train.learning_rate,
+        first_epoch,
+        train.epochs,
+    )
     epochs_run = fit_phase(model, first, data, cached, params, plan, work, extra)
     if pretrained and train.fine_tune_epochs > 0 and train.fine_tune_layers > 0:
         unfreeze_top_layers(backbone, train.fine_tune_layers)
         second = Phase(
-            "fine_tune", train.fine_tune_learning_rate, epochs_run, train.fine_tune_epochs
+            f"{prefix}fine_tune",
+            train.fine_tune_learning_rate,
+            first_epoch + epochs_run,
+            train.fine_tune_epochs,
         )
         epochs_run += fit_phase(model, second, data, False, params, plan, work, extra)
     return epochs_run, cached
@@ -397,30 +422,53 @@ def fit_keras(
     """
     train = params.train
     plan, strategy = accelerators.plan, accelerators.strategy
-    seed_everything(params.seed, train.deterministic)
     extra = [EpochMetricsCallback(), *extra]  # the per-epoch curves, in the active MLflow run
-    with strategy.scope():
-        model, backbone, pretrained = build_classifier(
-            params.model, train.image_size, data.class_names, train.weights, train.head,
-            train.augment, params.seed,
-        )  # fmt: skip
-        started = time.perf_counter()
-        epochs_run, cached = fit_phases(
-            model, backbone, pretrained, params, data, plan, work, extra
-        )
-        train_seconds = time.perf_counter() - started
+    members: list[keras.Model] = []
+    member_epochs: list[int] = []
+    train_seconds = 0.0
+    for member in range(train.members):
+        # Member k is the run params `seed` + MEMBER_SEED_STEP k would give alone, on this split.
+        member_params = params.model_copy(update={"seed": member_seed(params.seed, member)})
+        seed_everything(member_params.seed, train.deterministic)
+        with strategy.scope():
+            model, backbone, pretrained = build_classifier(
+                params.model, train.image_size, data.class_names, train.weights, train.head,
+                train.augment, member_params.seed,
+            )  # fmt: skip
+            started = time.perf_counter()
+            ran, cached = fit_phases(
+                model, backbone, pretrained, member_params, data, plan, work, extra,
+                member, sum(member_epochs),
+            )  # fmt: skip
+            train_seconds += time.perf_counter() - started
+        members.append(model)
+        member_epochs.append(ran)
+    if len(members) > 1:
+        with strategy.scope():
+            model = average_members(members, params.model)
     model_file = out_dir / MODEL_FILES["keras"]
     model.save(model_file)
     history = read_history(work / HISTORY_FILE)
+    # Epochs are numbered on across members: member k's follow those of the members before it.
+    member_of_epoch = np.searchsorted(np.cumsum(member_epochs), history["epoch"], side="right")
+    bests = history.groupby(member_of_epoch)
     metrics = {
         "pretrained": pretrained,
         "parameters": int(model.count_params()),
-        "epochs_run": epochs_run,
+        "epochs_run": sum(member_epochs),
         "train_seconds": round(train_seconds, 2),
-        "best_val_loss": float(history["val_loss"].min()),
-        "best_val_accuracy": float(history["val_accuracy"].max()),
+        # A seed ensemble's: the mean over its members of each one's best epoch.
+        "best_val_loss": float(bests["val_loss"].min().mean()),
+        "best_val_accuracy": float(bests["val_accuracy"].max().mean()),
         "train_images": len(data.train_labels),
     }
+    if len(members) > 1:
+        history = history.assign(member=member_of_epoch)
+        val_batches = array_dataset(data.val_images, data.val_labels.tolist(), 64, None)
+        probabilities = model.predict(val_batches, verbose=0)
+        metrics["ensemble_val_accuracy"] = float(
+            accuracy_score(data.val_labels, np.argmax(probabilities, axis=1))
+        )
     tags = {
         "pretrained": str(pretrained).lower(),
         "cached_features": str(cached).lower(),

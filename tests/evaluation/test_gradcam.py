@@ -7,10 +7,12 @@ from sklearn.dummy import DummyClassifier
 from cxr.evaluation.gradcam import (
     NoFeatureMapError,
     backbone_split,
+    check_explainable,
     draw_gradcam_grid,
     gradcam_heatmaps,
     save_overlay,
 )
+from cxr.models.classifier import average_members, ensemble_members
 
 SIZE = 32
 LESION = 8
@@ -101,3 +103,29 @@ def test_models_without_a_feature_map_are_refused_with_a_reason():
     no_backbone = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
     with pytest.raises(NoFeatureMapError, match="no layer named"):
         backbone_split(no_backbone)
+
+
+def test_a_seed_ensemble_is_explained_by_the_mean_of_its_members_maps(tmp_path, trained):
+    # given a seed ensemble of the trained model and an untrained one, saved and loaded again
+    keras.utils.set_random_seed(5)
+    untrained = tiny_cnn()
+    ensemble = average_members([trained, untrained], "tiny")
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.models.load_model(tmp_path / "ensemble.keras")
+    images, labels, _ = lesion_images(6, seed=6)
+    # then it predicts the mean of its members' probabilities
+    mean = (trained.predict(images, verbose=0) + untrained.predict(images, verbose=0)) / 2
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), mean, rtol=1e-5, atol=1e-6)
+    assert [member.name for member in ensemble_members(loaded)] == ["member_0", "member_1"]
+    # and its Grad-CAM map is the mean of the members' maps, rescaled to a peak of 1
+    check_explainable(loaded)
+    maps = gradcam_heatmaps(loaded, images, labels)
+    members = [gradcam_heatmaps(model, images, labels) for model in (trained, untrained)]
+    expected = np.mean(members, axis=0)
+    expected /= np.where(
+        expected.max(axis=(1, 2), keepdims=True) > 0, expected.max(axis=(1, 2), keepdims=True), 1
+    )
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5)
+    assert maps.shape == (6, SIZE, SIZE) and maps.max() <= 1 + 1e-6
+    # and a plain model has no members
+    assert ensemble_members(trained) == []

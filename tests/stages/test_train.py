@@ -12,6 +12,7 @@ from cxr.core.params import parse_params
 from cxr.core.paths import ProjectPaths
 from cxr.core.run_record import read_run_record
 from cxr.data.pixels import load_split_pixels
+from cxr.models.classifier import ensemble_members
 from cxr.training.inputs import StreamedPixels, array_dataset, in_memory, load_training_data
 from cxr.training.keras_fit import class_weights
 from cxr.training.resume import BACKUP_DIR
@@ -384,3 +385,50 @@ def test_weight_averages_are_validated_and_saved_when_a_phase_stops_before_its_l
         model = keras.models.load_model(paths.model_file())
         loss = model.evaluate(data.val_images, targets, batch_size=8, verbose=0, return_dict=True)
         assert loss["loss"] == pytest.approx(histories[momentum]["val_loss"][0], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_seed_ensemble_saves_the_mean_of_members_that_each_equal_a_run_with_their_seed(
+    prepared, tmp_path
+):
+    # given two members (seeds 42 and 142) on the split, and one network alone with seed 142
+    ensemble_params = tiny_params(members=2)
+    alone_params = {**tiny_params(), "seed": 142}
+    roots = {}
+    for name, params in (("ensemble", ensemble_params), ("alone", alone_params)):
+        roots[name] = fresh_copy(prepared, tmp_path / name, params)
+        # when train runs
+        assert train.main(["--root", str(roots[name])]) == 0
+    paths, alone = ProjectPaths(roots["ensemble"]), ProjectPaths(roots["alone"])
+    ensemble = keras.models.load_model(paths.model_file())
+    member_0, member_1 = ensemble_members(ensemble)
+    single = keras.models.load_model(alone.model_file())
+    # then member 1 is the network seed 142 trains alone, and member 0 another one
+    for trained, expected in zip(member_1.get_weights(), single.get_weights(), strict=True):
+        np.testing.assert_allclose(trained, expected, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(member_0.get_weights()[0], member_1.get_weights()[0])
+    # and the saved model predicts the mean of the members' probabilities
+    data = load_training_data(paths, 32)
+    mean = (
+        member_0.predict(data.val_images, verbose=0) + single.predict(data.val_images, verbose=0)
+    ) / 2
+    np.testing.assert_allclose(ensemble.predict(data.val_images, verbose=0), mean, atol=1e-6)
+    # and the history numbers the epochs on across members, each row naming its member
+    history = pd.read_csv(paths.history)
+    assert history["epoch"].tolist() == [0, 1, 2, 3] and history["member"].tolist() == [0, 0, 1, 1]
+    alone_history = pd.read_csv(alone.history)
+    np.testing.assert_allclose(history["val_loss"][2:], alone_history["val_loss"], rtol=1e-6)
+    metrics = json.loads(paths.summary("train").read_text())
+    assert metrics["epochs_run"] == 4
+    expected_accuracy = np.mean(
+        [history[history["member"] == k]["val_accuracy"].max() for k in (0, 1)]
+    )
+    assert metrics["best_val_accuracy"] == pytest.approx(expected_accuracy)
+    predicted = ensemble.predict(data.val_images, verbose=0).argmax(axis=1)
+    assert metrics["ensemble_val_accuracy"] == pytest.approx(np.mean(predicted == data.val_labels))
+    assert metrics["parameters"] == 2 * single.count_params()
+    # and one MLflow run holds the curves of both, at their epochs
+    record = read_run_record(paths.models_dir)
+    steps = mlflow.tracking.MlflowClient().get_metric_history(record.run_id, "val_loss")
+    assert [m.step for m in steps] == [0, 1, 2, 3]
+    assert mlflow.get_run(record.run_id).data.params["train.members"] == "2"
