@@ -105,6 +105,7 @@ def cell(metrics: dict[str, Any], name: str) -> str:
     return f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
+# cxr.training.keras_fit.member_seed, restated: importing it would load TensorFlow here.
 MEMBER_SEED_STEP = 100  # member k trains with seed + 100 k: far from the seeds a user passes
 
 
