@@ -38,7 +38,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cxr.core.params import parse_params  # noqa: E402
+from cxr.core.params import member_seed, parse_params  # noqa: E402
 from cxr.core.registry import is_baseline  # noqa: E402
 from cxr.evaluation.ensemble import mean_probabilities, score_mean  # noqa: E402
 from cxr.evaluation.leaderboard import paired_mcnemar  # noqa: E402
@@ -105,22 +105,18 @@ def cell(metrics: dict[str, Any], name: str) -> str:
     return f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
-# cxr.training.keras_fit.member_seed, restated: importing it would load TensorFlow here.
-MEMBER_SEED_STEP = 100  # member k trains with seed + 100 k: far from the seeds a user passes
-
-
 def seed_ensemble(
     model: str, members: int, root: Path, params: dict[str, Any], results: dict[str, Any]
 ) -> None:
     """Train `model` `members` times on the split already made; add each member and their mean.
 
-    Member k trains with params `seed` + MEMBER_SEED_STEP k (the split stays the one `seed` made);
-    the mean row `<model> x N` sums the members' epochs and training seconds.
+    Member k trains with params `seed` = member_seed(seed, k), as train.members does (the split
+    stays the one `seed` made); the mean row `<model> x N` sums the members' epochs and seconds.
     """
     split_seed = int(params["seed"])
     names = []
     for k in range(members):
-        params["seed"] = split_seed + MEMBER_SEED_STEP * k
+        params["seed"] = member_seed(split_seed, k)
         name = model if k == 0 else f"{model}, init {params['seed']}"
         results[name] = evaluate_model(root, params, model, root / "results" / name)
         names.append(name)

@@ -431,6 +431,14 @@ class BaselineParams(Section):
     trees: int = Field(ge=1, description="trees of pixel_rf")
 
 
+MEMBER_SEED_STEP = 100  # member k of a seed ensemble trains with seed + 100 k
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The seed of member `member` of a seed ensemble (train.members); member 0 has `seed`."""
+    return seed + MEMBER_SEED_STEP * member
+
+
 class TrainParams(Section):
     """Training of one backbone."""
 

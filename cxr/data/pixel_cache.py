@@ -83,7 +83,7 @@ def decode_into_cache(
             if result.pixels.shape != (size, size):
                 raise ValueError(f"{result.path}: decoded to {result.pixels.shape}, not {size}")
             # Accepted rows are written one after another: row k is the k-th accepted image.
-            writer.write(np.ascontiguousarray(result.pixels, dtype=np.uint8).tobytes())
+            writer.write(np.ascontiguousarray(result.pixels, dtype=np.uint8).data)  # no bytes copy
             rows.append({**entry, **result.info, "cache_index": len(rows)})
     if rejected:
         keep_first_rows(cache, len(rows))

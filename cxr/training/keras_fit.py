@@ -25,7 +25,7 @@ from sklearn.metrics import accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
 
 from cxr.core.outputs import read_json, staged_file, write_json
-from cxr.core.params import Params, TrainParams
+from cxr.core.params import Params, TrainParams, member_seed
 from cxr.core.paths import MODEL_FILES
 from cxr.models import layer_names
 from cxr.models.classifier import (
@@ -53,14 +53,6 @@ from cxr.training.schedules import (
 )
 
 HISTORY_FILE = "history.csv"
-MEMBER_SEED_STEP = 100  # member k of a seed ensemble trains with seed + 100 k
-
-
-def member_seed(seed: int, member: int) -> int:
-    """The seed of member `member` of a seed ensemble (train.members); member 0 has `seed`."""
-    return seed + MEMBER_SEED_STEP * member
-
-
 PHASE_WEIGHTS_FILE = "phase.weights.h5"
 
 
@@ -427,7 +419,7 @@ def fit_keras(
     member_epochs: list[int] = []
     train_seconds = 0.0
     for member in range(train.members):
-        # Member k is the run params `seed` + MEMBER_SEED_STEP k would give alone, on this split.
+        # Member k is the run params `seed` = member_seed(seed, k) would give alone, on this split.
         member_params = params.model_copy(update={"seed": member_seed(params.seed, member)})
         seed_everything(member_params.seed, train.deterministic)
         with strategy.scope():
@@ -464,7 +456,9 @@ def fit_keras(
     }
     if len(members) > 1:
         history = history.assign(member=member_of_epoch)
-        val_batches = array_dataset(data.val_images, data.val_labels.tolist(), 64, None)
+        val_batches = array_dataset(
+            data.val_images, data.val_labels.tolist(), train.batch_size, None
+        )
         probabilities = model.predict(val_batches, verbose=0)
         metrics["ensemble_val_accuracy"] = float(
             accuracy_score(data.val_labels, np.argmax(probabilities, axis=1))
