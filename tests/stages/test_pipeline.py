@@ -140,7 +140,7 @@ def test_experiment_with_another_backbone_reruns_only_train_evaluate_compare(pro
     run(["git", "commit", "-q", "-m", "baseline"], repo, env)
     # when an experiment changes the backbone
     output = run(
-        [sys.executable, "-m", "dvc", "exp", "run", "-n", "effnet", "-S", "model=efficientnetb0"],
+        [sys.executable, "-m", "dvc", "exp", "run", "-n", "res18", "-S", "model=resnet18"],
         repo,
         env,
     )
@@ -148,19 +148,19 @@ def test_experiment_with_another_backbone_reruns_only_train_evaluate_compare(pro
     assert stages_run(output) == ["train", "evaluate", "compare"]
     # and the leaderboard and MLflow hold both backbones, the experiment's run tagged with its name
     board = json.loads((repo / "reports" / "compare" / "leaderboard.json").read_text())
-    assert set(board["leaderboard"]) == {"compact_cnn", "efficientnetb0"}
+    assert set(board["leaderboard"]) == {"compact_cnn", "resnet18"}
     # and the ensemble row averages the two
-    assert sorted(board["ensemble"]["members"]) == ["compact_cnn", "efficientnetb0"]
+    assert sorted(board["ensemble"]["members"]) == ["compact_cnn", "resnet18"]
     compare = json.loads((repo / "metrics" / "summary" / "compare.json").read_text())
     assert compare["models_compared"] == 2
     assert compare["ensemble_test_accuracy"] == board["ensemble"]["test_accuracy"]
     runs = runs_in_store(repo)
-    assert set(runs["tags.model"]) == {"compact_cnn", "efficientnetb0", "ensemble"}
+    assert set(runs["tags.model"]) == {"compact_cnn", "resnet18", "ensemble"}
     assert runs["metrics.test_accuracy"].notna().all()
-    assert set(runs["tags.dvc_experiment"].dropna()) == {"effnet"}
+    assert set(runs["tags.dvc_experiment"].dropna()) == {"res18"}
     # and dvc exp show lists both with their params and metrics
     shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo, env)
-    assert '"efficientnetb0"' in shown and '"compact_cnn"' in shown and "test_accuracy" in shown
+    assert '"resnet18"' in shown and '"compact_cnn"' in shown and "test_accuracy" in shown
     # and dvc plots show renders the history and confusion plots
     plots = run(
         [sys.executable, "-m", "dvc", "plots", "show", "-o", str(repo.parent / "plots")], repo, env
@@ -212,7 +212,7 @@ def test_dvc_metrics_and_exp_show_stay_readable(project):
     # intervals and ids in metrics/summary/
     table = run([*dvc, "metrics", "show"], repo, env)
     assert max(map(len, table.splitlines())) < 200, table
-    assert "efficientnetb0" in table or "compact_cnn" in table
+    assert "resnet18" in table or "compact_cnn" in table
     assert keys == {*TRAIN_HEADLINE, *EVALUATE_HEADLINE, *COMPARE_HEADLINE}
     # and no metric is named like a dependency or output path (`models` made exp show fail)
     experiments = json.loads(run([*dvc, "exp", "show", "--json"], repo, env))
@@ -230,7 +230,7 @@ def test_dvc_metrics_and_exp_show_stay_readable(project):
         repo,
         {**env, "COLUMNS": "80"},
     )  # fmt: skip
-    assert "effnet" in headline and "efficientnetb0" in headline and "…" not in headline
+    assert "res18" in headline and "resnet18" in headline and "…" not in headline
     assert max(map(len, headline.splitlines())) <= 80
     # ... and one metric of every metrics file by pattern (only evaluate has a test_accuracy)
     csv = run(
@@ -240,7 +240,7 @@ def test_dvc_metrics_and_exp_show_stay_readable(project):
         env,
     )  # fmt: skip
     assert csv.splitlines()[0].split(",") == ["Experiment", "test_accuracy", "model"]
-    assert "effnet" in csv and "efficientnetb0" in csv
+    assert "res18" in csv and "resnet18" in csv
     # and --only-changed leaves out every column no experiment changed (deps among them)
     changed = run([*dvc, "exp", "show", "--no-pager", "--csv", "--only-changed"], repo, env)
     columns = changed.splitlines()[0].split(",")
