@@ -52,6 +52,9 @@ class SyntheticParams(Section):
     exposure: float = Field(
         gt=0.0, le=4.0, description="gain on every intensity (another scanner); 1 = as drawn"
     )
+    positioning: float = Field(
+        ge=0.0, le=4.0, description="spread of the patients' pose (shift, tilt, scale); 1 = narrow"
+    )
 
     @field_validator("counts")
     @classmethod
@@ -275,6 +278,7 @@ EXTERNAL_DATA_DEFAULTS: dict[str, Any] = {
         "difficulty": 0.5,
         "seed": 2026,
         "exposure": 1.0,
+        "positioning": 3.0,
     },
     "max_extract_bytes": 20_000_000_000,
     "max_extract_files": 2_000_000,

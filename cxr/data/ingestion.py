@@ -86,6 +86,7 @@ def _synthetic(data: DataParams, staging: Path) -> list[Entry]:
         synthetic.seed,
         workers=0,
         exposure=synthetic.exposure,
+        positioning=synthetic.positioning,
     )
     return [
         Entry(path.relative_to(staging).as_posix(), path.parent.name)

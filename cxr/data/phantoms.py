@@ -28,6 +28,10 @@ from cxr.data.portable_math import arctan2, cos, exp, expit, hypot, power, sin
 
 MIN_IMAGE_SIZE = 32
 
+# The pose spread's upper bound: at 4 a patient is shifted up to 12% of the side, tilted up to
+# 28 degrees and scaled 0.71-1.27, about as far as a chest still fits the film.
+MAX_POSITIONING = 4.0
+
 # Below this many images per extra process, starting it costs more than it saves.
 IMAGES_PER_WORKER_START = 64
 
@@ -58,15 +62,19 @@ def render_phantom(
     image_size: int,
     difficulty: float,
     exposure: float = 1.0,
+    positioning: float = 1.0,
 ) -> np.ndarray:
     """Return one grayscale uint8 (image_size, image_size) phantom with the findings of `label`.
 
     `exposure` multiplies every intensity before the 8-bit rounding: another scanner's gain.
+    `positioning` widens the random pose (shift, rotation, scale) by that factor: patients
+    placed less consistently, so a finding moves around the pixel grid.
     """
     _check_label(label)
     _check_image_size(image_size)
     _check_difficulty(difficulty)
     _check_exposure(exposure)
+    _check_positioning(positioning)
 
     # Three independent streams drawn up front: pose/anatomy and noise never depend on the
     # label, so for one rng state every class shares the exact same patient and nuisances
@@ -76,7 +84,7 @@ def render_phantom(
     finding_rng = np.random.default_rng(int(finding_seed))
     noise_rng = np.random.default_rng(int(noise_seed))
 
-    u, v = _posed_coordinates(anatomy_rng, image_size)
+    u, v = _posed_coordinates(anatomy_rng, image_size, positioning)
     image, lungs = _draw_anatomy(u, v, anatomy_rng)
     image = image + _draw_findings(label, u, v, lungs, finding_rng, image_size, difficulty)
     return _acquire(image, noise_rng, image_size, exposure)
@@ -90,11 +98,13 @@ def write_phantom_dataset(
     seed: int,
     workers: int = 1,
     exposure: float = 1.0,
+    positioning: float = 1.0,
 ) -> dict[str, int]:
     """Write counts[label] PNGs as target_dir/<label>/<label>_<index:05d>.png; return the counts.
 
     `workers` processes draw them (0 = one per core); the bytes are the same for any number.
-    `exposure` is the detector gain (render_phantom); 1.0 gives the pinned default bytes.
+    `exposure` is the detector gain and `positioning` the spread of the pose (render_phantom);
+    1.0 for both gives the pinned bytes.
     """
     # Validate everything before writing anything so a bad call leaves no partial dataset.
     for label, count in counts.items():
@@ -104,6 +114,7 @@ def write_phantom_dataset(
     _check_image_size(image_size)
     _check_difficulty(difficulty)
     _check_exposure(exposure)
+    _check_positioning(positioning)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
 
@@ -129,6 +140,7 @@ def write_phantom_dataset(
         difficulty=difficulty,
         seed=int(seed),
         exposure=float(exposure),
+        positioning=float(positioning),
     )
     drawn = map_in_processes(draw, jobs, workers, preload=["cxr.data.phantoms"])
     for _ in track(drawn, "phantoms", "images", total=len(jobs)):
@@ -142,12 +154,14 @@ def _write_one_phantom(
     difficulty: float,
     seed: int,
     exposure: float = 1.0,
+    positioning: float = 1.0,
 ) -> None:
     path, label, class_index, index = job
     # One generator per image keyed by (seed, class, index): an image's bytes do not depend on
     # how many images of other classes (or before it) were requested.
     rng = np.random.default_rng([seed, class_index, index])
-    _write_png_atomically(path, render_phantom(label, rng, image_size, difficulty, exposure))
+    pixels = render_phantom(label, rng, image_size, difficulty, exposure, positioning)
+    _write_png_atomically(path, pixels)
 
 
 def _check_label(label: str) -> None:
@@ -171,6 +185,12 @@ def _check_exposure(exposure: float) -> None:
     # Written so that NaN also fails the range test.
     if isinstance(exposure, bool) or not (0.0 < exposure <= 4.0):
         raise ValueError(f"exposure must be in (0, 4], got {exposure!r}")
+
+
+def _check_positioning(positioning: float) -> None:
+    # Written so that NaN also fails the range test.
+    if isinstance(positioning, bool) or not (0.0 <= positioning <= MAX_POSITIONING):
+        raise ValueError(f"positioning must be in [0, {MAX_POSITIONING:g}], got {positioning!r}")
 
 
 def _write_png_atomically(path: Path, pixels: np.ndarray) -> None:
@@ -200,13 +220,22 @@ def _soft_inside(level: np.ndarray, edge: float) -> np.ndarray:
     return expit((1.0 - level) / edge)
 
 
-def _posed_coordinates(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Anatomical (u, v) of every pixel under a random rotation, translation and scale."""
+def _posed_coordinates(
+    rng: np.random.Generator, size: int, positioning: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Anatomical (u, v) of every pixel under a random rotation, translation and scale.
+
+    `positioning` stretches each draw away from the centre of its range (the same draws, so a
+    patient keeps its direction of tilt and shift); at 1.0 the arithmetic is skipped entirely.
+    """
     centres = (np.arange(size) + 0.5) / size * 2.0 - 1.0
     y, x = np.meshgrid(centres, centres, indexing="ij")
     angle = rng.uniform(-7.0, 7.0) * (np.pi / 180.0)
     shift_x, shift_y = rng.uniform(-0.06, 0.06, size=2)
     scale = rng.uniform(0.92, 1.06)
+    if positioning != 1.0:
+        angle, shift_x, shift_y = angle * positioning, shift_x * positioning, shift_y * positioning
+        scale = 0.99 + (scale - 0.99) * positioning
     # Inverse mapping (pixel -> anatomy) so every shape can be evaluated on the pixel grid.
     dx, dy = x - shift_x, y - shift_y
     cos_angle, sin_angle = cos(angle), sin(angle)

@@ -402,27 +402,46 @@ def test_classes_are_learnable_from_pixels_but_not_from_mean_intensity(tmp_path:
     assert mean_accuracy < 0.4, mean_accuracy
 
 
-# sha256 of the first phantom of each class at the default size, seed and difficulty. They are
-# the same on every CPU and NumPy/Pillow build (cxr.data.portable_math, stored PNG blocks), so a
-# difference on another machine fails here instead of silently changing dvc.lock's data/raw.
+# sha256 of the first phantom of each class at the default size, seed and difficulty, in the
+# generator's narrow pose (positioning 1) and params.yaml's wider one (3). They are the same on
+# every CPU and NumPy/Pillow build (cxr.data.portable_math, stored PNG blocks), so a difference on
+# another machine fails here instead of silently changing dvc.lock's data/raw.
 PINNED_PHANTOM_DIGESTS = {
-    "covid/covid_00000.png": "a2b7ede64182d176401845f8323faab75536634badeff9b4e1c3a27cc37585c8",
-    "lung_opacity/lung_opacity_00000.png": (
-        "1ec30c3c75fadd3546b86a11229b2b3562bdc6d1ffc9a1daaf7db27697d5bb70"
-    ),
-    "normal/normal_00000.png": "734e91d718d150b4add0aeefb971cef2ea0b60fde7683a84d8aaf59703ded73b",
-    "viral_pneumonia/viral_pneumonia_00000.png": (
-        "54b275a111684a838a7822f60a07523496af65ce208872f6304547a6a3817b16"
-    ),
+    1.0: {
+        "covid/covid_00000.png": "a2b7ede64182d176401845f8323faab75536634badeff9b4e1c3a27cc37585c8",
+        "lung_opacity/lung_opacity_00000.png": (
+            "1ec30c3c75fadd3546b86a11229b2b3562bdc6d1ffc9a1daaf7db27697d5bb70"
+        ),
+        "normal/normal_00000.png": (
+            "734e91d718d150b4add0aeefb971cef2ea0b60fde7683a84d8aaf59703ded73b"
+        ),
+        "viral_pneumonia/viral_pneumonia_00000.png": (
+            "54b275a111684a838a7822f60a07523496af65ce208872f6304547a6a3817b16"
+        ),
+    },
+    3.0: {
+        "covid/covid_00000.png": "2854c3235f05fbe30c012ff0f119d722e5f2ff155f313666511e7b840f94caac",
+        "lung_opacity/lung_opacity_00000.png": (
+            "3e82967d66277f28581c82f86a6160b95e4925c69468998975746e9b7f585194"
+        ),
+        "normal/normal_00000.png": (
+            "4f9696308edc906f455edd2594eae03e83f9f4bbb991a174a1d0b4f0b9cba212"
+        ),
+        "viral_pneumonia/viral_pneumonia_00000.png": (
+            "fd3fe6dc772d7d414e53640ae8bcd433fca9db68a5b48bfee7f29aa9cf7fe582"
+        ),
+    },
 }
 
 
-def test_phantom_bytes_are_pinned(tmp_path: Path) -> None:
+@pytest.mark.parametrize("positioning", sorted(PINNED_PHANTOM_DIGESTS))
+def test_phantom_bytes_are_pinned(tmp_path: Path, positioning: float) -> None:
     # Given one phantom of each class at the default size (128), difficulty 0.5 and seed 42
-    write_phantom_dataset(tmp_path, {label: 1 for label in PHANTOM_CLASSES}, 128, 0.5, seed=42)
+    counts = {label: 1 for label in PHANTOM_CLASSES}
+    write_phantom_dataset(tmp_path, counts, 128, 0.5, seed=42, positioning=positioning)
 
     # Then their bytes are exactly the pinned ones
-    assert _tree_digests(tmp_path) == PINNED_PHANTOM_DIGESTS
+    assert _tree_digests(tmp_path) == PINNED_PHANTOM_DIGESTS[positioning]
 
 
 @pytest.mark.skipif(
@@ -430,16 +449,16 @@ def test_phantom_bytes_are_pinned(tmp_path: Path) -> None:
     reason="this CPU has no SIMD targets NumPy dispatches to, so there is no other path to compare",
 )
 def test_phantoms_are_bit_identical_with_numpy_simd_dispatch_turned_off(tmp_path: Path) -> None:
-    # Given phantoms written here (NumPy free to use AVX2 / AVX-512 loops)
+    # Given phantoms written here (NumPy free to use AVX2 / AVX-512 loops), in params.yaml's pose
     counts = {label: 3 for label in PHANTOM_CLASSES}
-    write_phantom_dataset(tmp_path / "here", counts, 96, 0.5, seed=7)
+    write_phantom_dataset(tmp_path / "here", counts, 96, 0.5, seed=7, positioning=3.0)
 
     # When the same phantoms are written where NumPy may only use its baseline loops
     elsewhere = tmp_path / "elsewhere"
     run_without_dispatch(
         "from pathlib import Path\n"
         "from cxr.data.phantoms import write_phantom_dataset\n"
-        f"write_phantom_dataset(Path({str(elsewhere)!r}), {counts!r}, 96, 0.5, seed=7)\n"
+        f"write_phantom_dataset(Path({str(elsewhere)!r}), {counts!r}, 96, 0.5, 7, positioning=3)\n"
     )
 
     # Then every file has the same bytes, as on another CPU
@@ -477,3 +496,65 @@ def test_exposure_is_another_scanners_gain_and_one_keeps_the_default_bytes() -> 
     assert np.corrcoef(default.ravel(), brighter.ravel())[0, 1] > 0.95
     with pytest.raises(ValueError, match="exposure must be in"):
         render_phantom("covid", np.random.default_rng(0), 64, 0.5, 0.0)
+
+
+def _intensity_centroids(positioning: float, patients: int = 16) -> np.ndarray:
+    """(x, y) intensity centroid of `patients` normal phantoms drawn at that pose spread."""
+    rows, columns = np.indices((SMALL, SMALL))
+    centroids = []
+    for index in range(patients):
+        rng = np.random.default_rng([5, 1, index])
+        image = render_phantom("normal", rng, SMALL, 0.5, positioning=positioning).astype(float)
+        centroids.append(np.array([(image * columns).sum(), (image * rows).sum()]) / image.sum())
+    return np.array(centroids)
+
+
+def test_positioning_one_keeps_the_default_bytes_and_wider_moves_the_patients_more() -> None:
+    # Given the same patients drawn at the default pose spread, at 1.0 explicitly, and 3x wider
+    rng_default, rng_one = np.random.default_rng([2026, 0, 3]), np.random.default_rng([2026, 0, 3])
+    default = render_phantom("covid", rng_default, SMALL, 0.5)
+    one = render_phantom("covid", rng_one, SMALL, 0.5, positioning=1.0)
+
+    # Then 1.0 is the default bytes, and at 3 the chest wanders over the grid about 2.5x as far
+    np.testing.assert_array_equal(default, one)
+    spread_one = _intensity_centroids(1.0).std(axis=0)
+    spread_three = _intensity_centroids(3.0).std(axis=0)
+    assert np.all(spread_three > 1.8 * spread_one), (spread_one, spread_three)
+    with pytest.raises(ValueError, match=r"positioning must be in \[0, 4\]"):
+        render_phantom("covid", np.random.default_rng(0), SMALL, 0.5, positioning=4.5)
+    with pytest.raises(ValueError, match="positioning must be in"):
+        write_phantom_dataset(Path("unused"), {"covid": 1}, SMALL, 0.5, seed=0, positioning=-1.0)
+
+
+def test_a_wider_pose_spread_takes_the_pixel_shortcut_away(tmp_path: Path) -> None:
+    # scikit-learn is only needed for this check, not by the generator itself.
+    pytest.importorskip("sklearn")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # Given 60 phantoms of each default class at pose spreads 1 and 3
+    classes = ("covid", "normal", "viral_pneumonia")
+
+    def linear_pixel_accuracy(positioning: float) -> float:
+        root = tmp_path / str(positioning)
+        counts = dict.fromkeys(classes, 60)
+        write_phantom_dataset(root, counts, SMALL, 0.5, seed=0, positioning=positioning)
+        images = [
+            np.asarray(Image.open(path), dtype=float) / 255.0
+            for label in classes
+            for path in sorted((root / label).glob("*.png"))
+        ]
+        stack, target = np.stack(images), np.repeat(np.arange(len(classes)), 60)
+        pixels = stack.reshape(len(stack), 16, 4, 16, 4).mean(axis=(2, 4)).reshape(len(stack), -1)
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+        return float(cross_val_score(model, pixels, target, cv=folds).mean())
+
+    # When a linear classifier is cross-validated on 16x16 pixels of each
+    fixed, spread = linear_pixel_accuracy(1.0), linear_pixel_accuracy(3.0)
+
+    # Then the findings' fixed place gives it away at 1 (0.98 measured) and much less at 3 (0.63)
+    assert fixed > 0.9, fixed
+    assert spread < fixed - 0.2, (fixed, spread)
