@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py [--models compact_cnn pixel_logreg] [--minutes 20]
         [--datasets covid19-dataset covid-ct-cropped] [--set KEY=VALUE ...] [--seeds 42 7]
+        [--folds 5] [--members 3] [--tta]
 
 For each dataset under ../shared/datasets (skipped with a line when absent), a temporary project
 runs the real stages (`python -m stages.<name>`): ingest, build and split once, then train and
@@ -17,8 +18,11 @@ weight initialisation and augmentation each time, which on a few hundred images 
 figures by more than their intervals suggest. With --members N each CNN is trained N times on
 the same split, member k with params `seed` + 100 k after the split (another initialisation,
 augmentation and batch order; member 0 is the plain run), and a `<model> x N` row scores the
-mean of their probabilities (a seed ensemble of one backbone). Prints figures; never fails on
-them.
+mean of their probabilities (a seed ensemble of one backbone). With --folds K the datasets split
+afresh (covid-ct-cropped) are cross-validated: split.folds = K and each fold the test split once
+(groups whole), a row per fold, and rows scoring every model once on all folds' test images
+together, so each image is tested exactly once and the interval and McNemar p cover the whole
+collection. Prints figures; never fails on them.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ DATASETS: dict[str, dict[str, Any]] = {
     "covid-ct-cropped": {"data.group_pattern": CT_GROUP_PATTERN},
 }
 BASELINE = "pixel_logreg"
+# Split afresh (no given test folder): the datasets --folds deals into folds.
+FRESH_SPLIT = ("covid-ct-cropped",)
 
 
 def set_dotted(params: dict[str, Any], key: str, value: Any) -> None:
@@ -106,7 +112,12 @@ def cell(metrics: dict[str, Any], name: str) -> str:
 
 
 def seed_ensemble(
-    model: str, members: int, root: Path, params: dict[str, Any], results: dict[str, Any]
+    model: str,
+    members: int,
+    root: Path,
+    params: dict[str, Any],
+    results: dict[str, Any],
+    out: Path,
 ) -> None:
     """Train `model` `members` times on the split already made; add each member and their mean.
 
@@ -118,17 +129,17 @@ def seed_ensemble(
     for k in range(members):
         params["seed"] = member_seed(split_seed, k)
         name = model if k == 0 else f"{model}, init {params['seed']}"
-        results[name] = evaluate_model(root, params, model, root / "results" / name)
+        results[name] = evaluate_model(root, params, model, out / name)
         names.append(name)
     params["seed"] = split_seed
     write_params(root, params)
-    tables = [pd.read_csv(root / "results" / name / "test_predictions.csv") for name in names]
+    tables = [pd.read_csv(out / name / "test_predictions.csv") for name in names]
     per_image, metrics = score_mean(
         mean_probabilities(tables), parse_params(params).evaluate, split_seed
     )
-    out = root / "results" / f"{model} x {members}"
-    out.mkdir(parents=True)
-    per_image.to_csv(out / "test_predictions.csv", index=False)
+    mean_out = out / f"{model} x {members}"
+    mean_out.mkdir(parents=True)
+    per_image.to_csv(mean_out / "test_predictions.csv", index=False)
     metrics["epochs_run"] = sum(results[name]["epochs_run"] for name in names)
     metrics["train_seconds"] = sum(results[name]["train_seconds"] for name in names)
     results[f"{model} x {members}"] = metrics
@@ -150,6 +161,97 @@ def ensemble_row(
         f"{cell(ensemble, 'test_f1_macro')} | {cell(ensemble, 'test_roc_auc_ovr')} | "
         f"{'-' if p is None else f'{p:.3g}'} | - | - |"
     )
+
+
+def train_models(
+    root: Path, params: dict[str, Any], args: argparse.Namespace, out: Path
+) -> dict[str, Any]:
+    """Train and evaluate every --models on the split made at `root`; results kept under `out`."""
+    results: dict[str, Any] = {}
+    for model in args.models:
+        if args.members > 1 and not is_baseline(model):
+            seed_ensemble(model, args.members, root, params, results, out)
+            continue
+        results[model] = evaluate_model(root, params, model, out / model)
+        if args.tta and not is_baseline(model):
+            # The same trained model scored again with test-time augmentation.
+            params["evaluate"]["tta"] = True
+            write_params(root, params)
+            run_stage("evaluate", root)
+            params["evaluate"]["tta"] = False
+            write_params(root, params)
+            results[f"{model}+tta"] = keep_results(root, out / f"{model}+tta")
+    return results
+
+
+def result_rows(label: str, results: dict[str, Any], tables: dict[str, pd.DataFrame]) -> list[str]:
+    """One table row per model: its figures and McNemar p against the baseline."""
+    baseline = tables.get(BASELINE)
+    rows = []
+    for model, metrics in results.items():
+        p = None if model == BASELINE else paired_mcnemar(baseline, tables[model])
+        rows.append(
+            f"| {label} | {model} | {cell(metrics, 'test_accuracy')} | "
+            f"{cell(metrics, 'test_f1_macro')} | {cell(metrics, 'test_roc_auc_ovr')} | "
+            f"{'-' if p is None else f'{p:.3g}'} | {metrics['epochs_run']} | "
+            f"{metrics['train_seconds']:.0f} |"
+        )
+    return rows
+
+
+def one_split(
+    root: Path, params: dict[str, Any], args: argparse.Namespace, label: str, out: Path
+) -> tuple[list[str], dict[str, Any]]:
+    """Split, train and evaluate every model, then compare; the rows and the results."""
+    run_stage("split", root)
+    split = json.loads((root / "metrics" / "summary" / "split.json").read_text())
+    print(f"{label}: " + ", ".join(f"{s} {split[s]['images']}" for s in ("train", "val", "test")))
+    results = train_models(root, params, args, out)
+    run_stage("compare", root)
+    report = json.loads((root / "reports" / "compare" / "leaderboard.json").read_text())
+    tables = {m: pd.read_csv(out / m / "test_predictions.csv") for m in results}
+    rows = result_rows(label, results, tables)
+    ensemble = report.get("ensemble")
+    if ensemble:
+        rows.append(ensemble_row(label, ensemble, tables, params))
+    return rows, results
+
+
+def pooled_rows(
+    label: str, folds: list[Path], results: list[dict[str, Any]], params: dict[str, Any]
+) -> list[str]:
+    """Every model scored once on all folds' test images together, with a pooled ensemble row.
+
+    Each image is tested in exactly one fold, so the pooled table holds every image once: one
+    accuracy, interval and McNemar p over the whole collection instead of one per fold. The
+    ensemble averages the compare.ensemble_size models with the best pooled rank_by figure.
+    """
+    scoring, seed = parse_params(params).evaluate, int(params["seed"])
+    tables, pooled = {}, {}
+    for model in results[0]:
+        joined = pd.concat(
+            [pd.read_csv(fold / model / "test_predictions.csv") for fold in folds],
+            ignore_index=True,
+        )
+        tables[model], pooled[model] = score_mean(mean_probabilities([joined]), scoring, seed)
+        pooled[model]["epochs_run"] = sum(fold[model]["epochs_run"] for fold in results)
+        pooled[model]["train_seconds"] = sum(fold[model]["train_seconds"] for fold in results)
+    rows = result_rows(label, pooled, tables)
+    size = int(params["compare"]["ensemble_size"])
+    rank_by = str(params["compare"]["rank_by"])
+    single = [model for model in pooled if "+tta" not in model]
+    top = sorted(single, key=lambda model: -pooled[model].get(rank_by, 0.0))[:size]
+    if size >= 2 and len(top) >= 2:
+        per_image, metrics = score_mean(
+            mean_probabilities([tables[model] for model in top]), scoring, seed
+        )
+        p = paired_mcnemar(tables.get(BASELINE), per_image)
+        rows.append(
+            f"| {label} | ensemble ({' + '.join(top)}) | {cell(metrics, 'test_accuracy')} | "
+            f"{cell(metrics, 'test_f1_macro')} | {cell(metrics, 'test_roc_auc_ovr')} | "
+            f"{'-' if p is None else f'{p:.3g}'} | - | - |"
+        )
+    return rows
 
 
 def benchmark(
@@ -175,44 +277,26 @@ def benchmark(
         for key, value in overrides.items():
             set_dotted(params, key, value)
         write_params(root, params)
-        for stage in ("ingest", "build", "split"):
+        for stage in ("ingest", "build"):
             run_stage(stage, root)
-        split = json.loads((root / "metrics" / "summary" / "split.json").read_text())
-        print(
-            f"{name}: " + ", ".join(f"{s} {split[s]['images']}" for s in ("train", "val", "test"))
-        )
-        results: dict[str, Any] = {}
-        for model in args.models:
-            if args.members > 1 and not is_baseline(model):
-                seed_ensemble(model, args.members, root, params, results)
-                continue
-            results[model] = evaluate_model(root, params, model, root / "results" / model)
-            if args.tta and not is_baseline(model):
-                # The same trained model scored again with test-time augmentation.
-                params["evaluate"]["tta"] = True
-                write_params(root, params)
-                run_stage("evaluate", root)
-                params["evaluate"]["tta"] = False
-                write_params(root, params)
-                results[f"{model}+tta"] = keep_results(root, root / "results" / f"{model}+tta")
-
-        run_stage("compare", root)
-        report = json.loads((root / "reports" / "compare" / "leaderboard.json").read_text())
-        tables = {m: pd.read_csv(root / "results" / m / "test_predictions.csv") for m in results}
-        baseline = tables.get(BASELINE)
-        rows = []
-        for model, metrics in results.items():
-            p = None if model == BASELINE else paired_mcnemar(baseline, tables[model])
-            rows.append(
-                f"| {label} | {model} | {cell(metrics, 'test_accuracy')} | "
-                f"{cell(metrics, 'test_f1_macro')} | {cell(metrics, 'test_roc_auc_ovr')} | "
-                f"{'-' if p is None else f'{p:.3g}'} | {metrics['epochs_run']} | "
-                f"{metrics['train_seconds']:.0f} |"
+        folds = args.folds if name in FRESH_SPLIT else 0
+        if args.folds and not folds:
+            print(f"{name}: its given test folder is kept, so --folds does not apply")
+        if not folds:
+            return one_split(root, params, args, label, root / "results")[0]
+        rows, outs, results = [], [], []
+        for fold in range(folds):
+            set_dotted(params, "split.folds", folds)
+            set_dotted(params, "split.fold", fold)
+            write_params(root, params)
+            outs.append(root / "results" / f"fold {fold}")
+            fold_rows, fold_results = one_split(
+                root, params, args, f"{label}, fold {fold}", outs[-1]
             )
-        ensemble = report.get("ensemble")
-        if ensemble:
-            rows.append(ensemble_row(label, ensemble, tables, params))
-        return rows
+            print("\n".join(["fold rows:", *fold_rows]), flush=True)
+            rows += fold_rows
+            results.append(fold_results)
+        return rows + pooled_rows(f"{label}, {folds} folds pooled", outs, results, params)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="train each CNN this many times on one split (init seeds seed + 100 k) and score "
         "the mean of their probabilities",
+    )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="K-fold cross-validation of the datasets split afresh (split.folds = K, each fold "
+        "the test split once): rows per fold and rows over all folds' test images pooled",
     )
     parser.add_argument(
         "--seeds",

@@ -77,6 +77,7 @@ def store_lock(uri: str, cwd: Path) -> Iterator[None]:
     MLflow creates a new database's tables in the first process that opens it; two processes
     doing so at once (two queued experiments, two workers of one run) both create them and one
     fails with `table ... already exists`. Under this lock one creates them, the others wait.
+    compare also holds it while it moves the registry's champion alias (read, compare, promote).
     """
     database = sqlite_database(uri, cwd)
     if database is None:

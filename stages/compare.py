@@ -40,7 +40,14 @@ from cxr.evaluation.leaderboard import (
     log_leaderboard,
     with_mcnemar,
 )
-from cxr.tracking import ENSEMBLE_MODEL, LEADERBOARD_MODEL, run_tags, use_experiment
+from cxr.tracking import (
+    ENSEMBLE_MODEL,
+    LEADERBOARD_MODEL,
+    run_tags,
+    store_lock,
+    tracking_uri,
+    use_experiment,
+)
 
 LEADERBOARD_REPORT = "leaderboard.json"  # in reports/compare/, beside leaderboard.md and .png
 REPORT_FILES = ("leaderboard.md", "leaderboard.png", LEADERBOARD_REPORT)
@@ -78,7 +85,12 @@ def compare(
     note = ensemble_note(ensemble)
     excluded = excluded_runs(runs, fingerprint)
     evaluated = read_json(paths.summary("evaluate")) if paths.summary("evaluate").exists() else {}
-    champion = update_champion(settings.registered_model, evaluated, settings.rank_by, fingerprint)
+    # Read the champion, compare, register, move the alias: one step for parallel experiments,
+    # or two of them could each find no champion and the alias end on the lower-ranked one.
+    with store_lock(tracking_uri(paths.root, environ), paths.root):
+        champion = update_champion(
+            settings.registered_model, evaluated, settings.rank_by, fingerprint
+        )
     summary = champion_summary(settings.registered_model, champion)
     report = leaderboard_json(board, excluded, fingerprint, champion, note, external)
     with staged_dir(paths.reports("compare")) as reports_dir:

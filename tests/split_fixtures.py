@@ -53,6 +53,8 @@ def split_params(
     resplit: bool = False,
     duplicates: str = "drop-from-test",
     near: int = 0,
+    folds: int = 0,
+    fold: int = 0,
 ) -> SplitParams:
     """Split params with the usual fractions, undersampling off."""
     return SplitParams(
@@ -62,4 +64,6 @@ def split_params(
         resplit=resplit,
         duplicates=duplicates,  # type: ignore[arg-type]
         near_duplicate_distance=near,
+        folds=folds,
+        fold=fold,
     )

@@ -344,12 +344,27 @@ class SplitParams(Section):
     near_duplicate_distance: int = Field(
         ge=0, le=32, description="perceptual-hash bits; images this close stay together, 0 = off"
     )
+    folds: int = Field(
+        ge=0, le=20, description="K-fold: units dealt into K folds, fold `fold` is test; 0 = off"
+    )
+    fold: int = Field(ge=0, description="the test fold when folds > 0 (0 .. folds - 1)")
+
+    @property
+    def test_share(self) -> float:
+        """The share of units held out for test: one fold, or test_fraction."""
+        return 1.0 / self.folds if self.folds else self.test_fraction
 
     @model_validator(mode="after")
     def _positive_train_share(self) -> SplitParams:
-        if self.val_fraction + self.test_fraction >= 1.0:
+        if self.folds == 1:
+            raise ValueError("folds = 1: use 0 (one split by test_fraction) or 2 and more")
+        if self.fold >= max(self.folds, 1):
+            allowed = f"0 .. {self.folds - 1}" if self.folds else "0 while folds = 0"
+            raise ValueError(f"fold = {self.fold}: must be {allowed}")
+        if self.val_fraction + self.test_share >= 1.0:
+            held = "1 / folds" if self.folds else "test_fraction"
             raise ValueError(
-                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g}: "
+                f"val_fraction + {held} = {self.val_fraction + self.test_share:g}: "
                 "must be < 1 to leave a positive train share"
             )
         return self

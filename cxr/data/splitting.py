@@ -18,7 +18,7 @@ import pandas as pd
 from imblearn.under_sampling import RandomUnderSampler
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from cxr.core.errors import PipelineError
 from cxr.core.params import SplitParams
@@ -182,12 +182,39 @@ def split_units(
     return pd.Index(rest), pd.Index(held_out)
 
 
+def fold_units(units: pd.Series, folds: int, fold: int, seed: int) -> tuple[pd.Index, pd.Index]:
+    """Unit ids dealt into `folds` stratified folds (seeded): (the other folds, fold `fold`).
+
+    The same seed deals the same folds whatever `fold` is, so folds 0 .. K-1 test every unit
+    exactly once.
+    """
+    counts = units.value_counts().sort_index()
+    if counts.min() < folds:
+        raise PipelineError(
+            f"split.folds = {folds} cannot be stratified over the distinct images (copies, "
+            f"groups and near-duplicates counted once) per class {counts.to_dict()}: every "
+            "class needs a unit in each fold; lower split.folds"
+        )
+    dealer = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    ids = units.index.to_numpy()
+    rest, held_out = list(dealer.split(ids, units.to_numpy()))[fold]
+    return pd.Index(ids[rest]), pd.Index(ids[held_out])
+
+
 def fresh_split(images: pd.DataFrame, split: SplitParams, seed: int) -> pd.Series:
-    """Split name per image: stratified over units, ignoring any split the source gave."""
+    """Split name per image: stratified over units, ignoring any split the source gave.
+
+    Test is one fold of split.folds when set, else a split.test_fraction share; val is carved
+    from the rest so that it holds a split.val_fraction share of all units.
+    """
     labels = unit_labels(images)
-    what = "split.val_fraction / split.test_fraction"
-    rest, test = split_units(labels, split.test_fraction, seed, what)
-    val_share = split.val_fraction / (1.0 - split.test_fraction)
+    if split.folds:
+        rest, test = fold_units(labels, split.folds, split.fold, seed)
+        what = "split.val_fraction / split.folds"
+    else:
+        what = "split.val_fraction / split.test_fraction"
+        rest, test = split_units(labels, split.test_fraction, seed, what)
+    val_share = split.val_fraction / (1.0 - split.test_share)
     train, val = split_units(labels.loc[rest], val_share, seed, what)
     split_of_unit = {
         **dict.fromkeys(train, "train"),
@@ -287,6 +314,9 @@ def split_hints(split: SplitParams, source_splits: set[str], dropped: int) -> di
     carved = [f"split.{name}_fraction" for name in ("val", "test") if name not in source_splits]
     hints = {"train": f"lower {' or '.join(carved)}"}
     hints.update({name: f"raise split.{name}_fraction" for name in ("val", "test")})
+    if split.folds:
+        hints["test"] = "lower split.folds"
+        hints["train"] = "lower split.val_fraction"
     # Copies are dropped from the later splits (val, test), never from the given train.
     lost = f", less copies of earlier splits (split.duplicates dropped {dropped} in all)"
     for name in source_splits:
@@ -329,6 +359,12 @@ def split_with_report(
     units, found = leakage_units(images, split.near_duplicate_distance, warnings)
     images = images.assign(unit=units)
     has_given = "given_split" in images.columns and (images["given_split"] != "").any()
+    if has_given and not split.resplit and split.folds:
+        raise PipelineError(
+            f"split.folds = {split.folds}: this source gives its own test split, which folds "
+            "would replace; set split.resplit: true to deal all images into folds, or "
+            "split.folds: 0"
+        )
     if has_given and not split.resplit:
         assigned = given_split(images, split, seed, found, warnings)
         # Without a given val, val is carved from the given train; test is always the source's.

@@ -513,3 +513,79 @@ def test_a_class_missing_after_dropping_copies_says_they_were_dropped() -> None:
         "true splits afresh"
     ]
     assert counts == {"class_missing_from_split": 1}
+
+
+def test_folds_test_every_image_once_and_keep_groups_whole() -> None:
+    # Given patients with three images each
+    images = images_table(COUNTS)
+    images["group"] = images["label"] + "-patient-" + (images.index // 3).astype(str)
+
+    # When it is split five times, with split.folds = 5 and each fold as test
+    folds = [
+        split_images(images, split_params(val=0.15, folds=5, fold=fold), seed=3)
+        for fold in range(5)
+    ]
+
+    # Then the five test folds are disjoint, cover every image, hold a fifth each per class,
+    for tables in folds:
+        _assert_nothing_straddles(tables)
+        assert abs(len(tables["test"]) / len(images) - 0.2) < 0.03
+        assert abs(len(tables["val"]) / len(images) - 0.15) < 0.03
+        for label, count in COUNTS.items():
+            assert abs((tables["test"]["label"] == label).sum() - count / 5) <= 3, label
+    tested = [path for tables in folds for path in tables["test"]["path"]]
+    assert sorted(tested) == sorted(images["path"])
+    # and no patient is tested in one fold and trained on in the same fold
+    for tables in folds:
+        assert not set(tables["test"]["group"]) & set(tables["train"]["group"])
+
+
+def test_the_same_seed_deals_the_same_folds() -> None:
+    # Given an images table
+    images = images_table(COUNTS)
+
+    # When fold 2 of 4 is drawn twice with one seed and once with another
+    first, again, other = (
+        split_images(images, split_params(folds=4, fold=2), seed=seed) for seed in (5, 5, 6)
+    )
+
+    # Then the same seed gives the same test fold, another seed another
+    assert list(first["test"]["path"]) == list(again["test"]["path"])
+    assert list(first["test"]["path"]) != list(other["test"]["path"])
+
+
+def test_folds_over_a_given_test_split_fail_naming_resplit() -> None:
+    # Given a source with its own train and test folders
+    images = _given(GIVEN_TRAIN, GIVEN_TEST)
+
+    # When it is dealt into folds without split.resplit
+    with pytest.raises(PipelineError, match=r"split\.folds = 5: .*split\.resplit: true"):
+        split_images(images, split_params(folds=5), seed=0)
+
+    # Then with resplit the folds cover given train and test alike
+    tables = split_images(images, split_params(resplit=True, folds=5), seed=0)
+    assert set(tables["test"]["given_split"]) == {"train", "test"}
+
+
+def test_more_folds_than_images_of_a_class_fail_naming_the_counts() -> None:
+    # Given a class of three images
+    images = images_table({"covid": 3, "normal": 40})
+
+    # When it is dealt into five folds
+    with pytest.raises(PipelineError, match=r"split\.folds = 5 cannot be stratified .*'covid': 3"):
+        split_images(images, split_params(folds=5), seed=0)
+
+
+@pytest.mark.parametrize(
+    ("folds", "fold", "message"),
+    [
+        (1, 0, "folds = 1: use 0"),
+        (5, 5, r"fold = 5: must be 0 \.\. 4"),
+        (0, 2, "fold = 2: must be 0 while folds = 0"),
+        (2, 0, r"val_fraction \+ 1 / folds = 1.15"),
+    ],
+)
+def test_bad_fold_params_fail_naming_the_key(folds: int, fold: int, message: str) -> None:
+    # When split params name an impossible fold, the validation names it
+    with pytest.raises(ValueError, match=message):
+        split_params(val=0.65 if folds == 2 else 0.15, folds=folds, fold=fold)

@@ -2,16 +2,22 @@
 
 Neither clone has an mlflow.db yet, so the two training processes create it at the same
 moment; both must succeed and land in the one store of the clone (cxr.tracking.store_lock).
+Their compare stages run at about the same moment too: the champion alias must end on the
+better of the two, not on whichever moved it last.
 """
 
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
 from dvc_project import ROOT, clean_env, copy_project, git_repo, kill_processes_in, run
+from mlflow.tracking import MlflowClient
+
+from cxr.evaluation.champion import CHAMPION_ALIAS
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +48,22 @@ def task_states(status: str) -> list[str]:
     return [row[-1] for row in map(str.split, status.splitlines()) if row and row[-1] in states]
 
 
-def queue_logs(clone: Path) -> str:
-    """The end of every log the queue wrote (workers and experiments), for a failure message."""
-    logs = sorted(clone.glob(".dvc/tmp/exps/**/*.out"))
+def queue_logs(clone: Path, failed: Collection[str] = ()) -> str:
+    """The end of every log the queue wrote (workers and experiments), for a failure message.
+
+    The logs of the `failed` tasks (short ids from `dvc queue status`) come last, so a report
+    that keeps only the end of a long message still shows why they failed.
+    """
+    logs = sorted(
+        clone.glob(".dvc/tmp/exps/**/*.out"),
+        key=lambda log: (log.name[:7] in failed, log.name),
+    )
     return "".join(f"\n--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}" for log in logs)
+
+
+def failed_tasks(status: str) -> list[str]:
+    """The short ids of the tasks `dvc queue status` shows as Failed."""
+    return [row[0] for row in map(str.split, status.splitlines()) if row and row[-1] == "Failed"]
 
 
 def wait_for_tasks(clone: Path, env: dict[str, str], count: int, timeout: float = 900) -> str:
@@ -84,7 +102,9 @@ def test_two_queued_experiments_on_a_fresh_clone_both_succeed(tmp_path: Path) ->
         kill_processes_in(tmp_path)  # idle workers: nothing the test started outlives it
 
     # Then both succeeded
-    assert task_states(status) == ["Success", "Success"], f"{status}{queue_logs(clone)}"
+    assert task_states(status) == ["Success", "Success"], (
+        f"{status}{queue_logs(clone, failed_tasks(status))}"
+    )
     # and both training runs are finished in the clone's one store
     mlflow.set_tracking_uri(f"sqlite:///{clone / 'mlflow.db'}")
     experiment = mlflow.get_experiment_by_name("cxr-pipeline")
@@ -94,3 +114,9 @@ def test_two_queued_experiments_on_a_fresh_clone_both_succeed(tmp_path: Path) ->
     assert sorted(trained["tags.model"]) == sorted(MODELS)
     assert set(runs["status"]) == {"FINISHED"}
     assert not list((clone / ".dvc" / "tmp").rglob("mlflow.db"))
+    # and the champion is the better of the two (compare moves it under the store's lock)
+    champion = MlflowClient().get_model_version_by_alias("cxr-classifier", CHAMPION_ALIAS)
+    assert champion.run_id in set(trained["run_id"])
+    assert trained.set_index("run_id").loc[champion.run_id, "metrics.test_accuracy"] == max(
+        trained["metrics.test_accuracy"]
+    )
