@@ -19,10 +19,20 @@ CACHE_SIZE = 40
 # images per class in train, val and test: enough for every class in every split
 SPLIT_COUNTS = {"train": 8, "val": 3, "test": 3}
 CLASSES = ("covid", "normal", "viral_pneumonia")
+# The default recipe trains without augmentation; these tests train with it, so that the
+# augmentation layers, their seeds and the end-to-end frozen phase are exercised.
+AUGMENTATION = {
+    "horizontal_flip": True,
+    "rotation": 0.03,
+    "zoom": 0.1,
+    "translation": 0.05,
+    "contrast": 0.1,
+    "brightness": 0.1,
+}
 
 
 def tiny_params(weights: str = "none", **train: Any) -> dict[str, Any]:
-    """The repository's params with a tiny, fast training setup (vgg16, 32 px, 2 epochs).
+    """The repository's params with a tiny, fast training setup (vgg16, 32 px, 2 epochs, augmented).
 
     VGG16's 19 layers trace several times faster than MobileNetV2's 150 (its first epoch is
     dominated by tracing on a CPU); at 32 px its compute is small.
@@ -38,6 +48,7 @@ def tiny_params(weights: str = "none", **train: Any) -> dict[str, Any]:
         fine_tune_layers=5,
     )
     params["train"]["head"]["dense_units"] = 8
+    params["train"]["augment"] = dict(AUGMENTATION)
     params["train"].update(train)
     return params
 

@@ -167,7 +167,7 @@ def test_pretrained_backbone_trains_frozen_then_fine_tunes(prepared, tmp_path, p
     assert metrics["pretrained"] is True and metrics["epochs_run"] == 3
     assert history["epoch"].tolist() == [0, 1, 2]
     assert history["learning_rate"].iloc[-1] == pytest.approx(1e-5)
-    # augmentation is on in the default params, so the frozen phase ran end to end
+    # augmentation is on in tiny_params, so the frozen phase ran end to end
     assert mlflow.get_run(record.run_id).data.tags["cached_features"] == "false"
 
 
