@@ -111,6 +111,18 @@ def cell(metrics: dict[str, Any], name: str) -> str:
     return f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def table_row(
+    label: str, model: str, metrics: dict[str, Any], p: float | None, cost: bool = True
+) -> str:
+    """One Markdown row: figures with CIs, McNemar p, and epochs and train seconds when `cost`."""
+    spent = f"{metrics['epochs_run']} | {metrics['train_seconds']:.0f}" if cost else "- | -"
+    return (
+        f"| {label} | {model} | {cell(metrics, 'test_accuracy')} | "
+        f"{cell(metrics, 'test_f1_macro')} | {cell(metrics, 'test_roc_auc_ovr')} | "
+        f"{'-' if p is None else f'{p:.3g}'} | {spent} |"
+    )
+
+
 def seed_ensemble(
     model: str,
     members: int,
@@ -156,11 +168,7 @@ def ensemble_row(
         p = paired_mcnemar(tables.get(BASELINE), per_image)
     else:
         p = None
-    return (
-        f"| {name} | ensemble ({' + '.join(members)}) | {cell(ensemble, 'test_accuracy')} | "
-        f"{cell(ensemble, 'test_f1_macro')} | {cell(ensemble, 'test_roc_auc_ovr')} | "
-        f"{'-' if p is None else f'{p:.3g}'} | - | - |"
-    )
+    return table_row(name, f"ensemble ({' + '.join(members)})", ensemble, p, cost=False)
 
 
 def train_models(
@@ -187,16 +195,15 @@ def train_models(
 def result_rows(label: str, results: dict[str, Any], tables: dict[str, pd.DataFrame]) -> list[str]:
     """One table row per model: its figures and McNemar p against the baseline."""
     baseline = tables.get(BASELINE)
-    rows = []
-    for model, metrics in results.items():
-        p = None if model == BASELINE else paired_mcnemar(baseline, tables[model])
-        rows.append(
-            f"| {label} | {model} | {cell(metrics, 'test_accuracy')} | "
-            f"{cell(metrics, 'test_f1_macro')} | {cell(metrics, 'test_roc_auc_ovr')} | "
-            f"{'-' if p is None else f'{p:.3g}'} | {metrics['epochs_run']} | "
-            f"{metrics['train_seconds']:.0f} |"
+    return [
+        table_row(
+            label,
+            model,
+            metrics,
+            None if model == BASELINE else paired_mcnemar(baseline, tables[model]),
         )
-    return rows
+        for model, metrics in results.items()
+    ]
 
 
 def one_split(
@@ -246,11 +253,7 @@ def pooled_rows(
             mean_probabilities([tables[model] for model in top]), scoring, seed
         )
         p = paired_mcnemar(tables.get(BASELINE), per_image)
-        rows.append(
-            f"| {label} | ensemble ({' + '.join(top)}) | {cell(metrics, 'test_accuracy')} | "
-            f"{cell(metrics, 'test_f1_macro')} | {cell(metrics, 'test_roc_auc_ovr')} | "
-            f"{'-' if p is None else f'{p:.3g}'} | - | - |"
-        )
+        rows.append(table_row(label, f"ensemble ({' + '.join(top)})", metrics, p, cost=False))
     return rows
 
 
