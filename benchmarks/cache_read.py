@@ -34,7 +34,7 @@ MEASURE = """
 import resource, sys, time
 import numpy as np
 from pathlib import Path
-from cxr.data.pixels import load_split_pixels, open_pixel_cache, resize_batch
+from cxr.models.pixels import load_split_pixels, open_pixel_cache, resize_batch
 cache, count, size, way = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rows = np.random.default_rng(0).permutation(len(open_pixel_cache(cache)))[:count]
 start = time.perf_counter()

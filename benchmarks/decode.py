@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cxr.core.processes import available_cores  # noqa: E402
-from cxr.data.decoding import PILLOW_MAX_PIXELS, decode_files, decode_gray  # noqa: E402
+from cxr.images.decoding import PILLOW_MAX_PIXELS, decode_files, decode_gray  # noqa: E402
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "covid19-dataset"
 

@@ -5,7 +5,7 @@
         [--folds 5] [--members 3] [--tta]
 
 For each dataset under ../shared/datasets (skipped with a line when absent), a temporary project
-runs the real stages (`python -m stages.<name>`): ingest, build and split once, then train and
+runs the real stages (`python3 -m stages.<name>`): ingest, build and split once, then train and
 evaluate per model with the repository's params.yaml (the default recipe) and
 train.time_budget_minutes = --minutes, then compare (the leaderboard, with its ensemble row).
 covid19-dataset keeps its given test folder (less the copies of train images);
@@ -42,10 +42,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cxr.comparison.ensemble import mean_probabilities, score_mean  # noqa: E402
+from cxr.comparison.leaderboard import paired_mcnemar  # noqa: E402
 from cxr.core.params import member_seed, parse_params  # noqa: E402
 from cxr.core.registry import is_baseline  # noqa: E402
-from cxr.evaluation.ensemble import mean_probabilities, score_mean  # noqa: E402
-from cxr.evaluation.leaderboard import paired_mcnemar  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "datasets"
 # The paper before -p<page>-<figure>, the figure before %<crop> (README, Real data).

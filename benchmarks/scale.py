@@ -5,7 +5,7 @@
 
 For each count, a temporary project gets phantoms at the class shares of the COVID-19
 Radiography Database (covid 17.1%, normal 48.2%, viral_pneumonia 6.4%, lung_opacity 28.4%),
-then runs the real stages one after another as DVC would (`python -m stages.<name>` in the
+then runs the real stages one after another as DVC would (`python3 -m stages.<name>` in the
 project, its own MLflow store): ingest, build, split, one training epoch, evaluate. Each stage's
 peak memory is the largest sum of resident memory over the stage's process and every process
 it started (build and ingest use one process per core), sampled every 0.1 s. Printed: one row
@@ -67,7 +67,7 @@ def tree_rss(process: psutil.Process) -> int:
 
 
 def run_stage(stage: str, root: Path, env: dict[str, str]) -> tuple[float, int]:
-    """Run `python -m stages.<stage>` in `root`; its seconds and peak tree RSS in bytes."""
+    """Run `python3 -m stages.<stage>` in `root`; its seconds and peak tree RSS in bytes."""
     log = (root / f"{stage}.log").open("w")
     started = time.perf_counter()
     child = subprocess.Popen(

@@ -39,9 +39,9 @@ from cxr.core.params import load_params  # noqa: E402
 from cxr.core.paths import ProjectPaths  # noqa: E402
 from cxr.core.registry import is_baseline  # noqa: E402
 from cxr.core.tables import label_indices, read_splits  # noqa: E402
-from cxr.data.pixels import load_split_pixels  # noqa: E402
 from cxr.models.classifier import build_classifier  # noqa: E402
-from cxr.serving.predictors import load_models_dir  # noqa: E402
+from cxr.models.loading import load_models_dir  # noqa: E402
+from cxr.models.pixels import load_split_pixels  # noqa: E402
 from cxr.training.features import extract_features, split_at_features  # noqa: E402
 from cxr.training.inputs import array_dataset, in_memory, load_training_data  # noqa: E402
 from cxr.training.keras_fit import compile_model  # noqa: E402

@@ -1,8 +1,8 @@
-"""The six DVC stages, one entry point each (`python -m stages.<name>`); the code is in cxr/."""
+"""The seven DVC stages, one module each (`python3 -m stages.<name>`); the code is in cxr/."""
 
 import sys
 
-# While `python -m stages.<name>` locates the stage, sys.argv[0] is "-m" (Python's documented
+# While `python3 -m stages.<name>` locates the stage, sys.argv[0] is "-m" (Python's documented
 # behaviour): a stage runs as a program. It first makes sure it runs in a Python with the
 # project's packages (DVC starts the `python` on PATH: cxr.core.interpreter), then goes quiet
 # (cxr.core.quiet) before anything imports TensorFlow. Importing a stage in tests or a notebook

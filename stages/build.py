@@ -12,8 +12,8 @@ from cxr.core.outputs import staged_dir, staged_file, write_json, write_table
 from cxr.core.params import BuildParams, load_params
 from cxr.core.paths import ProjectPaths, paths_from_argv
 from cxr.core.tables import read_manifest
-from cxr.data.exploration import build_metrics, draw_exploration, intensity_histograms
-from cxr.data.pixel_cache import check_classes_left, decode_into_cache
+from cxr.images.exploration import build_metrics, draw_exploration, intensity_histograms
+from cxr.images.pixel_cache import check_classes_left, decode_into_cache
 
 
 def build(build_params: BuildParams, seed: int, paths: ProjectPaths) -> pd.DataFrame:

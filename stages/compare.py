@@ -16,20 +16,15 @@ from typing import Any
 
 import pandas as pd
 
-from cxr.core.errors import report_errors
-from cxr.core.outputs import read_json, save_figure, staged_dir, write_json, write_results
-from cxr.core.params import CompareParams, EvaluateParams, load_params
-from cxr.core.paths import ExternalDataPaths, ProjectPaths, paths_from_argv
-from cxr.core.tables import data_fingerprint, read_splits
-from cxr.evaluation.champion import champion_summary, update_champion
-from cxr.evaluation.ensemble import (
+from cxr.comparison.champion import champion_summary, update_champion
+from cxr.comparison.ensemble import (
     Ensemble,
     build_ensemble,
     ensemble_note,
     log_ensemble,
     with_ensemble,
 )
-from cxr.evaluation.leaderboard import (
+from cxr.comparison.leaderboard import (
     compare_metrics,
     draw_leaderboard,
     evaluated_runs,
@@ -40,14 +35,13 @@ from cxr.evaluation.leaderboard import (
     log_leaderboard,
     with_mcnemar,
 )
-from cxr.tracking import (
-    ENSEMBLE_MODEL,
-    LEADERBOARD_MODEL,
-    run_tags,
-    store_lock,
-    tracking_uri,
-    use_experiment,
-)
+from cxr.core.errors import report_errors
+from cxr.core.outputs import read_json, save_figure, staged_dir, write_json, write_results
+from cxr.core.params import CompareParams, EvaluateParams, load_params
+from cxr.core.paths import ExternalDataPaths, ProjectPaths, paths_from_argv
+from cxr.core.tables import data_fingerprint, read_splits
+from cxr.tracking.runs import ENSEMBLE_MODEL, LEADERBOARD_MODEL, run_tags
+from cxr.tracking.store import store_lock, tracking_uri, use_experiment
 
 LEADERBOARD_REPORT = "leaderboard.json"  # in reports/compare/, beside leaderboard.md and .png
 REPORT_FILES = ("leaderboard.md", "leaderboard.png", LEADERBOARD_REPORT)

@@ -1,8 +1,4 @@
-"""Stage evaluate: score the trained model on the test split, log the results to its MLflow run.
-
-With `--external NAME` (the stage external@NAME): ingest, decode and score the external dataset
-evaluate.external.NAME instead (cxr/evaluation/external.py).
-"""
+"""Stage evaluate: score the trained model on the test split, log the results to its MLflow run."""
 
 from __future__ import annotations
 
@@ -15,10 +11,8 @@ import numpy as np
 from cxr.core.errors import report_errors
 from cxr.core.outputs import staged_dir, write_results, write_table
 from cxr.core.params import EvaluateParams, load_params
-from cxr.core.paths import ExternalDataPaths, ProjectPaths, paths_from_argv
+from cxr.core.paths import ProjectPaths, paths_from_argv
 from cxr.core.tables import read_table
-from cxr.data.pixels import CachedImages
-from cxr.evaluation.external import evaluate_external, external_summary
 from cxr.evaluation.figures import draw_evaluation_figures, write_plots_data
 from cxr.evaluation.metrics import (
     Predictions,
@@ -30,17 +24,18 @@ from cxr.evaluation.metrics import (
     prediction_table,
 )
 from cxr.evaluation.tta import with_tta
-from cxr.serving.predictors import LOGGED_MODEL_NAME, load_models_dir
+from cxr.models.loading import LOGGED_MODEL_NAME, load_models_dir
+from cxr.models.pixels import CachedImages
 from cxr.serving.pyfunc import log_classifier
-from cxr.tracking import (
+from cxr.tracking.runs import (
     EVALUATE_ARTIFACTS,
     PREDICTIONS_ARTIFACT,
     clear_earlier_results,
     log_results,
     reopen_run,
     tag_run,
-    use_experiment,
 )
+from cxr.tracking.store import use_experiment
 
 # Kept out of metrics/summary/evaluate.json: the interval pairs (also written as <name>_ci_low /
 # _ci_high) and the Grad-CAM sentence (printed, and tagged on the MLflow run).
@@ -116,11 +111,8 @@ def evaluate(
 @report_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluate stage from the repository root."""
-    paths = paths_from_argv(argv, __doc__, external=True)
+    paths = paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
-    if isinstance(paths, ExternalDataPaths):
-        print("\n".join(external_summary(evaluate_external(params, paths, dict(os.environ)))))
-        return 0
     metrics = evaluate(
         params.evaluate,
         params.seed,

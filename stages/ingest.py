@@ -12,7 +12,7 @@ from cxr.core.errors import report_errors
 from cxr.core.outputs import write_json
 from cxr.core.params import load_params
 from cxr.core.paths import paths_from_argv
-from cxr.data.ingestion import ingest, ingest_metrics
+from cxr.ingestion.ingest import ingest, ingest_metrics
 
 
 @report_errors

@@ -1,6 +1,6 @@
 """Stage split: leakage-safe train / val / test; copies, groups and near-duplicates stay together.
 
-Units of images that must not be separated (see cxr.data.splitting) are assigned to splits;
+Units of images that must not be separated (see cxr.splitting.splits) are assigned to splits;
 the three tables go to data/processed; their counts, the duplicates found and the warnings
 (a line each on stderr: classes missing or thin in a split, heavy undersampling, large units)
 to its summary (metrics/summary/split.json).
@@ -18,7 +18,7 @@ from cxr.core.params import SplitParams, load_params
 from cxr.core.paths import ProjectPaths, paths_from_argv
 from cxr.core.tables import read_table
 from cxr.core.warnings import DataWarnings
-from cxr.data.splitting import split_counts, split_with_report
+from cxr.splitting.splits import split_counts, split_with_report
 
 
 def run_split(

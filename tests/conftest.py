@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cxr.data.phantoms import write_phantom_dataset
+from cxr.ingestion.phantoms import write_phantom_dataset
 
 # Small enough that a whole dataset is written in well under a second.
 PHANTOM_COUNTS = {"covid": 8, "normal": 10, "viral_pneumonia": 6}

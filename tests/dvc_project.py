@@ -149,7 +149,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def stage_process(pid: int, stage: str) -> int | None:
-    """The process running `python -m stages.<stage>` below `pid`, None when none runs."""
+    """The process running `python3 -m stages.<stage>` below `pid`, None when none runs."""
     for child in descendants(pid):
         try:
             argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")

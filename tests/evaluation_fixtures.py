@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cxr.core.paths import SPLITS, ProjectPaths
-from cxr.core.run_record import RunRecord, write_run_record
 from cxr.core.tables import data_fingerprint
-from cxr.tracking import PREDICTIONS_ARTIFACT
+from cxr.models.run_record import RunRecord, write_run_record
+from cxr.tracking.runs import PREDICTIONS_ARTIFACT
 
 NAMES = ["covid", "normal"]
 CACHE_SIZE = 32

@@ -62,6 +62,19 @@ def imported_files(module: str) -> set[str]:
     }
 
 
+def imported_folders(module: str) -> set[str]:
+    """imported_files(module) as dvc.yaml lists them: each cxr/<package>/ file as its folder."""
+    return {
+        "/".join(path.split("/")[:2]) if path.startswith("cxr/") and path.count("/") >= 2 else path
+        for path in imported_files(module)
+    }
+
+
+def package_of(module: str) -> str:
+    """The library package a cxr module belongs to (`cxr.models.loading` -> `models`)."""
+    return module.split(".")[1]
+
+
 def all_modules() -> list[str]:
     """Every module of the cxr package and the stages, by dotted name."""
     modules = []

@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 
 from cxr.core.paths import ProjectPaths
-from cxr.data.phantoms import render_phantom
+from cxr.ingestion.phantoms import render_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_SIZE = 40

@@ -1,6 +1,6 @@
 """The project's Python: a stage started by a Python lacking the packages re-runs in .venv.
 
-DVC runs each stage's `cmd` (`python -m stages.<name>`) with whatever `python` comes first on
+DVC runs each stage's `cmd` (`python3 -m stages.<name>`) with whatever `python3` comes first on
 PATH, not with the interpreter DVC itself runs in. So `.venv/bin/dvc repro` in a shell where the
 venv is not activated would start the stages with the system Python, which lacks TensorFlow,
 MLflow and the rest. Instead of failing there, a stage looks for the checkout's `.venv` (in the

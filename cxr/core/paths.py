@@ -90,7 +90,7 @@ class ProjectPaths:
 
     @property
     def run_record(self) -> Path:
-        """What train recorded about the model (cxr.core.run_record), read by evaluate."""
+        """What train recorded about the model (cxr.models.run_record), read by evaluate."""
         return self.models_dir / RUN_RECORD_FILE
 
     @property
@@ -197,21 +197,19 @@ class ExternalDataPaths(ProjectPaths):
         return self.root / "reports" / "external" / self.name
 
 
-def paths_from_argv(
-    argv: Sequence[str] | None, description: str | None = None, external: bool = False
-) -> ProjectPaths:
-    """Parse a stage's command line (`--root`, default the current directory) into its paths.
-
-    With `external`, the stage also takes `--external NAME` and then returns that dataset's
-    ExternalDataPaths.
-    """
+def paths_from_argv(argv: Sequence[str] | None, description: str | None = None) -> ProjectPaths:
+    """Parse a stage's command line (`--root`, default the current directory) into its paths."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
-    if external:
-        parser.add_argument(
-            "--external", metavar="NAME", help="score the external dataset evaluate.external.NAME"
-        )
+    return ProjectPaths(parser.parse_args(argv).root)
+
+
+def external_paths_from_argv(
+    argv: Sequence[str] | None, description: str | None = None
+) -> ExternalDataPaths:
+    """Parse the external stage's command line (`NAME`, `--root`) into that dataset's paths."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("name", metavar="NAME", help="the dataset evaluate.external.NAME")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
     arguments = parser.parse_args(argv)
-    if external and arguments.external is not None:
-        return ExternalDataPaths(arguments.root, arguments.external)
-    return ProjectPaths(arguments.root)
+    return ExternalDataPaths(arguments.root, arguments.name)

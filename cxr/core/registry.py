@@ -23,13 +23,13 @@ GOOGLENET_AUX_MIN_IMAGE_SIZE = 65
 # train.weights: anything else is a path to a weights file.
 WEIGHT_CHOICES = ("auto", "imagenet", "none")
 
-# build.resize: how a non-square image becomes the pixel cache's square (cxr.data.decoding).
+# build.resize: how a non-square image becomes the pixel cache's square (cxr.images.decoding).
 RESIZE_MODES = ("pad", "crop", "stretch")
 
 # The scikit-learn baselines of cxr.models.baselines (model: pixel_logreg, ...).
 BASELINE_NAMES = ("pixel_logreg", "pixel_svm", "pixel_rf")
 
-# Classes the embedded phantom generator (cxr.data.phantoms) can draw, in its class order.
+# Classes the embedded phantom generator (cxr.ingestion.phantoms) can draw, in its class order.
 PHANTOM_CLASSES: tuple[str, ...] = ("covid", "normal", "viral_pneumonia", "lung_opacity")
 
 

@@ -84,3 +84,8 @@ def data_fingerprint(splits: dict[str, pd.DataFrame]) -> str:
         for path, label, content in rows.itertuples(index=False):
             digest.update(f"{split}\t{path}\t{label}\t{content}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def label_counts(labels: pd.Series) -> dict[str, int]:
+    """How often each label occurs, sorted by label, with plain str keys and int values."""
+    return {str(label): int(count) for label, count in labels.value_counts().sort_index().items()}

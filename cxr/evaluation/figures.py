@@ -26,7 +26,7 @@ from cxr.evaluation.metrics import Predictions, curve_tables
 from cxr.evaluation.statistics import calibration_bins, expected_calibration_error
 
 if TYPE_CHECKING:
-    from cxr.data.pixels import ImageRows
+    from cxr.models.pixels import ImageRows
 
 
 def draw_confusion(

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.serving.predictors import Predictor
+from cxr.models.loading import Predictor
 
 SHIFT_FRACTION = 1 / 16  # of the image side: a few pixels, well inside the lung fields
 # (axis, direction) of each shifted view: left, right (axis 2, columns), up, down (axis 1, rows)

@@ -25,15 +25,15 @@ import pandas as pd
 from cxr.core.errors import PipelineError, report_errors
 from cxr.core.outputs import write_table
 from cxr.core.progress import Progress
-from cxr.data.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_gray
-from cxr.data.layouts import IMAGE_SUFFIXES
 from cxr.evaluation.gradcam import (
     NoFeatureMapError,
     check_explainable,
     gradcam_heatmaps,
     save_overlay,
 )
-from cxr.serving.predictors import Predictor, load_predictor
+from cxr.images.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_gray
+from cxr.ingestion.layouts import IMAGE_SUFFIXES
+from cxr.models.loading import Predictor, load_predictor
 from cxr.serving.pyfunc import result_table
 
 GRADCAM_SUFFIX = ".gradcam.png"

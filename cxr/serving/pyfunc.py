@@ -26,9 +26,9 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
-from cxr.core.run_record import RunRecord
-from cxr.data.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_bytes, read_file
-from cxr.serving.predictors import LOGGED_MODEL_NAME, Predictor, predictor_from_record
+from cxr.images.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_bytes, read_file
+from cxr.models.loading import LOGGED_MODEL_NAME, Predictor, predictor_from_record
+from cxr.models.run_record import RunRecord
 
 REQUIREMENTS = ("mlflow", "tensorflow", "keras", "scikit-learn", "numpy", "pandas", "pillow")
 REQUIREMENTS_OPTIONAL = ("imagehash", "pyarrow", "scipy", "matplotlib", "pyyaml", "pydantic")
@@ -164,7 +164,7 @@ def log_classifier(
             "kind": record.kind,
             "model": record.model,
             "preprocessing": (
-                f"decode to 8-bit gray (cxr.data.decoding.decode_bytes, EXIF applied, 16-bit "
+                f"decode to 8-bit gray (cxr.images.decoding.decode_bytes, EXIF applied, 16-bit "
                 f"scaled), Lanczos resize to {record.cache_size}x{record.cache_size} "
                 f"(resize_square, mode {record.resize}), area resize to "
                 f"{record.image_size}x{record.image_size} (resize_batch); "

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from cxr.core.paths import ProjectPaths
 from cxr.core.tables import class_names, data_fingerprint, label_indices, read_splits
-from cxr.data.pixels import load_split_pixels, open_pixel_cache, read_cache_rows
+from cxr.models.pixels import load_split_pixels, open_pixel_cache, read_cache_rows
 
 MEGABYTE = 1 << 20
 # Streamed batches read and resized ahead of the one the model is training on.

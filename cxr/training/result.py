@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxr.core.run_record import ModelKind
+from cxr.models.run_record import ModelKind
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from mlflow import ActiveRun
 from cxr.core.outputs import read_json, write_json
 from cxr.core.params import Params
 from cxr.core.paths import ProjectPaths
-from cxr.tracking import open_run, run_exists
+from cxr.tracking.runs import open_run, run_exists
 
 BACKUP_DIR = ".train_backup"
 MLFLOW_RUN_FILE = "mlflow_run.json"

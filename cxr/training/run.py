@@ -13,8 +13,9 @@ from cxr.core.outputs import staged_dir, write_table
 from cxr.core.params import Params, flatten_params
 from cxr.core.paths import ProjectPaths
 from cxr.core.registry import is_baseline
-from cxr.core.run_record import RunRecord, write_run_record
-from cxr.tracking import end_abandoned_runs, run_tags, use_experiment
+from cxr.models.run_record import RunRecord, write_run_record
+from cxr.tracking.runs import end_abandoned_runs, run_tags
+from cxr.tracking.store import use_experiment
 from cxr.training.devices import setup_accelerators
 from cxr.training.inputs import load_training_data
 from cxr.training.keras_fit import fit_keras

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,14 +57,14 @@ def test_nothing_missing_runs_the_stage_in_this_python(tmp_path: Path) -> None:
 def test_a_bare_python_re_executes_the_same_command_in_the_venv(tmp_path: Path) -> None:
     # Given a checkout with .venv, and a Python without mlflow running `-m stages.evaluate --x`
     python = fake_venv(tmp_path)
-    argv = ["/usr/bin/python3", "-m", "stages.evaluate", "--external", "held_back"]
+    argv = ["/usr/bin/python3", "-m", "stages.external", "held_back"]
     # When the command to run instead is worked out
     command = reexec_command(["mlflow"], tmp_path, {"PATH": "/usr/bin"}, argv, "/usr/bin/python3")
     # Then it is the same arguments with the venv's Python, its bin first on PATH, marked
     assert command is not None
     executable, new_argv, env = command
     assert executable == python
-    assert new_argv == [str(python), "-m", "stages.evaluate", "--external", "held_back"]
+    assert new_argv == [str(python), "-m", "stages.external", "held_back"]
     assert env["PATH"] == f"{python.parent}{os.pathsep}/usr/bin"
     assert env[REEXEC_VARIABLE] == "1"
 
@@ -98,14 +99,27 @@ def bare_python(tmp_path: Path) -> Path:
         pytest.skip(f"{base} has mlflow installed: it is not a bare Python")
     folder = tmp_path / "bare-bin"
     folder.mkdir()
-    (folder / "python").symlink_to(base)
+    (folder / "python3").symlink_to(base)
     return folder
 
 
+def path_without_python(first: Path, environ: dict[str, str]) -> str:
+    """PATH as on Debian or Ubuntu: `first` (a bare python3), no venv and no `python` anywhere."""
+    venv_bin = Path(sys.executable).parent
+    kept = [
+        entry
+        for entry in environ["PATH"].split(os.pathsep)
+        if entry and Path(entry) != venv_bin and not (Path(entry) / "python").exists()
+    ]
+    path = os.pathsep.join([str(first), *kept])
+    assert shutil.which("python", path=path) is None
+    return path
+
+
 @pytest.mark.slow
-def test_venv_dvc_without_the_venv_on_path_runs_the_stage_in_the_venv(tmp_path: Path) -> None:
-    # Given a checkout whose .venv is this interpreter's, and a shell PATH where `python` is a
-    # bare Python and the venv is absent (README's `.venv/bin/dvc` without activating it)
+def test_readme_commands_run_where_there_is_python3_and_no_python(tmp_path: Path) -> None:
+    # Given a checkout whose .venv is this interpreter's, and a new shell as on Debian or Ubuntu:
+    # a bare `python3` first on PATH, no `python` at all, the venv not activated
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     counts = {"covid": 4, "normal": 4, "viral_pneumonia": 4}
     params["data"]["synthetic"].update(counts=counts, image_size=32)
@@ -113,12 +127,11 @@ def test_venv_dvc_without_the_venv_on_path_runs_the_stage_in_the_venv(tmp_path: 
     copy_project(repo, params)
     env = clean_env()
     git_repo(repo, env)
-    venv_bin = Path(sys.executable).parent
-    others = [p for p in env["PATH"].split(os.pathsep) if p and Path(p) != venv_bin]
-    env["PATH"] = os.pathsep.join([str(bare_python(tmp_path)), *others])
-    dvc = [str(venv_bin / "dvc"), "repro", "ingest"]
+    env["PATH"] = path_without_python(bare_python(tmp_path), env)
+    readme_dvc = ".venv/bin/dvc repro ingest"  # README's daily use, run verbatim
 
-    # When it runs there with no .venv in the checkout
+    # When this venv's dvc runs there while the checkout has no .venv of its own
+    dvc = [str(Path(sys.executable).parent / "dvc"), "repro", "ingest"]
     failed = subprocess.run(dvc, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     # Then the stage fails with the one line that says what to do, and writes nothing
     assert failed.returncode != 0
@@ -127,8 +140,17 @@ def test_venv_dvc_without_the_venv_on_path_runs_the_stage_in_the_venv(tmp_path: 
 
     # When the checkout has its .venv (what `make install` creates) and dvc runs again
     (repo / ".venv").symlink_to(sys.prefix)
-    output = run(dvc, repo, env, timeout=300)
+    output = run(["bash", "-c", readme_dvc], repo, env, timeout=300)
     # Then ingest ran in the venv and wrote its outputs
     assert "Running stage 'ingest'" in output
     assert (repo / "data" / "interim" / "manifest.parquet").is_file()
     assert sorted(p.name for p in (repo / "data" / "raw").iterdir()) == sorted(counts)
+
+    # And with the venv activated, as README's optional first line does, plain `dvc` works too
+    activated = run(
+        ["bash", "-c", ". .venv/bin/activate && dvc repro -f ingest && dvc status ingest"],
+        repo,
+        env,
+        timeout=300,
+    )
+    assert "Running stage 'ingest'" in activated

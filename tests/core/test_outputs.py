@@ -17,8 +17,6 @@ import pytest
 
 from cxr.core.outputs import (
     STAGING_DIR,
-    owner_alive,
-    owner_token,
     read_json,
     remove_leftovers,
     staged_dir,
@@ -28,6 +26,7 @@ from cxr.core.outputs import (
     write_results,
     write_table,
 )
+from cxr.core.processes import owner_alive, owner_token
 
 
 class _InterruptedError(Exception):

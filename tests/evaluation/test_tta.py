@@ -4,9 +4,9 @@ from evaluation_fixtures import IMAGE_SIZE, NAMES
 from sklearn.linear_model import LogisticRegression
 
 from cxr.core.errors import PipelineError
-from cxr.core.run_record import RunRecord
 from cxr.evaluation.tta import VIEW_COUNT, tta_views, with_tta
-from cxr.serving.predictors import Predictor
+from cxr.models.loading import Predictor
+from cxr.models.run_record import RunRecord
 
 
 def sigmoid(value: float) -> float:

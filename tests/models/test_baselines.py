@@ -13,9 +13,9 @@ from cxr.core.errors import ParamsError, PipelineError
 from cxr.core.params import parse_params
 from cxr.core.paths import ProjectPaths
 from cxr.core.registry import BASELINE_NAMES
-from cxr.core.run_record import read_run_record
-from cxr.data.pixels import load_split_pixels
 from cxr.models.baselines import BASELINES, build_baseline, fitted_parameter_count, flatten_pixels
+from cxr.models.pixels import load_split_pixels
+from cxr.models.run_record import read_run_record
 from stages import train
 
 # Every test gets its own MLflow store (tests/conftest.py).

@@ -30,8 +30,8 @@ from dvc_project import (
 )
 
 from cxr.core.outputs import STAGING_DIR
-from cxr.data.phantoms import write_phantom_dataset
-from cxr.tracking import OWNER_TAG
+from cxr.ingestion.phantoms import write_phantom_dataset
+from cxr.tracking.runs import OWNER_TAG
 
 pytestmark = [
     pytest.mark.slow,

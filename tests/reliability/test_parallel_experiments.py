@@ -17,7 +17,7 @@ import yaml
 from dvc_project import ROOT, clean_env, copy_project, git_repo, kill_processes_in, run
 from mlflow.tracking import MlflowClient
 
-from cxr.evaluation.champion import CHAMPION_ALIAS
+from cxr.comparison.champion import CHAMPION_ALIAS
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ import pytest
 from evaluation_fixtures import NAMES, sklearn_models_dir, write_project
 from PIL import Image
 
-from cxr.data.decoding import resize_square
-from cxr.data.pixels import CachedImages, load_split_pixels, resize_batch
+from cxr.images.decoding import resize_square
+from cxr.models.loading import load_predictor
+from cxr.models.pixels import CachedImages, load_split_pixels, resize_batch
 from cxr.serving.predict import main, predict_files
-from cxr.serving.predictors import load_predictor
 
 
 @pytest.fixture(scope="module")

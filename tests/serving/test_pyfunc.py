@@ -11,9 +11,9 @@ from mlflow.pyfunc.scoring_server import invocations
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from cxr.core.run_record import read_run_record
+from cxr.models.loading import load_models_dir, load_predictor
+from cxr.models.run_record import read_run_record
 from cxr.serving.predict import main as predict_main
-from cxr.serving.predictors import load_models_dir, load_predictor
 from cxr.serving.pyfunc import log_classifier
 
 

@@ -17,7 +17,7 @@ from cxr.core.outputs import read_json, write_table
 from cxr.core.params import BuildParams
 from cxr.core.paths import ProjectPaths
 from cxr.core.tables import IMAGE_COLUMNS, MANIFEST_COLUMNS, REJECTED_COLUMNS
-from cxr.data.decoding import decode_gray, resize_square
+from cxr.images.decoding import decode_gray, resize_square
 from stages.build import build, main
 
 FIGURES = ("class_counts.png", "image_sizes.png", "intensity_histograms.png")

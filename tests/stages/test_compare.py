@@ -6,11 +6,11 @@ import pytest
 from evaluation_fixtures import log_run, log_scored_run
 from mlflow.tracking import MlflowClient
 
+from cxr.comparison.champion import CHAMPION_ALIAS
 from cxr.core.params import CompareParams, EvaluateParams
 from cxr.core.paths import ProjectPaths
 from cxr.core.tables import data_fingerprint
-from cxr.evaluation.champion import CHAMPION_ALIAS
-from cxr.tracking import use_experiment
+from cxr.tracking.store import use_experiment
 from stages.compare import compare, main
 
 SCORING = EvaluateParams(

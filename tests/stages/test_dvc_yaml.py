@@ -4,17 +4,35 @@ from pathlib import Path
 
 import pytest
 import yaml
-from import_graph import ROOT, import_cycles, imported_files
+from import_graph import (
+    ROOT,
+    all_modules,
+    direct_imports,
+    import_cycles,
+    imported_folders,
+    package_of,
+)
 
 from cxr.core.paths import ExternalDataPaths, ProjectPaths
 
-# The six entry points of stages/, and the stages of dvc.yaml in order: `external` is one stage
-# per external dataset (foreach over evaluate.external), run by the evaluate entry point.
-STAGE_NAMES = ["ingest", "build", "split", "train", "evaluate", "compare"]
+# The stages of dvc.yaml in order, one module of stages/ each: `external` is one stage per
+# external dataset (foreach over evaluate.external).
 PIPELINE_STAGES = ["ingest", "build", "split", "train", "evaluate", "external", "compare"]
-# Each dvc.yaml stage's entry point and command.
-ENTRY_POINTS = {name: name for name in STAGE_NAMES} | {"external": "evaluate"}
-EXTERNAL_CMD = "python -m stages.evaluate --external ${key}"
+EXTERNAL_CMD = "python3 -m stages.external ${key}"
+# The library's packages, bottom to top: each imports only packages of a lower rank.
+STACK = {
+    "core": 0,
+    "tracking": 1,
+    "ingestion": 1,
+    "images": 1,
+    "splitting": 1,
+    "models": 2,
+    "training": 3,
+    "evaluation": 3,
+    "comparison": 4,
+    "external": 4,
+    "serving": 5,
+}
 
 
 def stage_body(stage: dict) -> dict:
@@ -35,16 +53,50 @@ def test_stage_order_and_commands(pipeline):
             assert stage["foreach"] == "${evaluate.external}"
             assert stage["do"]["cmd"] == EXTERNAL_CMD
         else:
-            assert stage["cmd"] == f"python -m stages.{name}"
+            assert stage["cmd"] == f"python3 -m stages.{name}"
 
 
 @pytest.mark.parametrize("name", PIPELINE_STAGES)
-def test_code_deps_are_exactly_the_imported_modules(pipeline, name):
+def test_code_deps_are_the_folders_of_the_imported_modules(pipeline, name):
     # given a stage, when its imports are followed through the cxr package (lazy ones too),
-    # then dvc.yaml lists exactly those files: nothing it does not run, nothing it runs missing
+    # then dvc.yaml lists its module, the package files above it and exactly the library folders
+    # those imports reach: nothing it does not run, nothing it runs missing
     deps = stage_body(pipeline["stages"][name])["deps"]
     declared = {dep for dep in deps if dep.startswith(("stages/", "cxr/"))}
-    assert declared == imported_files(f"stages.{ENTRY_POINTS[name]}")
+    assert declared == imported_folders(f"stages.{name}")
+    # and a listed folder is a package of the stack, never a single module inside one
+    assert all(dep.endswith(".py") or dep.removeprefix("cxr/") in STACK for dep in declared)
+
+
+def test_the_packages_form_a_strict_stack():
+    # given every import between the library's packages (lazy ones too), then each goes down
+    # the stack: no package imports one of its own rank or above
+    upward = [
+        f"{module} imports {target}"
+        for module in all_modules()
+        if module.startswith("cxr.") and module.count(".") >= 2
+        for target in direct_imports(module)
+        if target.startswith("cxr.")
+        and target.count(".") >= 1
+        and package_of(target) != package_of(module)
+        and STACK[package_of(target)] >= STACK[package_of(module)]
+    ]
+    assert upward == []
+
+
+def test_every_package_has_a_rank_in_the_stack():
+    packages = {path.parent.name for path in (ROOT / "cxr").glob("*/__init__.py")}
+    assert packages == set(STACK)
+
+
+def test_ingest_does_not_depend_on_decoding_or_splitting_code(pipeline):
+    deps = pipeline["stages"]["ingest"]["deps"]
+    assert "cxr/images" not in deps and "cxr/splitting" not in deps
+
+
+def test_evaluate_does_not_depend_on_external_validation_or_ingestion(pipeline):
+    deps = pipeline["stages"]["evaluate"]["deps"]
+    assert "cxr/external" not in deps and "cxr/ingestion" not in deps
 
 
 @pytest.mark.parametrize("name", ["ingest", "build", "split"])
@@ -56,9 +108,9 @@ def test_data_stages_depend_on_no_model_training_or_evaluation_code(pipeline, na
     ]
 
 
-def test_stages_holds_only_the_six_entry_points():
+def test_stages_holds_one_module_per_pipeline_stage():
     assert sorted(path.stem for path in (ROOT / "stages").glob("*.py")) == sorted(
-        [*STAGE_NAMES, "__init__"]
+        [*PIPELINE_STAGES, "__init__"]
     )
 
 

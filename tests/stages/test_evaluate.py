@@ -14,10 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from cxr.core.errors import PipelineError
 from cxr.core.params import EvaluateParams
-from cxr.data.pixels import load_split_pixels
 from cxr.evaluation.tta import tta_views
-from cxr.serving.predictors import load_models_dir
-from cxr.tracking import use_experiment
+from cxr.models.loading import load_models_dir
+from cxr.models.pixels import load_split_pixels
+from cxr.tracking.store import use_experiment
 from stages.evaluate import EVALUATE_HEADLINE, evaluate, main
 
 PARAMS = EvaluateParams(

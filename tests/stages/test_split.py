@@ -16,7 +16,7 @@ from cxr.core.outputs import read_json, write_table
 from cxr.core.paths import SPLITS, ProjectPaths
 from cxr.core.tables import class_names, data_fingerprint, read_splits
 from cxr.core.warnings import DataWarnings
-from cxr.data.splitting import split_images
+from cxr.splitting.splits import split_images
 from stages.split import main, run_split
 
 

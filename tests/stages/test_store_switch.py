@@ -22,7 +22,7 @@ from evaluation_fixtures import write_project
 from mlflow.tracking import MlflowClient
 
 from cxr.core.params import EvaluateParams
-from cxr.tracking import use_experiment
+from cxr.tracking.store import use_experiment
 from stages import compare
 from stages.evaluate import evaluate
 

@@ -10,9 +10,9 @@ from training_fixtures import fresh_copy, tiny_params, write_prepared_project
 
 from cxr.core.params import parse_params
 from cxr.core.paths import ProjectPaths
-from cxr.core.run_record import read_run_record
-from cxr.data.pixels import load_split_pixels
 from cxr.models.classifier import ensemble_members
+from cxr.models.pixels import load_split_pixels
+from cxr.models.run_record import read_run_record
 from cxr.training.inputs import StreamedPixels, array_dataset, in_memory, load_training_data
 from cxr.training.keras_fit import class_weights
 from cxr.training.resume import BACKUP_DIR

@@ -1,6 +1,6 @@
 """The train stage on several devices for real, on a CPU: mirrored, 16-bit floats, XLA.
 
-Each run is a `python -m stages.train` process (logical devices and the precision policy are
+Each run is a `python3 -m stages.train` process (logical devices and the precision policy are
 set once per process), on the tiny prepared project of training_fixtures. Several workers
 (MultiWorkerMirroredStrategy) are refused with the reason: Keras 3 cannot fit under it yet.
 """
@@ -21,8 +21,8 @@ import pytest
 from training_fixtures import fresh_copy, tiny_params, write_prepared_project
 
 from cxr.core.paths import ProjectPaths
-from cxr.core.run_record import read_run_record
 from cxr.models import classifier
+from cxr.models.run_record import read_run_record
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def stage_env(**extra: str) -> dict[str, str]:
 
 
 def start_train(root: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start `python -m stages.train` in `root` (its own MLflow store, root/mlflow.db)."""
+    """Start `python3 -m stages.train` in `root` (its own MLflow store, root/mlflow.db)."""
     with log.open("wb") as sink:
         return subprocess.Popen(
             [sys.executable, "-m", "stages.train"],

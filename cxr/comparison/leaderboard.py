@@ -1,0 +1,442 @@
+"""The leaderboard: every model evaluated on the current data, read from MLflow and ranked.
+
+Runs logged before the `backbone` tag was renamed `model` still count: their model is read
+from the old tag. The ensemble row (cxr/comparison/ensemble.py) is added last, never ranked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # stages run headless
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from cxr.core.params import CompareParams, external_metric
+from cxr.evaluation.statistics import INTERVAL_METRICS, mcnemar_exact
+from cxr.tracking.runs import (
+    ENSEMBLE_MODEL,
+    LEADERBOARD_MODEL,
+    PREDICTIONS_ARTIFACT,
+    find_run,
+    tag_run,
+)
+
+MODEL_TAG = "tags.model"
+LEGACY_MODEL_TAG = "tags.backbone"  # what runs logged before the rename call the model
+METRICS = (
+    *INTERVAL_METRICS,
+    *(f"{name}_ci_{end}" for name in INTERVAL_METRICS for end in ("low", "high")),
+    "test_balanced_accuracy",
+    "test_covid_sensitivity",
+    "parameters",
+    "train_seconds",
+    "inference_images_per_second",
+)
+LEADERBOARD_COLUMNS = {
+    MODEL_TAG: "model",
+    **{f"metrics.{name}": name for name in METRICS},
+    "tags.pretrained": "pretrained",
+    "run_id": "run_id",
+    "start_time": "started",
+}
+EXCLUDED_COLUMNS = ("model", "data_fingerprint", "run_id", "reason")
+# Per external dataset (evaluate.external.<name>): what evaluate logged as external_<name>_<key>.
+EXTERNAL_METRICS = (
+    *(
+        f"{name}{end}"
+        for name in ("accuracy", "f1_macro", "roc_auc_ovr")
+        for end in ("", "_ci_low", "_ci_high")
+    ),
+    "balanced_accuracy",
+    "covid_sensitivity",
+    "accuracy_drop",
+    "source_shortcut_accuracy",
+    "source_shortcut_accuracy_ci_low",
+    "source_shortcut_accuracy_ci_high",
+)
+
+
+def external_columns(external: Sequence[str]) -> dict[str, str]:
+    """The run columns of the external datasets' metrics and their leaderboard names."""
+    return {
+        f"metrics.{external_metric(name, key)}": external_metric(name, key)
+        for name in external
+        for key in EXTERNAL_METRICS
+    }
+
+
+def with_model_tag(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with tags.model set from tags.backbone where a run has no model tag."""
+    model = runs[MODEL_TAG] if MODEL_TAG in runs else pd.Series(None, runs.index, object)
+    if LEGACY_MODEL_TAG in runs:
+        model = model.where(model.notna(), runs[LEGACY_MODEL_TAG])
+    return runs.assign(**{MODEL_TAG: model})
+
+
+def evaluated_runs(experiment_id: str) -> pd.DataFrame:
+    """Finished runs of the experiment that the evaluate stage scored, newest first.
+
+    compare's own ensemble runs are left out: they are not models to rank.
+    """
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    if runs.empty or "metrics.test_accuracy" not in runs:
+        return pd.DataFrame(columns=["run_id", MODEL_TAG, "tags.data_fingerprint"])
+    runs = with_model_tag(runs.dropna(subset=["metrics.test_accuracy"]))
+    return runs[runs[MODEL_TAG] != ENSEMBLE_MODEL]
+
+
+def leaderboard(
+    runs: pd.DataFrame, fingerprint: str, rank_by: str, external: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The latest of the evaluated `runs` of each model on data `fingerprint`, best first.
+
+    With the metrics of the `external` datasets as columns (blank for a run not scored on one).
+    """
+    if "tags.data_fingerprint" in runs:
+        runs = runs[runs["tags.data_fingerprint"] == fingerprint]
+    columns = LEADERBOARD_COLUMNS | external_columns(external)
+    runs = runs.reindex(columns=list(columns)).rename(columns=columns)
+    board = runs.drop_duplicates("model").sort_values(
+        rank_by, ascending=False, na_position="last", kind="stable"
+    )
+    board = board.reset_index(drop=True)
+    board["parameters"] = pd.to_numeric(board["parameters"]).round().astype("Int64")
+    board["best"] = board.index == 0
+    return board
+
+
+def excluded_runs(runs: pd.DataFrame, fingerprint: str) -> pd.DataFrame:
+    """Evaluated `runs` on other data (latest per model and data), with why they are left out."""
+    if runs.empty:
+        return pd.DataFrame(columns=list(EXCLUDED_COLUMNS))
+    other = runs.reindex(columns=[MODEL_TAG, "tags.data_fingerprint", "run_id"])
+    other.columns = ["model", "data_fingerprint", "run_id"]
+    other = other[other["data_fingerprint"] != fingerprint]
+    other = other.drop_duplicates(["model", "data_fingerprint"]).reset_index(drop=True)
+    other["reason"] = [
+        f"other data: fingerprint {value} is not the current {fingerprint}"
+        if isinstance(value, str) and value
+        else "no data_fingerprint tag: data unknown"
+        for value in other["data_fingerprint"]
+    ]
+    return other
+
+
+def run_predictions(experiment_id: str, run_id: str) -> pd.DataFrame | None:
+    """The per-image test predictions evaluate logged in a run, or None when absent."""
+    try:
+        return MlflowClient().load_table(experiment_id, PREDICTIONS_ARTIFACT, run_ids=[run_id])
+    except MlflowException:
+        return None
+
+
+def correctness_by_image(table: pd.DataFrame) -> pd.Series:
+    """Whether each test image was classified right, indexed by its path and content hash.
+
+    A run evaluated twice before evaluate cleared its earlier results (older runs) holds its
+    table twice, since MLflow appends: the latest rows count.
+    """
+    keys = [column for column in ("path", "sha256") if column in table]
+    right = table["actual"] == table["predicted"]
+    return (
+        pd.Series(right.to_numpy(), index=pd.MultiIndex.from_frame(table[keys]))
+        .groupby(level=list(range(len(keys))))
+        .last()
+    )
+
+
+def mcnemar_vs_best(experiment_id: str, board: pd.DataFrame) -> list[float | None]:
+    """Exact McNemar p-value of each model against the best one on their shared test images."""
+    if board.empty:
+        return []
+    tables = {run_id: run_predictions(experiment_id, run_id) for run_id in board["run_id"]}
+    best = tables[board["run_id"].iloc[0]]
+    return [None, *(paired_mcnemar(best, tables[run_id]) for run_id in board["run_id"].iloc[1:])]
+
+
+def paired_mcnemar(first: pd.DataFrame | None, second: pd.DataFrame | None) -> float | None:
+    """Exact McNemar p of two prediction tables on the test images both hold (None: no pair)."""
+    if first is None or second is None:
+        return None
+    pair = pd.concat(
+        [correctness_by_image(first), correctness_by_image(second)], axis=1, join="inner"
+    )
+    return mcnemar_exact(pair.iloc[:, 0], pair.iloc[:, 1]) if len(pair) else None
+
+
+def with_mcnemar(board: pd.DataFrame, experiment_id: str, significance: float) -> pd.DataFrame:
+    """`board` with each model's McNemar p-value against the best and whether it is significant."""
+    board = board.copy()
+    board["mcnemar_p"] = mcnemar_vs_best(experiment_id, board)
+    board["significant"] = [p is not None and p < significance for p in board["mcnemar_p"]]
+    return board
+
+
+def ensemble_name(members: Sequence[str], separator: str = "") -> str:
+    """ensemble(<model>+<model>+...): the ensemble row's label, naming its members."""
+    return f"{ENSEMBLE_MODEL}{separator}({'+'.join(members)})"
+
+
+def model_label(row: pd.Series, separator: str = "") -> str:
+    """A row's model name; for the ensemble row, ensemble_name of its members."""
+    if row["model"] == ENSEMBLE_MODEL:
+        return ensemble_name(row["members"], separator)
+    return str(row["model"])
+
+
+def draw_leaderboard(board: pd.DataFrame, rank_by: str, fingerprint: str) -> Any:
+    """Bar chart of the ranking metric per model with its 95% CI, the best highlighted.
+
+    The ensemble row, last, is orange.
+    """
+    figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(board) + 2), 4))
+    colors = [
+        "tab:orange" if model == ENSEMBLE_MODEL else "tab:green" if best else "tab:blue"
+        for model, best in zip(board["model"], board["best"], strict=True)
+    ]
+    values = board[rank_by].astype(float).to_numpy()
+    errors = None
+    if f"{rank_by}_ci_low" in board:
+        low = board[f"{rank_by}_ci_low"].astype(float).to_numpy()
+        high = board[f"{rank_by}_ci_high"].astype(float).to_numpy()
+        errors = np.nan_to_num(np.vstack([values - low, high - values]).clip(min=0))
+    labels = [model_label(row, separator="\n") for _, row in board.iterrows()]
+    axis.bar(labels, values, color=colors, yerr=errors, capsize=4)
+    axis.set(title=f"Models on data {fingerprint} (95% CI)", ylabel=rank_by, ylim=(0, 1.05))
+    for position, value in enumerate(values):
+        axis.annotate(f"{value:.3f}", (position, 0.02), ha="center", va="bottom", fontsize=8)
+    return figure
+
+
+def _with_interval(board: pd.DataFrame, name: str) -> list[str]:
+    """`0.850 [0.760, 0.920]`, or the value alone when no interval was logged."""
+    cells = []
+    for _, row in board.iterrows():
+        value, low, high = row.get(name), row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+        if pd.isna(value):
+            cells.append("")
+        elif pd.isna(low) or pd.isna(high):
+            cells.append(f"{value:.3f}")
+        else:
+            cells.append(f"{value:.3f} [{low:.3f}, {high:.3f}]")
+    return cells
+
+
+def markdown_table(
+    board: pd.DataFrame, significance: float = 0.05, external: Sequence[str] = ()
+) -> str:
+    """The leaderboard as a Markdown table, the best marked with a star.
+
+    Each external dataset adds its accuracy [95% CI], the drop from the internal test accuracy
+    and the source shortcut accuracy, after the internal columns.
+    """
+
+    def number(column: str, digits: int) -> list[str]:
+        values = board[column] if column in board else pd.Series([None] * len(board))
+        return ["" if pd.isna(value) else f"{value:.{digits}f}" for value in values]
+
+    def p_value(value: Any) -> str:
+        if value is None or pd.isna(value):
+            return ""
+        return f"{value:.3g}{' (significant)' if value < significance else ''}"
+
+    external_cells: dict[str, list[str]] = {}
+    for name in external:
+        external_cells[f"{name} accuracy [95% CI]"] = _with_interval(
+            board, external_metric(name, "accuracy")
+        )
+        external_cells[f"{name} drop"] = number(external_metric(name, "accuracy_drop"), 3)
+        external_cells[f"{name} shortcut"] = number(
+            external_metric(name, "source_shortcut_accuracy"), 3
+        )
+    table = pd.DataFrame(
+        {
+            "model": [
+                f"**{model_label(row)}** *" if row["best"] else model_label(row)
+                for _, row in board.iterrows()
+            ],
+            "accuracy [95% CI]": _with_interval(board, "test_accuracy"),
+            "macro F1 [95% CI]": _with_interval(board, "test_f1_macro"),
+            "ROC AUC [95% CI]": _with_interval(board, "test_roc_auc_ovr"),
+            "balanced acc.": number("test_balanced_accuracy", 3),
+            "covid sensitivity": number("test_covid_sensitivity", 3),
+            "parameters": [
+                "" if pd.isna(value) else f"{int(value):,}" for value in board["parameters"]
+            ],
+            "train s": number("train_seconds", 1),
+            "images/s": number("inference_images_per_second", 1),
+            "pretrained": board["pretrained"].fillna("").astype(str),
+            "McNemar p vs best": [
+                p_value(value) for value in board.get("mcnemar_p", [None] * len(board))
+            ],
+            **external_cells,
+            "run": board["run_id"].astype(str).str[:8],
+        }
+    )
+    return table.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def external_note(external: Sequence[str]) -> str:
+    """What the external columns of leaderboard.md mean ('' without external datasets)."""
+    if not external:
+        return ""
+    return (
+        f"External datasets ({', '.join(external)}; evaluate.external): `<name> accuracy` on its "
+        "images (on the classes it shares with the model), `drop` = internal test accuracy minus "
+        "it on the same classes, `shortcut` = cross-validated accuracy of pixel_logreg telling "
+        "its images from the training source's (about 0.5: hard to tell apart; near 1.0: a "
+        "shortcut trap). See reports/external/<name>/summary.md."
+    )
+
+
+def leaderboard_markdown(
+    board: pd.DataFrame,
+    excluded: pd.DataFrame,
+    fingerprint: str,
+    settings: CompareParams,
+    champion: str,
+    ensemble: str,
+    external: Sequence[str] = (),
+) -> str:
+    """reports/compare/leaderboard.md: the ranked table, the ensemble, excluded runs, champion."""
+    excluded_text = (
+        "\n\nExcluded (other data, never mixed in):\n\n" + excluded.to_markdown(index=False)
+        if len(excluded)
+        else ""
+    )
+    return (
+        f"Leaderboard on data fingerprint `{fingerprint}`, ranked by {settings.rank_by} (* = best; "
+        f"95% bootstrap CIs; McNemar exact test vs the best on the shared test images, "
+        f"significant below {settings.significance})\n\n"
+        + markdown_table(board, settings.significance, external)
+        + f"\n{ensemble}\n"
+        + (f"\n{external_note(external)}" if external else "")
+        + excluded_text
+        + f"\n\n{champion}\n"
+    )
+
+
+def board_entry(row: pd.Series, external: Sequence[str] = ()) -> dict[str, Any]:
+    """One leaderboard row as JSON values (None for what was not logged).
+
+    The external datasets' metrics go under `external`, by dataset name.
+    """
+    entry: dict[str, Any] = {
+        name: None if pd.isna(row[name]) else float(row[name]) for name in METRICS
+    }
+    if external:
+        entry["external"] = {
+            name: {
+                key: None if pd.isna(value) else float(value)
+                for key in EXTERNAL_METRICS
+                for value in [row.get(external_metric(name, key))]
+            }
+            for name in external
+        }
+    entry["parameters"] = None if pd.isna(row["parameters"]) else int(row["parameters"])
+    entry["mcnemar_p_vs_best"] = None if row["mcnemar_p"] is None else float(row["mcnemar_p"])
+    entry["significant"] = bool(row["significant"])
+    entry["pretrained"] = None if pd.isna(row["pretrained"]) else row["pretrained"] == "true"
+    return entry | {"run_id": row["run_id"]}
+
+
+def ensemble_entry(row: pd.Series) -> dict[str, Any]:
+    """The ensemble row as JSON: a board_entry plus its name, members and shared test images."""
+    return board_entry(row) | {
+        "name": model_label(row),
+        "members": list(row["members"]),
+        "member_run_ids": list(row["member_run_ids"]),
+        "test_images": int(row["test_images"]),
+    }
+
+
+def leaderboard_json(
+    board: pd.DataFrame,
+    excluded: pd.DataFrame,
+    fingerprint: str,
+    champion: dict[str, Any],
+    ensemble: str,
+    external: Sequence[str] = (),
+) -> dict[str, Any]:
+    """reports/compare/leaderboard.json: best model, every entry, ensemble, excluded, champion.
+
+    `ensemble` is the line saying what the ensemble row averages, or why there is none.
+    """
+    single = board[board["model"] != ENSEMBLE_MODEL]
+    averaged = board[board["model"] == ENSEMBLE_MODEL]
+    return {
+        "data_fingerprint": fingerprint,
+        "models": len(single),
+        "best_model": single["model"].iloc[0] if len(single) else None,
+        "leaderboard": {row["model"]: board_entry(row, external) for _, row in single.iterrows()},
+        "ensemble": ensemble_entry(averaged.iloc[0]) if len(averaged) else None,
+        "ensemble_note": ensemble,
+        "excluded": excluded.to_dict(orient="records"),
+        "champion": champion,
+    }
+
+
+def compare_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
+    """metrics/summary/compare.json: the headline of a leaderboard_json report, scalars only.
+
+    Also the leaderboard run's MLflow metrics; the rows, the excluded runs and the reasons stay in
+    the report. None: not applicable (no model, no ensemble).
+    """
+    best = report["leaderboard"].get(report["best_model"] or "", {})
+    champion = report["champion"]
+    ensemble = report["ensemble"] or {}
+    return {
+        "best_model": report["best_model"],
+        "best_test_accuracy": best.get("test_accuracy"),
+        "best_test_f1_macro": best.get("test_f1_macro"),
+        # Not `models`: a metric named like an output path (models/) breaks `dvc exp show --drop`.
+        "models_compared": report["models"],
+        "ensemble_test_accuracy": ensemble.get("test_accuracy"),
+        "champion_action": champion.get("action"),
+        # The version that holds the alias after this run, promoted or kept (None: no champion).
+        "champion_version": champion.get("version", champion.get("champion_version")),
+    }
+
+
+def log_leaderboard(
+    experiment_id: str,
+    tags: Mapping[str, str],
+    headline: Mapping[str, Any],
+    files: Sequence[Path],
+    table: pd.DataFrame,
+) -> str:
+    """Log the leaderboard as its own run (model=leaderboard) of its data; return the run id.
+
+    The `files` (Markdown, chart, JSON report) and `table` (one row per model) are artifacts,
+    the numbers of `headline` metrics. One such run per data fingerprint: compare run again
+    deletes the previous one and logs the new leaderboard in its place, never a second copy.
+    """
+    identity = {"model": LEADERBOARD_MODEL, "data_fingerprint": tags["data_fingerprint"]}
+    previous = find_run(experiment_id, identity)
+    if previous is not None:
+        MlflowClient().delete_run(previous)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=LEADERBOARD_MODEL) as run:
+        tag_run({**tags, **identity})
+        numbers = {
+            key: float(value)
+            for key, value in headline.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        mlflow.log_metrics(numbers)
+        for path in files:
+            mlflow.log_artifact(str(path))
+        mlflow.log_table(table, artifact_file="leaderboard_table.json")
+    return str(run.info.run_id)

@@ -1,0 +1,1 @@
+"""External validation: another source scored by the trained model (stage external@<name>)."""

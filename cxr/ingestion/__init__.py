@@ -1,0 +1,1 @@
+"""Ingest: a data source (folder, archive, URL, Kaggle, phantoms) into data/raw and a manifest."""

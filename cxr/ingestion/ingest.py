@@ -1,0 +1,230 @@
+"""From data.source to data/raw and the manifest: copy or extract it as it is, label its files."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxr.core.errors import PipelineError
+from cxr.core.outputs import staged_dir, write_table
+from cxr.core.params import DataParams
+from cxr.core.paths import ProjectPaths, workspace_root
+from cxr.core.tables import REJECTED_COLUMNS, label_counts
+from cxr.core.warnings import DataWarnings
+from cxr.ingestion.groups import apply_group_pattern
+from cxr.ingestion.labels import label_entries
+from cxr.ingestion.layouts import DatasetRoot, Entry, Rejection, dataset_root, list_files
+from cxr.ingestion.metadata import csv_entries
+from cxr.ingestion.phantoms import write_phantom_dataset
+from cxr.ingestion.sources import copy_tree, extract_archive, resolve_source
+
+# What each kind of dropped row means, and what to change to keep it.
+DROP_HINTS = {
+    "blank_label": (
+        "blank label",
+        f"to keep them set data.label_map {{{DataParams.BLANK_LABEL}: <class>}} "
+        f"(-S ++data.label_map.{DataParams.BLANK_LABEL}=<class>)",
+    ),
+    "missing_file": ("file not found", "check data.csv.file_column and data.csv.images_dir"),
+    "no_file_match": ("no file matches", "check data.csv.file_template and data.csv.images_dir"),
+    "several_file_matches": (
+        "several files match",
+        "make data.csv.file_template match one file (e.g. .png instead of .*)",
+    ),
+}
+
+
+# What each kind of source file left out of data/raw is, and what to do to use it.
+SKIP_HINTS = {
+    "symbolic_link": (
+        "symbolic link(s), not followed",
+        "copy the files or folders themselves into the source to use them",
+    ),
+    "not_a_regular_file": ("pipe(s), socket(s) or device file(s), not read", ""),
+}
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What ingest wrote: the manifest rows, the layout read, what was left out, and warnings."""
+
+    manifest: pd.DataFrame
+    layout: str
+    rejected: list[Rejection] = field(default_factory=list)
+    warnings: dict[str, int] = field(default_factory=dict)
+    skipped: list[Rejection] = field(default_factory=list)  # source files not copied
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Files per canonical class."""
+        return label_counts(self.manifest["label"])
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Table rows dropped per reason (blank_label, missing_file, no_file_match, ...)."""
+        return dict(sorted(Counter(rejection.kind for rejection in self.rejected).items()))
+
+    @property
+    def skipped_files(self) -> dict[str, int]:
+        """Source files not copied into data/raw per reason (symbolic_link, not_a_regular_file)."""
+        return dict(sorted(Counter(rejection.kind for rejection in self.skipped).items()))
+
+
+def _synthetic(data: DataParams, staging: Path) -> list[Entry]:
+    synthetic = data.synthetic
+    # One process per core: the phantoms' bytes do not depend on how many draw them.
+    write_phantom_dataset(
+        staging,
+        synthetic.counts,
+        synthetic.image_size,
+        synthetic.difficulty,
+        synthetic.seed,
+        workers=0,
+        exposure=synthetic.exposure,
+        positioning=synthetic.positioning,
+    )
+    return [
+        Entry(path.relative_to(staging).as_posix(), path.parent.name)
+        for path in sorted(staging.glob("*/*.png"))
+    ]
+
+
+def _stage_source(
+    data: DataParams, paths: ProjectPaths, staging: Path, warnings: DataWarnings
+) -> tuple[DatasetRoot, list[Rejection]]:
+    """Copy or extract data.source into staging: its dataset root and the files left out."""
+    resolved = resolve_source(
+        data.source, data.sha256, workspace_root(paths.root), paths.downloads_dir
+    )
+    skipped: list[Rejection] = []
+    if resolved.is_archive:
+        extract_archive(resolved.path, staging, data.max_extract_bytes, data.max_extract_files)
+    else:
+        skipped = copy_tree(resolved.path, staging)
+        _report_skipped(
+            skipped, resolved.path, paths.ingest_rejected.relative_to(paths.root), warnings
+        )
+    root = dataset_root(staging)
+    member = root.relative_to(staging).as_posix()
+    dataset = DatasetRoot(
+        root, str(resolved.path), "" if member == "." else member, resolved.is_archive
+    )
+    return dataset, skipped
+
+
+def _report_skipped(
+    skipped: list[Rejection], source: Path, listed_in: Path, warnings: DataWarnings
+) -> None:
+    """One warning per kind of source file left out of data/raw, naming the first few."""
+    for kind, (what, hint) in SKIP_HINTS.items():
+        paths = [str(source / rejection.path) for rejection in skipped if rejection.kind == kind]
+        if not paths:
+            continue
+        more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+        warnings.warn(
+            kind,
+            f"{len(paths)} {what}: {', '.join(paths[:3])}{more}; not copied into data/raw, "
+            f"listed in {listed_in}" + (f"; {hint}" if hint else ""),
+        )
+
+
+def _source_entries(
+    data: DataParams, dataset: DatasetRoot, warnings: DataWarnings
+) -> tuple[str, list[Entry]]:
+    """Every file (or table row) of the source with its raw label: (layout used, entries)."""
+    layout = "csv" if data.layout == "auto" and data.csv.file else data.layout
+    if layout == "csv":
+        return layout, csv_entries(dataset, data.csv, warnings)
+    return list_files(dataset, layout, warnings)
+
+
+def _report_dropped(rejected: list[Rejection], listed_in: Path, warnings: DataWarnings) -> None:
+    """One warning per reason rows were dropped for, with an example and what to change."""
+    for kind, count in Counter(rejection.kind for rejection in rejected).items():
+        first = next(rejection for rejection in rejected if rejection.kind == kind)
+        what, hint = DROP_HINTS.get(kind, (kind, ""))
+        warnings.warn(
+            kind,
+            f"{count} table row(s) dropped ({what}), e.g. {first.path}: {first.detail}; "
+            f"all are listed in {listed_in}; {hint}",
+        )
+
+
+def _check_classes(
+    manifest: pd.DataFrame, data: DataParams, layout: str, warnings: DataWarnings
+) -> None:
+    """No file is an error; a single class is a warning (a classifier needs two)."""
+    counts = label_counts(manifest["label"])
+    if not counts:
+        raise PipelineError(
+            f"data.source = {data.source!r}: no image files found in the {layout} layout; "
+            "see data.layout in the README for the folder layouts it reads"
+        )
+    if len(counts) == 1:
+        (label, files), *_ = counts.items()
+        warnings.warn(
+            "single_class_source",
+            f"data.source = {data.source!r}: one class ({label}, {files} files) in the {layout} "
+            "layout; a classifier needs two or more (is a class folder missing?)",
+        )
+
+
+def _read_source(
+    data: DataParams, paths: ProjectPaths, staging: Path, warnings: DataWarnings
+) -> tuple[str, pd.DataFrame, list[Rejection], list[Rejection]]:
+    """Copy or extract the source into staging: layout, manifest, rows dropped, files left out."""
+    skipped: list[Rejection] = []
+    if data.source == "synthetic":
+        layout, entries, prefix, label_map = "class_folders", _synthetic(data, staging), "", {}
+    else:
+        dataset, skipped = _stage_source(data, paths, staging, warnings)
+        layout, entries = _source_entries(data, dataset, warnings)
+        prefix, label_map = dataset.member, data.label_map
+    entries = apply_group_pattern(entries, data.group_pattern, warnings)
+    manifest, rejected = label_entries(entries, label_map, data.classes, prefix)
+    _report_dropped(rejected, paths.ingest_rejected.relative_to(paths.root), warnings)
+    _check_classes(manifest, data, layout, warnings)
+    return layout, manifest, rejected, skipped
+
+
+def ingest(data: DataParams, paths: ProjectPaths, warnings: DataWarnings | None = None) -> Ingested:
+    """Write data.source into data/raw, the manifest and the rows dropped, atomically."""
+    warnings = DataWarnings() if warnings is None else warnings
+    # DVC tracks data/downloads as an output, so it exists even when nothing is downloaded.
+    paths.downloads_dir.mkdir(parents=True, exist_ok=True)
+    with staged_dir(paths.raw_dir) as staging:
+        layout, manifest, rejected, skipped = _read_source(data, paths, staging, warnings)
+        write_table(paths.manifest, manifest)
+        # Source files left out first (their paths are inside the source folder), then rows.
+        write_table(
+            paths.ingest_rejected,
+            pd.DataFrame(
+                [(rejection.path, str(rejection)) for rejection in [*skipped, *rejected]],
+                columns=list(REJECTED_COLUMNS),
+            ),
+        )
+    return Ingested(manifest, layout, rejected, warnings.to_metrics(), skipped)
+
+
+def ingest_metrics(ingested: Ingested) -> dict[str, Any]:
+    """Layout, files per class and given split, groups, rows dropped, files left out, warnings."""
+    manifest = ingested.manifest
+    per_split = {
+        str(split): label_counts(rows["label"])
+        for split, rows in manifest.groupby("given_split")
+        if split
+    }
+    return {
+        "layout": ingested.layout,
+        "files": len(manifest),
+        "classes": ingested.counts,
+        "given_splits": per_split,
+        "groups": int(manifest.loc[manifest["group"] != "", "group"].nunique()),
+        "dropped_rows": ingested.dropped,
+        "skipped_files": ingested.skipped_files,
+        "warnings": ingested.warnings,
+    }
