@@ -3,7 +3,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-# Stage commands in dvc.yaml call `python`, which must be the project's interpreter.
+# Stage commands in dvc.yaml call `python3`; with .venv/bin first it is the project's interpreter.
 RUN := PATH="$(BIN):$$PATH" TF_CPP_MIN_LOG_LEVEL=2
 
 .PHONY: install repro test lint

@@ -6,7 +6,7 @@ For each image count, a pixel cache of that many rows (build.cache_size 256, ran
 its split tables are written to a temporary project; then, in a fresh process each (peak RSS
 is per process), the train stage's input is loaded as train loads it
 (cxr.training.inputs.load_training_data) and one shuffled epoch of batches is drawn through
-array_dataset, as fit would draw it, with train.memory_cache_mb large (in memory) and 0
+array_dataset, as fit would draw it, with CXR_MEMORY_CACHE_MB large (in memory) and 0
 (streamed). Printed: load time, epoch time, images/s and the process's peak RSS. No model is
 involved: this is the part of train's memory that grows with the number of images.
 """

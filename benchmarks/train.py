@@ -35,7 +35,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
-from cxr.core.params import load_params  # noqa: E402
+from cxr.core.params import load_params, run_settings  # noqa: E402
 from cxr.core.paths import ProjectPaths  # noqa: E402
 from cxr.core.registry import is_baseline  # noqa: E402
 from cxr.core.tables import label_indices, read_splits  # noqa: E402
@@ -82,7 +82,7 @@ def score_model(root: Path, model_name: str, minutes: float) -> dict[str, Any]:
     paths = ProjectPaths(root)
     params = load_params(paths.params)
     started = time.perf_counter()
-    metrics = train_model(params, paths, dict(os.environ))
+    metrics = train_model(params, run_settings(os.environ), paths, dict(os.environ))
     seconds = time.perf_counter() - started
     predictor = load_models_dir(paths.models_dir)
     test = read_splits(paths)["test"]
@@ -115,8 +115,9 @@ def throughput(root: Path, model_name: str, epochs: int) -> dict[str, float]:
     paths = ProjectPaths(root)
     params = load_params(paths.params)
     train_params = params.train
-    # As train loads it: in memory, or streamed above train.memory_cache_mb (--set it to 0).
-    data = load_training_data(paths, train_params.image_size, train_params.memory_cache_mb)
+    # As train loads it: in memory, or streamed above CXR_MEMORY_CACHE_MB (set it to 0).
+    memory_cache_mb = run_settings(os.environ).memory_cache_mb
+    data = load_training_data(paths, train_params.image_size, memory_cache_mb)
     names = data.class_names
     count, batch = len(data.train_labels), train_params.batch_size
     steps = math.ceil(count / batch)

@@ -1,18 +1,14 @@
 """Stage compare: leaderboard of every model evaluated on the current data, from MLflow.
 
-With an ensemble row: the mean probabilities of the top models, logged as a run of its own,
-and columns for each external dataset (evaluate.external), whose headline figures it gathers in
-metrics/external.json. The whole leaderboard is a report (reports/compare/leaderboard.json);
-metrics/summary/compare.json holds its headline and metrics/compare.json (a DVC metric) only the
-best model's name, so `dvc metrics show` and `dvc exp show` stay readable.
+With an ensemble row (the top models' mean probabilities, a run of its own) and a column per
+external dataset. reports/compare/ holds the whole leaderboard, metrics/summary/compare.json its
+headline, metrics/compare.json (a DVC metric) only the best model's name.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -26,31 +22,26 @@ from cxr.comparison.ensemble import (
 )
 from cxr.comparison.leaderboard import (
     compare_metrics,
-    draw_leaderboard,
     evaluated_runs,
     excluded_runs,
     leaderboard,
     leaderboard_json,
-    leaderboard_markdown,
     log_leaderboard,
     with_mcnemar,
 )
+from cxr.comparison.reports import LEADERBOARD_REPORT, external_metrics, write_leaderboard_reports
 from cxr.core.errors import report_errors
-from cxr.core.outputs import read_json, save_figure, staged_dir, write_json, write_results
+from cxr.core.outputs import read_json, write_json, write_results
 from cxr.core.params import CompareParams, EvaluateParams, load_params
-from cxr.core.paths import ExternalDataPaths, ProjectPaths, paths_from_argv
+from cxr.core.paths import ProjectPaths, paths_from_argv
 from cxr.core.tables import data_fingerprint, read_splits
 from cxr.tracking.runs import ENSEMBLE_MODEL, LEADERBOARD_MODEL, run_tags
 from cxr.tracking.store import store_lock, tracking_uri, use_experiment
 
-LEADERBOARD_REPORT = "leaderboard.json"  # in reports/compare/, beside leaderboard.md and .png
-REPORT_FILES = ("leaderboard.md", "leaderboard.png", LEADERBOARD_REPORT)
 # The MLflow experiment of the leaderboards: mlflow_experiment + this (cxr-pipeline-leaderboard).
 LEADERBOARD_SUFFIX = "-leaderboard"
 # The DVC metrics of compare: the leaderboard's figures are evaluate's metrics of each experiment.
 COMPARE_HEADLINE = ("best_model",)
-# Per external dataset in metrics/external.json; the rest is in metrics/external/<name>.json.
-EXTERNAL_HEADLINE = ("images", "accuracy", "f1_macro", "accuracy_drop", "source_shortcut_accuracy")
 
 
 def compare(
@@ -87,35 +78,18 @@ def compare(
         )
     summary = champion_summary(settings.registered_model, champion)
     report = leaderboard_json(board, excluded, fingerprint, champion, note, external)
-    with staged_dir(paths.reports("compare")) as reports_dir:
-        (reports_dir / "leaderboard.md").write_text(
-            leaderboard_markdown(board, excluded, fingerprint, settings, summary, note, external),
-            encoding="utf-8",
-        )
-        chart = draw_leaderboard(board, settings.rank_by, fingerprint)
-        save_figure(chart, reports_dir / "leaderboard.png")
-        write_json(reports_dir / LEADERBOARD_REPORT, report)
+    reports = write_leaderboard_reports(
+        paths.reports("compare"), board, excluded, report, settings, summary, note, external
+    )
     headline = compare_metrics(report)
     write_results(paths.summary("compare"), paths.metrics("compare"), headline, COMPARE_HEADLINE)
     write_json(paths.metrics("external"), external_metrics(paths.root, external))
     if len(board):
-        reports = [paths.reports("compare") / name for name in REPORT_FILES]
         tags = run_tags(LEADERBOARD_MODEL, fingerprint, paths.root, environ)
         # Its own experiment: the training experiment lists models, not reports about them.
         boards = use_experiment(f"{experiment}{LEADERBOARD_SUFFIX}", paths.root, environ)
         log_leaderboard(boards, tags, headline, reports, board)
     return board
-
-
-def external_metrics(root: Path, external: Sequence[str]) -> dict[str, Any]:
-    """metrics/external.json: the headline of each metrics/external/<name>.json ({}: none)."""
-    files = {name: ExternalDataPaths(root, name).external_metrics for name in external}
-    return {
-        name: {key: scores.get(key) for key in EXTERNAL_HEADLINE}
-        for name, path in files.items()
-        if path.exists()
-        for scores in [read_json(path)]
-    }
 
 
 @report_errors

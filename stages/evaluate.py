@@ -10,19 +10,16 @@ import numpy as np
 
 from cxr.core.errors import report_errors
 from cxr.core.outputs import staged_dir, write_results, write_table
-from cxr.core.params import EvaluateParams, load_params
+from cxr.core.params import EvaluateParams, load_params, run_settings
 from cxr.core.paths import ProjectPaths, paths_from_argv
 from cxr.core.tables import read_table
 from cxr.evaluation.figures import draw_evaluation_figures, write_plots_data
 from cxr.evaluation.metrics import (
-    Predictions,
-    evaluation_metrics,
+    evaluation_line,
     flat_metrics,
-    known_label_indices,
-    per_source_json,
-    per_source_scores,
     prediction_table,
 )
+from cxr.evaluation.scoring import score_test_split
 from cxr.evaluation.tta import with_tta
 from cxr.models.loading import LOGGED_MODEL_NAME, load_models_dir
 from cxr.models.pixels import CachedImages
@@ -58,23 +55,18 @@ def evaluate(
     experiment: str,
     paths: ProjectPaths,
     environ: Mapping[str, str],
+    batch_size: int,
 ) -> dict[str, Any]:
     """Predict the test split, write metrics, plots and figures, and log them to the train run."""
     predictor, tta = with_tta(load_models_dir(paths.models_dir), settings.tta)
     record = predictor.record
     test = read_table(paths.split_table("test"))
-    true = known_label_indices(test, record.class_names)
     # Read a chunk at a time while predicting, and again only for the images the figures show.
     images = CachedImages(paths.pixel_cache, test["cache_index"], record.image_size)
-    probabilities, images_per_second = predictor.timed_predict_proba(images, settings.batch_size)
-    predictions = Predictions(true, probabilities, record.class_names)
-    metrics = evaluation_metrics(
-        predictions, settings.bootstrap_samples, settings.calibration_bins, seed
+    predictions, metrics, by_source = score_test_split(
+        predictor, test, images, settings, seed, batch_size
     )
-    metrics |= tta | {"inference_images_per_second": round(images_per_second, 1)}
-    by_source = per_source_scores(test, true, predictions.predicted, record.class_names)
-    if by_source is not None:
-        metrics["per_source"] = per_source_json(by_source)
+    metrics |= tta
     per_image = prediction_table(test, predictions)
     with (
         staged_dir(paths.evaluate_plots) as plots_dir,
@@ -120,14 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         params.mlflow_experiment,
         paths,
         dict(os.environ),
+        run_settings(os.environ).inference_batch_size,
     )
-    low, high = metrics["confidence_intervals"]["test_accuracy"]
-    interval = f" (95% CI {low:.3f}-{high:.3f})" if low is not None and high is not None else ""
-    print(
-        f"evaluate: test accuracy {metrics['test_accuracy']:.3f}{interval}, "
-        f"macro F1 {metrics['test_f1_macro']:.3f} on {metrics['test_images']} images; "
-        f"Grad-CAM {metrics['gradcam']}; TTA {'on' if metrics['tta'] else 'off'}"
-    )
+    print(f"evaluate: {evaluation_line(metrics)}")
     return 0
 
 

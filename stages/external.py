@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 
 from cxr.core.errors import report_errors
-from cxr.core.params import load_params
+from cxr.core.params import load_params, run_settings
 from cxr.core.paths import external_paths_from_argv
 from cxr.external.reports import external_summary
 from cxr.external.validation import evaluate_external
@@ -23,7 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the external stage for one dataset from the repository root."""
     paths = external_paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
-    print("\n".join(external_summary(evaluate_external(params, paths, dict(os.environ)))))
+    metrics = evaluate_external(params, run_settings(os.environ), paths, dict(os.environ))
+    print("\n".join(external_summary(metrics)))
     return 0
 
 

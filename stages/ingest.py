@@ -6,11 +6,12 @@ are counted in metrics/summary/ingest.json.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from cxr.core.errors import report_errors
 from cxr.core.outputs import write_json
-from cxr.core.params import load_params
+from cxr.core.params import load_params, run_settings
 from cxr.core.paths import paths_from_argv
 from cxr.ingestion.ingest import ingest, ingest_metrics
 
@@ -20,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ingest stage from the repository root."""
     paths = paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
-    ingested = ingest(params.data, paths)
+    ingested = ingest(params.data, paths, workers=run_settings(os.environ).workers)
     metrics = ingest_metrics(ingested)
     write_json(paths.summary("ingest"), metrics)
     counts = ingested.counts

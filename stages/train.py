@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from cxr.core.errors import report_errors
 from cxr.core.outputs import write_results
-from cxr.core.params import load_params
+from cxr.core.params import load_params, run_settings
 from cxr.core.paths import paths_from_argv
 from cxr.training.devices import avoid_empty_replica_batches
 
@@ -30,12 +30,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     paths = paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
-    metrics = train_model(params, paths, dict(os.environ))
+    metrics = train_model(params, run_settings(os.environ), paths, dict(os.environ))
     results = {"model": params.model, **metrics}
     write_results(paths.summary("train"), paths.metrics("train"), results, TRAIN_HEADLINE)
+    # A scikit-learn baseline is fitted once: it has no epochs to count.
+    epochs = metrics["epochs_run"]
+    fitted = f"in {epochs} epochs" if epochs else f"in one fit ({metrics['train_seconds']:.1f} s)"
     print(
         f"train: {params.model} best val accuracy {metrics['best_val_accuracy']:.3f} "
-        f"in {metrics['epochs_run']} epochs -> {paths.models_dir}"
+        f"{fitted} -> {paths.models_dir}"
     )
     return 0
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -136,7 +139,7 @@ def sklearn_models_dir(models_dir: Path, pixels: np.ndarray, labels: np.ndarray)
 class Constant(PythonModel):  # type: ignore[misc]
     """A stand-in servable model: registering needs a logged MLflow model, not a good one."""
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         return model_input
 
 
@@ -220,3 +223,24 @@ def log_scored_run(
     )
     MlflowClient().log_table(run_id, table.sample(frac=1, random_state=0), PREDICTIONS_ARTIFACT)
     return run_id
+
+
+def run_cxr_predict(args: list[str], cwd: Path, environ: dict[str, str] | None = None) -> list[str]:
+    """Run the installed `cxr-predict` command quietly (no CXR_VERBOSE); its output lines.
+
+    stdout and stderr are read together, in the order the command wrote them.
+    """
+    command = Path(sys.executable).with_name("cxr-predict")
+    env = {key: value for key, value in os.environ.items() if key != "CXR_VERBOSE"}
+    result = subprocess.run(
+        [str(command), *args],
+        cwd=cwd,
+        env={**env, **(environ or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+    return result.stdout.splitlines()

@@ -1,9 +1,11 @@
-"""A tiny project as the build and split stages leave it: pixel cache plus split tables."""
+"""A tiny project as the build and split stages leave it, and tiny params to train on it."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +32,76 @@ AUGMENTATION = {
     "brightness": 0.1,
 }
 
+# A tiny training setup (vgg16, 32 px, 2 epochs, augmented). VGG16's 19 layers trace several
+# times faster than MobileNetV2's 150 (its first epoch is dominated by tracing on a CPU); at 32
+# px its compute is small.
+TINY_TRAINING: dict[str, Any] = {
+    "model": "vgg16",
+    "train": {
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 8,
+        "weights": "none",
+        "fine_tune_epochs": 1,
+        "fine_tune_layers": 5,
+        "head": {"dense_units": 8},
+        "augment": AUGMENTATION,
+    },
+}
+# 44 phantoms of 48 px, and few of them in the histograms: a whole pipeline in seconds.
+TINY_PHANTOMS: dict[str, Any] = {
+    "data": {
+        "synthetic": {
+            "counts": {"covid": 14, "normal": 18, "viral_pneumonia": 12},
+            "image_size": 48,
+        }
+    },
+    "build": {"histogram_images_per_class": 4},
+}
+# A whole pipeline, ingest to compare, on TINY_PHANTOMS: the default model trains for seconds.
+TINY_PIPELINE: tuple[dict[str, Any], ...] = (
+    TINY_PHANTOMS,
+    {
+        "train": {
+            "image_size": 32,
+            "epochs": 2,
+            "batch_size": 8,
+            "fine_tune_epochs": 0,
+            "head": {"dense_units": [8]},
+        },
+        "evaluate": {"bootstrap_samples": 50},
+    },
+)
 
-def tiny_params(weights: str = "none", **train: Any) -> dict[str, Any]:
-    """The repository's params with a tiny, fast training setup (vgg16, 32 px, 2 epochs, augmented).
 
-    VGG16's 19 layers trace several times faster than MobileNetV2's 150 (its first epoch is
-    dominated by tracing on a CPU); at 32 px its compute is small.
+def tiny_params(
+    weights: str | None = None,
+    *,
+    changes: Sequence[Mapping[str, Any]] = (TINY_TRAINING,),
+    **train: Any,
+) -> dict[str, Any]:
+    """The repository's params shrunk by each of changes in turn, then weights and train keys.
+
+    A change's mappings are merged into the params key by key, its other values replace theirs;
+    the default is TINY_TRAINING (TINY_PIPELINE for a whole pipeline). weights (train.weights)
+    and the train keyword arguments then replace whole values.
     """
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["model"] = "vgg16"
-    params["train"].update(
-        image_size=32,
-        epochs=2,
-        batch_size=8,
-        weights=weights,
-        fine_tune_epochs=1,
-        fine_tune_layers=5,
-    )
-    params["train"]["head"]["dense_units"] = 8
-    params["train"]["augment"] = dict(AUGMENTATION)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    for change in changes:
+        _merge(params, change)
+    if weights is not None:
+        params["train"]["weights"] = weights
     params["train"].update(train)
     return params
+
+
+def _merge(params: dict[str, Any], change: Mapping[str, Any]) -> None:
+    """Merge change into params in place: mappings key by key, other values replaced by a copy."""
+    for key, value in change.items():
+        if isinstance(value, Mapping) and isinstance(params.get(key), dict):
+            _merge(params[key], value)
+        else:
+            params[key] = copy.deepcopy(value)
 
 
 def write_prepared_project(root: Path) -> Path:

@@ -20,6 +20,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from cxr.core.outputs import json_number
 from cxr.core.params import CompareParams, external_metric
 from cxr.evaluation.statistics import INTERVAL_METRICS, mcnemar_exact
 from cxr.tracking.runs import (
@@ -49,6 +50,8 @@ LEADERBOARD_COLUMNS = {
     "start_time": "started",
 }
 EXCLUDED_COLUMNS = ("model", "data_fingerprint", "run_id", "reason")
+# Why a row has no McNemar p-value against the best model (None in the p column).
+BEST_ITSELF = "the best model itself"
 # Per external dataset (evaluate.external.<name>): what evaluate logged as external_<name>_<key>.
 EXTERNAL_METRICS = (
     *(
@@ -160,11 +163,29 @@ def correctness_by_image(table: pd.DataFrame) -> pd.Series:
 
 def mcnemar_vs_best(experiment_id: str, board: pd.DataFrame) -> list[float | None]:
     """Exact McNemar p-value of each model against the best one on their shared test images."""
+    return [p for p, _ in mcnemar_with_notes(experiment_id, board)]
+
+
+def mcnemar_with_notes(
+    experiment_id: str, board: pd.DataFrame
+) -> list[tuple[float | None, str | None]]:
+    """Per row (McNemar p against the best, None), or (None, why there is no p-value)."""
     if board.empty:
         return []
     tables = {run_id: run_predictions(experiment_id, run_id) for run_id in board["run_id"]}
     best = tables[board["run_id"].iloc[0]]
-    return [None, *(paired_mcnemar(best, tables[run_id]) for run_id in board["run_id"].iloc[1:])]
+    pairs: list[tuple[float | None, str | None]] = [(None, BEST_ITSELF)]
+    for run_id in board["run_id"].iloc[1:]:
+        other = tables[run_id]
+        p = paired_mcnemar(best, other)
+        if p is not None:
+            pairs.append((p, None))
+        elif best is None or other is None:
+            whose = "the best model" if best is None else "this model"
+            pairs.append((None, f"no test predictions logged by {whose} (re-run its evaluate)"))
+        else:
+            pairs.append((None, "no test image shared with the best model"))
+    return pairs
 
 
 def paired_mcnemar(first: pd.DataFrame | None, second: pd.DataFrame | None) -> float | None:
@@ -178,10 +199,16 @@ def paired_mcnemar(first: pd.DataFrame | None, second: pd.DataFrame | None) -> f
 
 
 def with_mcnemar(board: pd.DataFrame, experiment_id: str, significance: float) -> pd.DataFrame:
-    """`board` with each model's McNemar p-value against the best and whether it is significant."""
+    """`board` with each model's McNemar p-value against the best and whether it is significant.
+
+    `mcnemar_note` says why a row has none (the best model itself, no paired predictions).
+    """
     board = board.copy()
-    board["mcnemar_p"] = mcnemar_vs_best(experiment_id, board)
-    board["significant"] = [p is not None and p < significance for p in board["mcnemar_p"]]
+    pairs = mcnemar_with_notes(experiment_id, board)
+    # object columns: a float column would turn a missing p into NaN, which JSON cannot hold.
+    board["mcnemar_p"] = pd.Series([p for p, _ in pairs], index=board.index, dtype=object)
+    board["mcnemar_note"] = pd.Series([note for _, note in pairs], index=board.index, dtype=object)
+    board["significant"] = [p is not None and p < significance for p, _ in pairs]
     return board
 
 
@@ -330,24 +357,24 @@ def leaderboard_markdown(
 
 
 def board_entry(row: pd.Series, external: Sequence[str] = ()) -> dict[str, Any]:
-    """One leaderboard row as JSON values (None for what was not logged).
+    """One leaderboard row as strict JSON values (None, never NaN, for what was not logged).
 
-    The external datasets' metrics go under `external`, by dataset name.
+    The external datasets' metrics go under `external`, by dataset name. `mcnemar_p_vs_best` is
+    None for the best model and where no paired predictions exist; `mcnemar_p_vs_best_note`
+    then says which (None beside a p-value).
     """
-    entry: dict[str, Any] = {
-        name: None if pd.isna(row[name]) else float(row[name]) for name in METRICS
-    }
+    entry: dict[str, Any] = {name: json_number(row[name]) for name in METRICS}
     if external:
         entry["external"] = {
             name: {
-                key: None if pd.isna(value) else float(value)
-                for key in EXTERNAL_METRICS
-                for value in [row.get(external_metric(name, key))]
+                key: json_number(row.get(external_metric(name, key))) for key in EXTERNAL_METRICS
             }
             for name in external
         }
     entry["parameters"] = None if pd.isna(row["parameters"]) else int(row["parameters"])
-    entry["mcnemar_p_vs_best"] = None if row["mcnemar_p"] is None else float(row["mcnemar_p"])
+    entry["mcnemar_p_vs_best"] = json_number(row.get("mcnemar_p"))
+    note = row.get("mcnemar_note")
+    entry["mcnemar_p_vs_best_note"] = note if isinstance(note, str) else None
     entry["significant"] = bool(row["significant"])
     entry["pretrained"] = None if pd.isna(row["pretrained"]) else row["pretrained"] == "true"
     return entry | {"run_id": row["run_id"]}
@@ -384,7 +411,8 @@ def leaderboard_json(
         "leaderboard": {row["model"]: board_entry(row, external) for _, row in single.iterrows()},
         "ensemble": ensemble_entry(averaged.iloc[0]) if len(averaged) else None,
         "ensemble_note": ensemble,
-        "excluded": excluded.to_dict(orient="records"),
+        # A run without a data_fingerprint tag has NaN there: null in JSON.
+        "excluded": excluded.astype(object).where(excluded.notna(), None).to_dict(orient="records"),
         "champion": champion,
     }
 

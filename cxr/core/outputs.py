@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -183,10 +184,51 @@ def staged_dir(path: Path) -> Iterator[Path]:
         _tidy(staging)
 
 
+def json_number(value: Any) -> float | None:
+    """`value` as a float for strict JSON: None when it is missing (None, NaN, NA) or infinite."""
+    if value is None or pd.isna(value):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def non_finite_keys(payload: Any, key: str = "") -> list[str]:
+    """Where `payload` holds NaN or an infinity: dotted keys, list items as [index]."""
+    if isinstance(payload, float):
+        return [] if math.isfinite(payload) else [key or "the value"]
+    if isinstance(payload, Mapping):
+        return [
+            found
+            for name, value in payload.items()
+            for found in non_finite_keys(value, f"{key}.{name}" if key else str(name))
+        ]
+    if isinstance(payload, list | tuple):
+        return [
+            found
+            for index, value in enumerate(payload)
+            for found in non_finite_keys(value, f"{key}[{index}]")
+        ]
+    return []
+
+
 def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically, keys sorted so diffs stay small."""
+    """Write strict JSON atomically, keys sorted so diffs stay small.
+
+    NaN and Infinity are refused: they are not JSON, and strict parsers (a browser's
+    JSON.parse) reject the whole file. A value that does not exist is None (null).
+    """
+    try:
+        text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError as error:
+        found = non_finite_keys(payload)
+        if not found:
+            raise
+        raise ValueError(
+            f"{path}: {', '.join(found)} not a finite number; JSON has no NaN or Infinity, "
+            "so a value that does not exist must be None (null)"
+        ) from error
     with staged_file(path) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        temporary.write_text(text + "\n", encoding="utf-8")
 
 
 def write_results(

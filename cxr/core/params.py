@@ -1,7 +1,9 @@
-"""params.yaml, validated once on load into frozen typed objects.
+"""params.yaml, validated once on load into frozen typed objects, and the run settings.
 
 Imports no TensorFlow, scikit-learn, SciPy or model code: the names it checks come from
 cxr.core.registry, so every stage validates all of params.yaml in a fraction of a second.
+Each field's `description` is the one documentation of its key: docs/params.md is generated
+from these models (tests/params_doc.py), so a meaning is written here and nowhere else.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import codecs
 import copy
 import re
 import string
+from collections.abc import Mapping
 from pathlib import Path, PureWindowsPath
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
+import annotated_types
 import yaml
 from pydantic import (
     BaseModel,
@@ -23,8 +27,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
-from cxr.core.errors import ParamsError
+from cxr.core.errors import ParamsError, PipelineError
 from cxr.core.registry import (
     PHANTOM_CLASSES,
     WEIGHT_CHOICES,
@@ -45,15 +50,29 @@ class Section(BaseModel):
 class SyntheticParams(Section):
     """The embedded phantom generator used when data.source is `synthetic`."""
 
-    counts: dict[str, int] = Field(description="images per class")
-    image_size: int = Field(ge=32, le=1024)
-    difficulty: float = Field(ge=0.0, le=1.0, description="lesion contrast: 0 subtle, 1 obvious")
-    seed: int
+    counts: dict[str, int] = Field(
+        description="phantoms per class; imbalanced on purpose, so class weights matter",
+        json_schema_extra={
+            "allowed": f"mapping of class ({', '.join(PHANTOM_CLASSES)}) to a count >= 0, "
+            "at least two of them positive"
+        },
+    )
+    image_size: int = Field(ge=32, le=1024, description="side of each phantom in pixels")
+    difficulty: float = Field(ge=0.0, le=1.0, description="lesion contrast: 0 subtle .. 1 obvious")
+    seed: int = Field(description="the phantoms' own seed: the same seed draws the same bytes")
     exposure: float = Field(
-        gt=0.0, le=4.0, description="gain on every intensity (another scanner); 1 = as drawn"
+        gt=0.0,
+        le=4.0,
+        description="detector gain on every intensity before 8-bit rounding: phantoms as "
+        "another scanner would take them (e.g. 1.3); 1.0 = as drawn",
     )
     positioning: float = Field(
-        ge=0.0, le=4.0, description="spread of the patients' pose (shift, tilt, scale); 1 = narrow"
+        ge=0.0,
+        le=4.0,
+        description="spread of the patients' pose: the random shift (+-3% of the side), tilt "
+        "(+-7 deg) and scale (0.92-1.06) of 1.0 times this, so at 3 a chest is shifted up to "
+        "9%, tilted up to 21 deg and scaled 0.78-1.20; the findings then sit in different "
+        "pixels on every film, which a pixel classifier cannot follow and a CNN can",
     )
 
     @field_validator("counts")
@@ -72,17 +91,35 @@ class SyntheticParams(Section):
 class CsvParams(Section):
     """The metadata table of the csv layout: which file, and which columns say what."""
 
-    file: str = Field(description="path of the table inside the dataset root; '' = none")
-    file_column: str = Field(min_length=1)
-    file_template: str = Field(
-        description="each row's image from its values when there is no file column, e.g. "
-        "images/{patientid}.* (`*` matches one file); '' = read file_column"
+    file: str = Field(
+        description="the metadata table, a path inside the dataset root (a table outside is "
+        "refused: put it in the source, so DVC tracks it); '' = none"
     )
-    label_column: str = Field(min_length=1)
-    group_column: str = Field(description="e.g. a patient id column; '' = no groups")
-    images_dir: str = Field(description="folder file_column and file_template are relative to")
+    file_column: str = Field(min_length=1, description="the table's column naming each image file")
+    file_template: str = Field(
+        description="each row's image from its values when the table has no file column, "
+        "relative to data.csv.images_dir, e.g. images/{patientid}.*; the * must match exactly one "
+        "file, else the row is dropped and listed in data/interim/ingest_rejected.csv; "
+        "'' = read file_column"
+    )
+    label_column: str = Field(
+        min_length=1,
+        description="the column of each image's label; a row with a blank label is dropped "
+        "unless data.label_map maps _blank_",
+    )
+    group_column: str = Field(
+        description="the column of each image's group (e.g. patient id): a group never "
+        "straddles splits; '' = no groups"
+    )
+    images_dir: str = Field(
+        description="the folder file_column and file_template are relative to, inside the "
+        "dataset; '' = the dataset root"
+    )
     encoding: str = Field(
-        min_length=1, description="auto (UTF-8, else cp1252, else latin-1) or a Python codec"
+        min_length=1,
+        description="the table's text encoding: auto = UTF-8, else cp1252, else latin-1 (one "
+        "warning naming the file), or any Python codec, e.g. utf-16",
+        json_schema_extra={"allowed": "auto or a Python codec name"},
     )
 
     @field_validator("file", "file_template", "images_dir")
@@ -137,26 +174,52 @@ class DataParams(Section):
 
     source: str = Field(
         min_length=1,
-        description="`synthetic`, a directory, a .zip/.tar/.tar.gz archive, an http(s) URL of "
-        "one, or kaggle:<owner>/<dataset>",
+        description="where the images come from: synthetic (the embedded phantoms), a folder, "
+        "a .zip / .tar / .tar.gz / .tgz archive, an https:// URL of one, or "
+        "kaggle:<owner>/<dataset>; relative paths are relative to the checkout",
     )
-    sha256: str = Field(description="hex digest pinning a URL source; '' for other sources")
-    csv: CsvParams
+    sha256: str = Field(
+        description="required for a URL source: the archive's sha256; the download is verified "
+        "and kept in data/downloads, never fetched twice",
+        json_schema_extra={"allowed": "'' or 64 hex digits"},
+    )
+    csv: CsvParams = Field(description="the csv layout: a metadata table naming each file")
     # After csv, so its validator can see the csv section.
-    layout: Literal["auto", "class_folders", "split_folders", "radiography", "binary", "csv"]
-    label_map: dict[str, str] = Field(description="raw or canonical label -> class name")
-    classes: list[str] = Field(description="classes to keep; empty = all")
-    group_pattern: str = Field(
-        description="regex on each file's path in the dataset; its first group is the group"
+    layout: Literal["auto", "class_folders", "split_folders", "radiography", "binary", "csv"] = (
+        Field(
+            description="how the folders say the class: auto (detected), class_folders "
+            "(<root>/<class>/*), split_folders (<root>/{train,test[,val]}/<class>/*), "
+            "radiography (<class>/images/*), binary (folders 0/ and 1/, with data.label_map) "
+            "or csv (data.csv)"
+        )
     )
-    synthetic: SyntheticParams
+    label_map: dict[str, str] = Field(
+        description="raw or canonical label -> class, e.g. {'0': normal, '1': covid}; matches "
+        "the label as written, folded, or by its canonical name; the key _blank_ (or '' in "
+        "YAML) maps blank labels; required for 0 / 1 folders",
+        json_schema_extra={"allowed": "mapping of label to class name"},
+    )
+    classes: list[str] = Field(description="classes to keep (canonical names); [] = all")
+    group_pattern: str = Field(
+        description="regular expression on each file's path relative to the dataset root; its "
+        "first group is the patient / study / paper, kept in one split; an unmatched file is a "
+        "group of its own (warning); not together with data.csv.group_column; '' = none",
+        json_schema_extra={"allowed": "'' or a regular expression with a capturing group"},
+    )
+    synthetic: SyntheticParams = Field(
+        description="the embedded chest-radiograph phantoms, used when data.source is synthetic"
+    )
     # Checked on an archive's member table before anything is written: a few hundred KB can
     # declare gigabytes (a zip bomb), and data/raw plus its DVC cache copy would hold them twice.
     max_extract_bytes: int = Field(
-        ge=1, description="largest total uncompressed size an archive source may extract to"
+        ge=1,
+        description="an archive source whose members add up to more bytes is refused before "
+        "extracting",
     )
     max_extract_files: int = Field(
-        ge=1, description="most members (files and folders) an archive source may hold"
+        ge=1,
+        description="an archive source with more members (files and folders) is refused "
+        "before extracting",
     )
 
     # The label_map key of a blank label: `''` cannot be typed on the `dvc exp run -S` line
@@ -319,35 +382,73 @@ class ExternalDataParams(DataParams):
 class BuildParams(Section):
     """Decoding every image once into the pixel cache, and the exploration plots."""
 
-    cache_size: int = Field(ge=32, le=1024, description="side of the cached gray squares")
+    cache_size: int = Field(
+        ge=32,
+        le=1024,
+        description="side of the cached gray squares; train.image_size must be <= it",
+    )
     resize: Literal["pad", "crop", "stretch"] = Field(
-        description="non-square images: pad to a square (aspect kept), crop the centre, or stretch"
+        description="how a non-square image becomes the square: pad (aspect ratio kept, black "
+        "borders, centred), crop (the centre square) or stretch (each side scaled on its own); "
+        "predict and the served model square new images the same way"
     )
     # Pillow refuses images above 2 x 89,478,485 pixels as decompression bombs; the build's
     # own limit stays below its warning threshold so only this limit ever applies.
-    max_pixels: int = Field(ge=1, le=89_478_485, description="larger images are rejected")
-    workers: int = Field(ge=0, description="decoding processes; 0 = every available core")
-    histogram_images_per_class: int = Field(ge=1)
-    histogram_bins: int = Field(ge=2, le=256)
+    max_pixels: int = Field(
+        ge=1,
+        le=89_478_485,
+        description="larger images are rejected on their header, before decoding (listed in "
+        "data/interim/rejected.csv); a file over 16 bytes a pixel plus 64 MiB is rejected on "
+        "its size, unread",
+    )
+    histogram_images_per_class: int = Field(
+        ge=1, description="images per class sampled for the intensity histograms"
+    )
+    histogram_bins: int = Field(ge=2, le=256, description="bins of the intensity histograms")
 
 
 class SplitParams(Section):
     """Leakage-safe stratified train / val / test split and optional undersampling of train."""
 
-    val_fraction: float = Field(gt=0.0, lt=1.0)
-    test_fraction: float = Field(gt=0.0, lt=1.0)
-    undersample: bool
-    resplit: bool = Field(description="ignore the source's own train / test folders")
+    val_fraction: float = Field(
+        gt=0.0,
+        lt=1.0,
+        description="share of the units in val (of the given train when the source has a test "
+        "folder); val_fraction + test_fraction < 1",
+    )
+    test_fraction: float = Field(
+        gt=0.0, lt=1.0, description="share of the units in test (unused when folds > 0)"
+    )
+    undersample: bool = Field(
+        description="random undersampling of train to the smallest class (throws images away; "
+        "train.class_weight keeps every image)"
+    )
+    resplit: bool = Field(
+        description="ignore the source's own train / test folders and split afresh"
+    )
     duplicates: Literal["drop-from-test", "keep", "fail"] = Field(
-        description="copies of one image across the given train and test splits"
+        description="copies of one image across the given train and test splits: drop them "
+        "from test, keep them (a warning) or fail"
     )
     near_duplicate_distance: int = Field(
-        ge=0, le=32, description="perceptual-hash bits; images this close stay together, 0 = off"
+        ge=0,
+        le=32,
+        description="also keep images within this perceptual-hash distance (bits) together; "
+        "0 = off",
     )
     folds: int = Field(
-        ge=0, le=20, description="K-fold: units dealt into K folds, fold `fold` is test; 0 = off"
+        ge=0,
+        le=20,
+        description="K-fold cross-validation of a fresh split: the units (groups, copies, "
+        "near-duplicates) are dealt into K stratified folds by seed, fold split.fold is test "
+        "and val a val_fraction share of the rest; a source with its own test folder needs "
+        "resplit: true; 0 = one split",
     )
-    fold: int = Field(ge=0, description="the test fold when folds > 0 (0 .. folds - 1)")
+    fold: int = Field(
+        ge=0,
+        description="the test fold when folds > 0 (0 .. folds - 1); queue them all with "
+        "dvc exp run --queue -S split.folds=5 -S split.fold=0,1,2,3,4",
+    )
 
     @property
     def test_share(self) -> float:
@@ -377,12 +478,25 @@ class HeadParams(Section):
     hidden layers the dropout follows the pooling. L2 applies to every head Dense layer.
     """
 
-    pooling: Literal["avg", "max", "flatten"]
-    dense_units: list[int] = Field(description="hidden Dense widths, e.g. [512, 256]; [] = none")
+    pooling: Literal["avg", "max", "flatten"] = Field(
+        description="how the backbone's feature map becomes a vector"
+    )
+    dense_units: list[int] = Field(
+        description="hidden Dense (ReLU) widths, e.g. [1024] or [512, 256]; [] = none"
+    )
     batch_norm: bool = Field(description="BatchNormalization after each hidden Dense layer")
-    dropout: float = Field(ge=0.0, lt=1.0)
-    l2: float = Field(ge=0.0, description="L2 kernel regulariser factor of the head; 0 = none")
-    googlenet_aux: bool = Field(description="GoogLeNet's two auxiliary classifiers in training")
+    dropout: float = Field(
+        ge=0.0,
+        lt=1.0,
+        description="dropout rate after each hidden layer (after the pooling when there is none)",
+    )
+    l2: float = Field(
+        ge=0.0, description="L2 kernel regularisation of every Dense layer of the head; 0 = none"
+    )
+    googlenet_aux: bool = Field(
+        description="model googlenet only, image_size >= 65: train with the paper's two "
+        "auxiliary classifiers (loss weight 0.3)"
+    )
 
     @field_validator("dense_units", mode="before")
     @classmethod
@@ -403,19 +517,30 @@ class HeadParams(Section):
 class AugmentParams(Section):
     """Random augmentation layers inside the model (active only while training)."""
 
-    horizontal_flip: bool
-    rotation: float = Field(ge=0.0, le=0.5, description="fraction of a full turn")
-    zoom: float = Field(ge=0.0, lt=1.0)
-    translation: float = Field(ge=0.0, le=0.5, description="fraction of the image side")
-    contrast: float = Field(ge=0.0, lt=1.0)
-    brightness: float = Field(ge=0.0, le=1.0, description="fraction of the 0-255 range")
+    horizontal_flip: bool = Field(description="random left-right flip (an X-ray setting to try)")
+    rotation: float = Field(
+        ge=0.0, le=0.5, description="random rotation, fraction of a full turn, e.g. 0.03"
+    )
+    zoom: float = Field(ge=0.0, lt=1.0, description="random zoom factor, e.g. 0.1")
+    translation: float = Field(
+        ge=0.0, le=0.5, description="random shift, fraction of the image side, e.g. 0.05"
+    )
+    contrast: float = Field(ge=0.0, lt=1.0, description="random contrast factor, e.g. 0.1")
+    brightness: float = Field(
+        ge=0.0, le=1.0, description="random brightness shift, fraction of the 0-255 range, e.g. 0.1"
+    )
 
 
 class CosineParams(Section):
     """Cosine annealing per step (train.schedule: cosine), optionally warm and restarting."""
 
-    warmup_epochs: int = Field(ge=0, description="linear warmup from 0 to the phase's rate")
-    restart_epochs: int = Field(ge=0, description="first restart period; 0 = no restarts")
+    warmup_epochs: int = Field(
+        ge=0,
+        description="linear warmup from 0 to the phase's rate (not together with restarts)",
+    )
+    restart_epochs: int = Field(
+        ge=0, description="first restart period (SGDR); 0 = one decay over the phase"
+    )
     restart_multiplier: float = Field(ge=1.0, description="each period is this times the last")
     final_fraction: float = Field(ge=0.0, lt=1.0, description="floor, as a fraction of the rate")
 
@@ -438,14 +563,18 @@ class AdaptiveParams(Section):
     )
     patience: int = Field(ge=1, description="epochs without improvement before a reduction")
     factor: float = Field(gt=0.0, lt=1.0, description="the rate is multiplied by this")
-    stop_patience: int = Field(ge=1, description="stop after this many reductions in a row")
+    stop_patience: int = Field(
+        ge=1, description="stop after this many reductions without improvement"
+    )
 
 
 class BaselineParams(Section):
     """Classical scikit-learn baselines (model: pixel_logreg, pixel_svm, pixel_rf)."""
 
-    image_size: int = Field(ge=8, le=256, description="side of the flattened gray pixels")
-    pca_components: int = Field(ge=0, description="PCA before the classifier; 0 = none")
+    image_size: int = Field(
+        ge=8, le=256, description="side of the gray images, flattened into the pixel rows"
+    )
+    pca_components: int = Field(ge=0, description="PCA components before the classifier; 0 = none")
     c: float = Field(gt=0.0, description="inverse regularisation of logreg and svm")
     trees: int = Field(ge=1, description="trees of pixel_rf")
 
@@ -459,36 +588,74 @@ def member_seed(seed: int, member: int) -> int:
 
 
 class TrainParams(Section):
-    """Training of one backbone."""
+    """Training of one model: a Keras backbone in one or two phases, or a baseline."""
 
-    image_size: int = Field(ge=32, le=1024)
-    batch_size: int = Field(ge=1)
-    memory_cache_mb: float = Field(
-        ge=0.0, description="resized train+val pixels held in memory up to this size, else streamed"
+    image_size: int = Field(
+        ge=32,
+        le=1024,
+        description="model input side; the pixel cache is resized to it (<= build.cache_size)",
     )
-    epochs: int = Field(ge=1)
-    learning_rate: float = Field(gt=0.0)
-    optimizer: Literal["adam", "adamw"]
-    weight_decay: float = Field(ge=0.0, lt=1.0, description="decoupled weight decay of adamw")
-    label_smoothing: float = Field(ge=0.0, lt=0.5, description="0 = hard one-hot targets")
+    batch_size: int = Field(
+        ge=1, description="the global batch: on several devices each replica gets its share"
+    )
+    epochs: int = Field(
+        ge=1, description="frozen-backbone phase, or all epochs when training from scratch"
+    )
+    learning_rate: float = Field(gt=0.0, description="the optimizer's rate in that phase")
+    optimizer: Literal["adam", "adamw"] = Field(
+        description="adam, or adamw (decoupled weight decay)"
+    )
+    weight_decay: float = Field(
+        ge=0.0,
+        lt=1.0,
+        description="AdamW's decoupled weight decay (an error with adam); 0 = none",
+    )
+    label_smoothing: float = Field(
+        ge=0.0,
+        lt=0.5,
+        description="share of each target spread over the classes (0 = hard targets); the loss "
+        "becomes categorical cross-entropy on one-hot labels",
+    )
     mixup: float = Field(
-        ge=0.0, le=1.0, description="MixUp alpha on training batches (keras.layers.MixUp); 0 = off"
+        ge=0.0,
+        le=1.0,
+        description="MixUp alpha (keras.layers.MixUp): each training batch is blended with a "
+        "shuffled copy of itself, images and one-hot targets with one Beta(alpha, alpha) weight "
+        "per image; val and test images are never mixed; seeded, but a resumed run "
+        "(CXR_RESUME) starts the sequence of blends again; 0 = off",
     )
     ema_momentum: float = Field(
         ge=0.0,
         lt=1.0,
-        description="moving average of the weights (Adam's use_ema), validated and saved; 0 = off",
+        description="moving average of the weights (Adam's use_ema; 0.99: each step adds 1% of "
+        "the new weights): validation, early stopping and the checkpoint see the averages and "
+        "the saved model holds them; BatchNorm statistics are not averaged; 0 = off",
     )
     members: int = Field(
         ge=1,
         le=20,
-        description="networks trained on the same split, seeds seed + 100 k; the saved model "
-        "averages their probabilities (1 = one network)",
+        description="seed ensemble: this many networks trained one after another on the same "
+        "split, member k with seed + 100 k (exactly the network a run with that seed trains "
+        "alone); the saved model averages their probabilities, and training takes members "
+        "times as long; 1 = one network",
     )
-    fine_tune_epochs: int = Field(ge=0)
-    fine_tune_layers: int = Field(ge=0)
-    fine_tune_learning_rate: float = Field(gt=0.0)
-    weights: str = Field(min_length=1)
+    fine_tune_epochs: int = Field(
+        ge=0, description="second phase, only for a pretrained backbone; 0 = none"
+    )
+    fine_tune_layers: int = Field(
+        ge=0,
+        description="top backbone layers unfrozen in the second phase (BatchNorm stays frozen)",
+    )
+    fine_tune_learning_rate: float = Field(gt=0.0, description="the rate of the second phase")
+    weights: str = Field(
+        min_length=1,
+        description="backbone weights: auto (ImageNet when cached in ~/.keras/models or "
+        "downloadable, else from scratch with a warning), imagenet (an error if unavailable), "
+        "none, or a weights file",
+        json_schema_extra={
+            "allowed": f"{', '.join(WEIGHT_CHOICES)} or a .h5 / .keras weights file path"
+        },
+    )
     early_stopping_patience: int = Field(
         ge=0, description="epochs without a better val_loss before stopping; 0 = never stop early"
     )
@@ -496,22 +663,47 @@ class TrainParams(Section):
         description="end each phase on its best val_loss epoch's weights; false = the last epoch's"
     )
     time_budget_minutes: float = Field(
-        ge=0.0, description="stop after the epoch that passes this much training time; 0 = none"
+        ge=0.0,
+        description="stop after the epoch that passes this many minutes of training, over all "
+        "phases (per member with train.members); 0 = no limit",
     )
-    reduce_lr_patience: int = Field(ge=1)
-    reduce_lr_factor: float = Field(gt=0.0, lt=1.0)
-    mixed_precision: Literal["auto", "off", "float16", "bfloat16"]
-    deterministic: bool
-    schedule: Literal["constant", "cosine", "adaptive"]
-    cosine: CosineParams
-    adaptive: AdaptiveParams
-    class_weight: Literal["none", "balanced"]
-    cache_features: Literal["auto", "on", "off"]
-    jit_compile: Literal["auto", "on", "off"]
-    resume: bool
-    baseline: BaselineParams
-    head: HeadParams
-    augment: AugmentParams
+    reduce_lr_patience: int = Field(
+        ge=1, description="ReduceLROnPlateau on val_loss (schedule constant): epochs to wait"
+    )
+    reduce_lr_factor: float = Field(
+        gt=0.0, lt=1.0, description="ReduceLROnPlateau: the rate is multiplied by this"
+    )
+    mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = Field(
+        description="auto = float16 compute when every GPU has compute capability >= 7.0; "
+        "float16 or bfloat16 forced (also on a CPU); off; the output layer stays float32"
+    )
+    deterministic: bool = Field(
+        description="seeds and TensorFlow op determinism: same params, same metrics (on a CPU)"
+    )
+    schedule: Literal["constant", "cosine", "adaptive"] = Field(
+        description="the rate schedule: constant (+ ReduceLROnPlateau), cosine (train.cosine) "
+        "or adaptive (train.adaptive)"
+    )
+    cosine: CosineParams = Field(description="schedule cosine: per step, in each phase")
+    adaptive: AdaptiveParams = Field(description="schedule adaptive: the seed's scheme")
+    class_weight: Literal["none", "balanced"] = Field(
+        description="balanced: loss weight n / (classes x count) per class; none: equal"
+    )
+    cache_features: Literal["auto", "on", "off"] = Field(
+        description="train the frozen phase on backbone features computed once: auto = when "
+        "pretrained and without augmentation"
+    )
+    jit_compile: Literal["auto", "on", "off"] = Field(
+        description="XLA: auto = on with exactly one GPU (keras skips it where a layer cannot)"
+    )
+    baseline: BaselineParams = Field(description="model pixel_logreg, pixel_svm or pixel_rf")
+    head: HeadParams = Field(
+        description="pool -> [Dense (ReLU) -> BatchNorm -> Dropout] per hidden layer -> softmax"
+    )
+    augment: AugmentParams = Field(
+        description="Keras layers inside the model, active only in training; all off by "
+        "default, by measurement (README, The default recipe)"
+    )
 
     @model_validator(mode="after")
     def _decay_needs_adamw(self) -> TrainParams:
@@ -539,23 +731,42 @@ class TrainParams(Section):
 class EvaluateParams(Section):
     """Evaluation on the test split."""
 
-    batch_size: int = Field(ge=1)
-    misclassified_grid: int = Field(ge=0, description="most misclassified images drawn")
-    bootstrap_samples: int = Field(
-        ge=0, le=100_000, description="resamples for the 95% intervals; 0 = no intervals"
+    misclassified_grid: int = Field(
+        ge=0, description="the most confidently misclassified test images drawn"
     )
-    calibration_bins: int = Field(ge=2, le=100, description="equal-width confidence bins")
+    bootstrap_samples: int = Field(
+        ge=0,
+        le=100_000,
+        description="test-set resamples for the 95% confidence intervals (seeded by seed); "
+        "0 = none",
+    )
+    calibration_bins: int = Field(
+        ge=2,
+        le=100,
+        description="equal-width confidence bins of the ECE and the reliability diagram",
+    )
     gradcam_images: int = Field(
-        ge=0, le=16, description="correct and wrong images per class explained; 0 = none"
+        ge=0,
+        le=16,
+        description="Grad-CAM: up to this many correct and wrong test images per class "
+        "explained; 0 = off",
     )
     tta: bool = Field(
-        description="test-time augmentation: mean probabilities over the image, its mirror "
-        "and four small shifts"
+        description="test-time augmentation: test probabilities are the mean over the image, "
+        "its left-right mirror and shifts of 1/16 of the side left, right, up and down (about "
+        "6x slower); predict and the served model do not use it"
     )
     # Defaults to none, so a params.yaml from before external validation still loads.
     external: dict[str, ExternalDataParams] = Field(
         default_factory=dict,
-        description="named datasets from other sources, each scored by its own DVC stage",
+        description="external datasets, each ingested, decoded and scored by its own stage "
+        "external@<name>, e.g. {site_b: {source: ~/site-b-xrays, label_map: {Pneumonia: "
+        "viral_pneumonia}}}; options left out take the data defaults of params.yaml (not the "
+        "training data's values)",
+        json_schema_extra={
+            "allowed": "mapping of name (letters, digits, _ and -) to {source: ..., any data "
+            "option}"
+        },
     )
 
     @field_validator("external", mode="before")
@@ -575,15 +786,26 @@ class CompareParams(Section):
     """The leaderboard across models, and the registry's champion."""
 
     rank_by: str = Field(
-        description="a test metric, or external_<name>_<metric> of an evaluate.external dataset"
+        description="the leaderboard's order: a test metric, or external_<name>_<metric> of "
+        "an evaluate.external dataset",
+        json_schema_extra={
+            "allowed": f"one of {', '.join(RANK_METRICS)}, or external_<name>_<metric> with "
+            f"<metric> one of {', '.join(EXTERNAL_RANK_METRICS)}"
+        },
     )
-    significance: float = Field(gt=0.0, lt=1.0, description="McNemar p below this: significant")
+    significance: float = Field(
+        gt=0.0,
+        lt=1.0,
+        description="McNemar p-value against the best model below this = significant difference",
+    )
     registered_model: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="MLflow registry name whose `champion` alias compare moves",
+        description="MLflow registry name; its champion alias follows the best model",
     )
     ensemble_size: int = Field(
-        ge=0, description="top models whose mean probabilities make the ensemble row; 0 = none"
+        ge=0,
+        description="ensemble row: mean probabilities of the top N models, scored on their "
+        "shared test images with evaluate's bootstrap settings; 0 = none, else >= 2",
     )
 
     @field_validator("rank_by")
@@ -609,15 +831,30 @@ class CompareParams(Section):
 class Params(Section):
     """All of params.yaml."""
 
-    seed: int
-    model: str
-    mlflow_experiment: str = Field(min_length=1)
-    data: DataParams
-    build: BuildParams
-    split: SplitParams
-    train: TrainParams
-    evaluate: EvaluateParams
-    compare: CompareParams
+    seed: int = Field(
+        description="split shuffling, weight initialisation, augmentation, dropout, bootstrap"
+    )
+    model: str = Field(
+        description="the model train fits: a backbone or a baseline named in "
+        "cxr/core/registry.py (README, Models)",
+        json_schema_extra={
+            "allowed": "a backbone or baseline of cxr/core/registry.py, or wrn_<depth>_<k>"
+        },
+    )
+    mlflow_experiment: str = Field(min_length=1, description="the MLflow experiment's name")
+    data: DataParams = Field(description="ingest: where the images come from, and their labels")
+    build: BuildParams = Field(
+        description="build: every image decoded once into the pixel cache; exploration plots"
+    )
+    split: SplitParams = Field(description="split: leakage-safe train / val / test")
+    train: TrainParams = Field(description="train: one model fitted on the train split")
+    evaluate: EvaluateParams = Field(
+        description="evaluate: the trained model scored on the test split, and on external "
+        "datasets (external@<name>)"
+    )
+    compare: CompareParams = Field(
+        description="compare: the leaderboard across the MLflow runs, and the registry's champion"
+    )
 
     @field_validator("model")
     @classmethod
@@ -698,6 +935,13 @@ def parse_params(raw: Any, source: Path = Path("params.yaml")) -> Params:
     """Validate an already-loaded params mapping."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: must be a YAML mapping of sections, got {type(raw).__name__}")
+    for key, setting in MOVED_TO_ENVIRONMENT.items():
+        section, _, name = key.partition(".")
+        if isinstance(raw.get(section), dict) and name in raw[section]:
+            raise ParamsError(
+                f"{source}: {key}: moved to the environment variable "
+                f"{environment_variable(setting)} (see docs/params.md); remove it here"
+            )
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
@@ -728,3 +972,142 @@ def flatten_params(params: Params) -> dict[str, Any]:
 
     walk("", params.model_dump())
     return flat
+
+
+# Run settings: how fast or where a stage runs, never what it writes. As DVC params they
+# re-ran stages whose outputs could not change (a new core count re-decoded every image), so
+# they are environment variables, validated where a stage reads them.
+RUN_SETTINGS_PREFIX = "CXR_"
+
+
+class RunSettings(BaseModel):
+    """The environment variables CXR_<FIELD>: how fast or where a stage runs, not what it writes.
+
+    Same params, same outputs, whatever these say; so they are not DVC params, and changing one
+    re-runs no stage.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="processes decoding images in build and external@<name> (the same pixels "
+        "for any number); 0 = every available core",
+    )
+    memory_cache_mb: float = Field(
+        default=128.0,
+        ge=0.0,
+        description="train holds the resized train and val pixels in memory when they take at "
+        "most this many MB (images x train.image_size^2 bytes); above it they are streamed, each "
+        "batch read from the pixel cache and resized as training goes, so memory does not grow "
+        "with the number of images (same batches, same order, same result; "
+        "benchmarks/input_memory.py); baselines always hold theirs",
+    )
+    resume: bool = Field(
+        default=False,
+        description="on: train continues an interrupted run from its last finished epoch in "
+        ".train_backup/, in the same MLflow run (same params and data; with train.mixup the "
+        "blends start again, so the weights are close to, not bit-identical with, an "
+        "uninterrupted run's); off: start afresh",
+        json_schema_extra={"allowed": "1, true or yes (on); 0, false or no (off)"},
+    )
+    inference_batch_size: int = Field(
+        default=64,
+        ge=1,
+        description="images per prediction batch in evaluate and external@<name> (the "
+        "predictions do not depend on it)",
+    )
+
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        # Only the words the docs list: pydantic alone would take on, t, y and more.
+        if not isinstance(value, str):
+            return value
+        word = value.strip().lower()
+        if word not in ("1", "true", "yes", "0", "false", "no"):
+            raise ValueError("not a switch")
+        return word in ("1", "true", "yes")
+
+
+# The params that became run settings: a params.yaml still holding one fails, naming the variable.
+MOVED_TO_ENVIRONMENT = {
+    "build.workers": "workers",
+    "train.memory_cache_mb": "memory_cache_mb",
+    "train.resume": "resume",
+    "evaluate.batch_size": "inference_batch_size",
+}
+
+
+def environment_variable(setting: str) -> str:
+    """The environment variable of a RunSettings field: CXR_ and its name in capitals."""
+    return RUN_SETTINGS_PREFIX + setting.upper()
+
+
+def run_settings(environ: Mapping[str, str]) -> RunSettings:
+    """The run settings `environ` sets (unset or blank: the default); one line if one is bad."""
+    given = {
+        name: environ[variable].strip()
+        for name in RunSettings.model_fields
+        if (variable := environment_variable(name)) in environ and environ[variable].strip()
+    }
+    try:
+        return RunSettings.model_validate(given)
+    except ValidationError as error:
+        name = str(error.errors()[0]["loc"][0])
+        field = RunSettings.model_fields[name]
+        raise PipelineError(
+            f"{environment_variable(name)} = {given[name]!r}: allowed: {allowed_values(field)}; "
+            f"unset: {shown_value(field.default)} (see docs/params.md)"
+        ) from None
+
+
+def shown_value(value: Any) -> str:
+    """A value as the docs and errors write it: 128 and 0.5, not 128.0; off, not False."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+_BOUNDS = (
+    (annotated_types.Ge, "ge", ">="),
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Le, "le", "<="),
+    (annotated_types.Lt, "lt", "<"),
+)
+
+
+def _type_name(annotation: Any) -> str:
+    """A field type in words: integer, number, text, list of integer, mapping of text to ..."""
+    origin, arguments = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(str(choice) for choice in arguments)
+    if origin is list:
+        return f"list of {_type_name(arguments[0])}"
+    if origin is dict:
+        return f"mapping of {_type_name(arguments[0])} to {_type_name(arguments[1])}"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "the keys below"
+    names = {bool: "true or false", int: "integer", float: "number", str: "text"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def allowed_values(field: FieldInfo) -> str:
+    """What a field accepts, in words: its own `allowed` text, or its type and bounds."""
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and "allowed" in extra:
+        return str(extra["allowed"])
+    bounds, words = [], [_type_name(field.annotation)]
+    for constraint in field.metadata:
+        for kind, attribute, sign in _BOUNDS:
+            if isinstance(constraint, kind):
+                bounds.append(f"{sign} {shown_value(getattr(constraint, attribute))}")
+        if isinstance(constraint, annotated_types.MinLen) and constraint.min_length == 1:
+            words.append(", not empty")
+        pattern = getattr(constraint, "pattern", None)
+        if pattern:
+            words.append(f" matching {pattern}")
+    return " ".join([words[0], " and ".join(bounds)]).strip() + "".join(words[1:])

@@ -6,7 +6,7 @@ Pure computation on arrays and tables; the evaluate stage writes what these retu
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from cxr.evaluation.statistics import (
     INTERVAL_METRICS,
     bootstrap_intervals,
     expected_calibration_error,
+    named_intervals,
 )
 
 SCREENING_CLASS = "covid"  # the class whose sensitivity is the screening figure
@@ -166,10 +167,7 @@ def confidence_intervals(
         )
 
     lows, highs = bootstrap_intervals(statistic, len(true), samples, seed)
-    return {
-        name: [None if np.isnan(low) else float(low), None if np.isnan(high) else float(high)]
-        for name, low, high in zip(INTERVAL_METRICS, lows, highs, strict=True)
-    }
+    return named_intervals(INTERVAL_METRICS, lows, highs)
 
 
 def evaluation_metrics(
@@ -182,9 +180,9 @@ def evaluation_metrics(
     metrics["confidence_intervals"] = intervals
     for name, (low, high) in intervals.items():
         metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = low, high
-    metrics["test_ece"] = expected_calibration_error(
-        predictions.confidence, predictions.correct, calibration_bins
-    )
+    ece = expected_calibration_error(predictions.confidence, predictions.correct, calibration_bins)
+    # NaN (no image to bin) is no number JSON can hold: None, as for an undefined AUC.
+    metrics["test_ece"] = ece if np.isfinite(ece) else None
     return metrics
 
 
@@ -281,3 +279,14 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             if value is not None and not pd.isna(value):
                 flat[f"source_{source}_{key}"] = float(value)
     return {key: value for key, value in flat.items() if np.isfinite(value)}
+
+
+def evaluation_line(metrics: Mapping[str, Any]) -> str:
+    """Evaluate's printed headline: accuracy with its CI, macro F1, images, Grad-CAM and TTA."""
+    low, high = metrics["confidence_intervals"]["test_accuracy"]
+    interval = f" (95% CI {low:.3f}-{high:.3f})" if low is not None and high is not None else ""
+    return (
+        f"test accuracy {metrics['test_accuracy']:.3f}{interval}, "
+        f"macro F1 {metrics['test_f1_macro']:.3f} on {metrics['test_images']} images; "
+        f"Grad-CAM {metrics['gradcam']}; TTA {'on' if metrics['tta'] else 'off'}"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,16 @@ def bootstrap_intervals(
         if len(defined):
             lows[row], highs[row] = np.percentile(defined, [tail, 100 - tail])
     return lows, highs
+
+
+def named_intervals(
+    names: Sequence[str], lows: np.ndarray, highs: np.ndarray
+) -> dict[str, list[float | None]]:
+    """Each figure's [low, high] from bootstrap_intervals, by name; None where it is NaN (JSON)."""
+    return {
+        name: [None if np.isnan(low) else float(low), None if np.isnan(high) else float(high)]
+        for name, low, high in zip(names, lows, highs, strict=True)
+    }
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> float:

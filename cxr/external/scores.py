@@ -19,7 +19,7 @@ from cxr.evaluation.metrics import (
     score_predictions,
     sensitivity_specificity,
 )
-from cxr.evaluation.statistics import bootstrap_intervals
+from cxr.evaluation.statistics import bootstrap_intervals, named_intervals
 
 # The figures compared between the internal test split and an external dataset.
 SCORED = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_ovr", "covid_sensitivity")
@@ -87,10 +87,7 @@ def rate_intervals(predictions: Predictions, samples: int, seed: int) -> dict[st
         return np.array([balanced, np.nan if sensitivity is None else sensitivity])
 
     lows, highs = bootstrap_intervals(statistic, len(true), samples, seed)
-    return {
-        key: [None if np.isnan(low) else float(low), None if np.isnan(high) else float(high)]
-        for key, low, high in zip(keys, lows, highs, strict=True)
-    }
+    return named_intervals(keys, lows, highs)
 
 
 def external_scores(

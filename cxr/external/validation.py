@@ -22,6 +22,7 @@ from cxr.core.params import (
     DataParams,
     ExternalDataParams,
     Params,
+    RunSettings,
     external_metric,
 )
 from cxr.core.paths import SPLITS, ExternalDataPaths, ProjectPaths
@@ -112,13 +113,17 @@ def without_internal_copies(
 
 
 def _ingest_and_decode(
-    dataset: ExternalDataParams, params: Params, paths: ExternalDataPaths, model: Predictor
+    dataset: ExternalDataParams,
+    params: Params,
+    paths: ExternalDataPaths,
+    model: Predictor,
+    workers: int,
 ) -> tuple[pd.DataFrame, dict[str, Any], ExternalWarnings]:
-    """Ingest and decode the dataset as the training data was; its images table and counts."""
+    """Ingest and decode the dataset as the training data was (on `workers`); images and counts."""
     name, record = paths.name, model.record
     warned = ExternalWarnings(name)
     try:
-        ingested = ingest(dataset, paths, warned)
+        ingested = ingest(dataset, paths, warned, workers)
     except PipelineError as error:
         raise PipelineError(as_external_keys(str(error), name)) from None
     shared_classes(name, ingested.counts, record.class_names)  # fail before decoding
@@ -127,7 +132,9 @@ def _ingest_and_decode(
         update={"cache_size": record.cache_size, "resize": record.resize}
     )
     with staged_file(paths.pixel_cache) as staging:
-        images, rejected = decode_into_cache(ingested.manifest, paths.raw_dir, build, staging)
+        images, rejected = decode_into_cache(
+            ingested.manifest, paths.raw_dir, build, staging, workers
+        )
     write_table(paths.images_table, images)
     write_table(paths.rejected_table, rejected)
     counts = ingest_metrics(ingested)
@@ -142,22 +149,27 @@ def _ingest_and_decode(
 
 
 def evaluate_external(
-    params: Params, paths: ExternalDataPaths, environ: Mapping[str, str]
+    params: Params, runtime: RunSettings, paths: ExternalDataPaths, environ: Mapping[str, str]
 ) -> dict[str, Any]:
-    """Ingest, decode and score evaluate.external.<name>; write its metrics, figures, MLflow."""
+    """Ingest, decode and score evaluate.external.<name>; write its metrics, figures, MLflow.
+
+    `runtime` sets the decoding processes and the prediction batch, never the results.
+    """
     name, settings = paths.name, params.evaluate
     dataset = external_dataset(params, name)
     project = ProjectPaths(paths.root)
     model, tta = with_tta(load_models_dir(project.models_dir), settings.tta)
     model_classes = model.record.class_names
-    images, ingested, warned = _ingest_and_decode(dataset, params, paths, model)
+    images, ingested, warned = _ingest_and_decode(dataset, params, paths, model, runtime.workers)
     splits = {split: read_table(project.split_table(split)) for split in SPLITS}
     images, copies = without_internal_copies(images, splits, name, warned)
     shared = shared_classes(name, images["label"].value_counts().to_dict(), model_classes)
     pixels = load_split_pixels(paths.pixel_cache, images["cache_index"], model.image_size)
     predictions = Predictions(
         label_indices(images["label"], shared),
-        on_shared_classes(model.predict_proba(pixels, settings.batch_size), model_classes, shared),
+        on_shared_classes(
+            model.predict_proba(pixels, runtime.inference_batch_size), model_classes, shared
+        ),
         shared,
     )
     metrics = external_scores(

@@ -319,5 +319,5 @@ def decode_files(
     except BrokenProcessPool:
         raise PipelineError(
             f"{raw_dir}: a decoding process died (out of memory, or a decoder crashed on a file); "
-            "lower build.max_pixels or build.workers, or set build.workers: 1 to find the file"
+            "lower build.max_pixels or CXR_WORKERS, or set CXR_WORKERS=1 to find the file"
         ) from None

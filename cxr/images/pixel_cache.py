@@ -55,9 +55,11 @@ def keep_first_rows(path: Path, rows: int, chunk_bytes: int = COPY_CHUNK_BYTES) 
 
 
 def decode_into_cache(
-    manifest: pd.DataFrame, raw_dir: Path, build_params: BuildParams, cache: Path
+    manifest: pd.DataFrame, raw_dir: Path, build_params: BuildParams, cache: Path, workers: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Decode every manifest file once, pixels into the .npy `cache`; return images and rejects.
+
+    `workers` decoding processes (0 = every available core: CXR_WORKERS) give the same rows.
 
     Rows stream from the worker processes in manifest order straight into the .npy with file
     writes, so the stage holds a few decoded images at a time, whatever the dataset's size.
@@ -72,7 +74,7 @@ def decode_into_cache(
         build_params.max_pixels,
         size,
         build_params.resize,
-        build_params.workers,
+        workers,
     )
     with cache.open("r+b") as writer:
         writer.seek(offset)

@@ -74,16 +74,16 @@ class Ingested:
         return dict(sorted(Counter(rejection.kind for rejection in self.skipped).items()))
 
 
-def _synthetic(data: DataParams, staging: Path) -> list[Entry]:
+def _synthetic(data: DataParams, staging: Path, workers: int) -> list[Entry]:
     synthetic = data.synthetic
-    # One process per core: the phantoms' bytes do not depend on how many draw them.
+    # `workers` processes (0: one per core): the phantoms' bytes do not depend on how many.
     write_phantom_dataset(
         staging,
         synthetic.counts,
         synthetic.image_size,
         synthetic.difficulty,
         synthetic.seed,
-        workers=0,
+        workers=workers,
         exposure=synthetic.exposure,
         positioning=synthetic.positioning,
     )
@@ -174,12 +174,13 @@ def _check_classes(
 
 
 def _read_source(
-    data: DataParams, paths: ProjectPaths, staging: Path, warnings: DataWarnings
+    data: DataParams, paths: ProjectPaths, staging: Path, warnings: DataWarnings, workers: int
 ) -> tuple[str, pd.DataFrame, list[Rejection], list[Rejection]]:
     """Copy or extract the source into staging: layout, manifest, rows dropped, files left out."""
     skipped: list[Rejection] = []
     if data.source == "synthetic":
-        layout, entries, prefix, label_map = "class_folders", _synthetic(data, staging), "", {}
+        entries = _synthetic(data, staging, workers)
+        layout, prefix, label_map = "class_folders", "", {}
     else:
         dataset, skipped = _stage_source(data, paths, staging, warnings)
         layout, entries = _source_entries(data, dataset, warnings)
@@ -191,13 +192,18 @@ def _read_source(
     return layout, manifest, rejected, skipped
 
 
-def ingest(data: DataParams, paths: ProjectPaths, warnings: DataWarnings | None = None) -> Ingested:
-    """Write data.source into data/raw, the manifest and the rows dropped, atomically."""
+def ingest(
+    data: DataParams, paths: ProjectPaths, warnings: DataWarnings | None = None, workers: int = 0
+) -> Ingested:
+    """Write data.source into data/raw, the manifest and the rows dropped, atomically.
+
+    `workers` processes draw synthetic phantoms (0: one per core, CXR_WORKERS).
+    """
     warnings = DataWarnings() if warnings is None else warnings
     # DVC tracks data/downloads as an output, so it exists even when nothing is downloaded.
     paths.downloads_dir.mkdir(parents=True, exist_ok=True)
     with staged_dir(paths.raw_dir) as staging:
-        layout, manifest, rejected, skipped = _read_source(data, paths, staging, warnings)
+        layout, manifest, rejected, skipped = _read_source(data, paths, staging, warnings, workers)
         write_table(paths.manifest, manifest)
         # Source files left out first (their paths are inside the source folder), then rows.
         write_table(

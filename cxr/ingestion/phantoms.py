@@ -39,10 +39,15 @@ IMAGES_PER_WORKER_START = 64
 # scales) are rescaled from it so an image looks the same at any size.
 REFERENCE_SIZE = 128
 
-# Nominal lung geometry, (centre u, centre v, half-width, half-height). The image's left
-# is the patient's right lung, slightly larger because the heart takes room on the other side.
-RIGHT_LUNG = (-0.4, 0.01, 0.33, 0.7)
-LEFT_LUNG = (0.4, 0.03, 0.31, 0.67)
+# A lung's (centre u, centre v, half-width, half-height); lungs paired with their side (-1 for
+# the patient's right lung, on the image's left; 1 for the left).
+Lung = tuple[float, float, float, float]
+LungsBySide = tuple[tuple[Lung, int], ...]
+
+# Nominal lung geometry. The image's left is the patient's right lung, slightly larger because
+# the heart takes room on the other side.
+RIGHT_LUNG: Lung = (-0.4, 0.01, 0.33, 0.7)
+LEFT_LUNG: Lung = (0.4, 0.03, 0.31, 0.67)
 
 # Base intensities in [0, 1] before the random brightness / contrast are applied.
 BACKGROUND_LEVEL = 0.04
@@ -245,9 +250,7 @@ def _posed_coordinates(
     return u, v
 
 
-def _lung_mask(
-    u: np.ndarray, v: np.ndarray, lung: tuple[float, float, float, float], side: int
-) -> np.ndarray:
+def _lung_mask(u: np.ndarray, v: np.ndarray, lung: Lung, side: int) -> np.ndarray:
     """Soft mask of one lung field: narrow apex, straight-ish lateral wall, domed base."""
     cu, cv, half_w, half_h = lung
     du, dv = u - cu, v - cv
@@ -311,9 +314,7 @@ def _draw_anatomy(
     return image, lungs
 
 
-def _jitter_lung(
-    lung: tuple[float, float, float, float], rng: np.random.Generator, stretch: float
-) -> tuple[float, float, float, float]:
+def _jitter_lung(lung: Lung, rng: np.random.Generator, stretch: float) -> Lung:
     cu, cv, half_w, half_h = lung
     return (
         cu + rng.uniform(-0.02, 0.02),
@@ -381,7 +382,7 @@ def _draw_clavicles(u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> n
     return 0.13 * expit((1.0 - distance) / 0.15) * extent
 
 
-def _hilum(lung: tuple[float, float, float, float], side: int) -> tuple[float, float]:
+def _hilum(lung: Lung, side: int) -> tuple[float, float]:
     """Hilum position of a lung: medial third, just above mid-height."""
     cu, cv, half_w, half_h = lung
     return cu - side * 0.5 * half_w, cv + 0.02 * half_h
@@ -429,8 +430,8 @@ def _vascular_markings(
     u: np.ndarray,
     v: np.ndarray,
     lungs: np.ndarray,
-    right_lung: tuple[float, float, float, float],
-    left_lung: tuple[float, float, float, float],
+    right_lung: Lung,
+    left_lung: Lung,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Normal hilar shadows and faint bronchovascular lines, present in every class."""
@@ -444,12 +445,23 @@ def _vascular_markings(
     return markings * lungs
 
 
-def _smooth_texture(rng: np.random.Generator, size: int, sigma_px: float) -> np.ndarray:
-    """Zero-mean, unit-ish-std smooth random field, so opacities are not perfectly flat."""
+def _texture(
+    rng: np.random.Generator,
+    size: int,
+    sigma_px: float,
+    strength: float,
+    bounds: tuple[float, float],
+) -> np.ndarray:
+    """A smooth random density factor around 1, clipped to bounds, so opacities are not flat.
+
+    1 + strength times a zero-mean, unit-ish-std field of blobs about sigma_px pixels wide (at
+    REFERENCE_SIZE).
+    """
     field = ndimage.gaussian_filter(
         rng.standard_normal((size, size)), sigma_px * size / REFERENCE_SIZE
     )
-    return field / (field.std() + 1e-12)
+    field = field / (field.std() + 1e-12)
+    return np.clip(1.0 + strength * field, *bounds)
 
 
 def _draw_findings(
@@ -465,7 +477,7 @@ def _draw_findings(
     if label == "normal":
         return np.zeros_like(u)
     # The nominal (un-jittered) lungs are enough to place findings; the mask keeps them inside.
-    lungs_by_side = ((RIGHT_LUNG, -1), (LEFT_LUNG, 1))
+    lungs_by_side: LungsBySide = ((RIGHT_LUNG, -1), (LEFT_LUNG, 1))
     if label == "covid":
         findings = _covid(u, v, lungs_by_side, rng, size, difficulty)
     elif label == "viral_pneumonia":
@@ -480,7 +492,7 @@ def _draw_findings(
 def _covid(
     u: np.ndarray,
     v: np.ndarray,
-    lungs_by_side: tuple[tuple[tuple[float, float, float, float], int], ...],
+    lungs_by_side: LungsBySide,
     rng: np.random.Generator,
     size: int,
     difficulty: float,
@@ -497,14 +509,14 @@ def _covid(
             level = np.sqrt(((u - pu) / ru) ** 2 + ((v - pv) / rv) ** 2)
             patches = np.maximum(patches, rng.uniform(0.7, 1.0) * _soft_inside(level, 0.25))
     # Ground glass is hazy and mottled, not uniformly dense.
-    mottle = np.clip(1.0 + 0.3 * _smooth_texture(rng, size, 2.5), 0.3, 1.6)
+    mottle = _texture(rng, size, 2.5, 0.3, (0.3, 1.6))
     return amplitude * patches * mottle
 
 
 def _viral_pneumonia(
     u: np.ndarray,
     v: np.ndarray,
-    lungs_by_side: tuple[tuple[tuple[float, float, float, float], int], ...],
+    lungs_by_side: LungsBySide,
     rng: np.random.Generator,
     size: int,
     difficulty: float,
@@ -525,14 +537,14 @@ def _viral_pneumonia(
         streaks = _radial_streaks(u, v, (hu, hv), angles, lengths, 0.014)
         findings += haze_amplitude * haze + streak_amplitude * streaks
     # Interstitial pattern: fine reticular texture strongest where the haze is.
-    reticular = np.clip(1.0 + 0.25 * _smooth_texture(rng, size, 1.0), 0.5, 1.5)
+    reticular = _texture(rng, size, 1.0, 0.25, (0.5, 1.5))
     return findings * reticular
 
 
 def _lung_opacity(
     u: np.ndarray,
     v: np.ndarray,
-    lungs_by_side: tuple[tuple[tuple[float, float, float, float], int], ...],
+    lungs_by_side: LungsBySide,
     rng: np.random.Generator,
     size: int,
     difficulty: float,
@@ -547,7 +559,7 @@ def _lung_opacity(
     # Restrict to this lung (the mask multiplies later, but the other lung must stay clear).
     region_level = np.sqrt(((u - cu) / (half_w * 1.3)) ** 2 + ((v - cv) / (half_h * 1.15)) ** 2)
     region = zone * _soft_inside(region_level, 0.04)
-    texture = np.clip(1.0 + 0.1 * _smooth_texture(rng, size, 3.0), 0.7, 1.3)
+    texture = _texture(rng, size, 3.0, 0.1, (0.7, 1.3))
     return amplitude * rng.uniform(0.85, 1.0) * region * texture
 
 

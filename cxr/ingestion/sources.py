@@ -14,9 +14,10 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import IO, Literal
+from typing import IO, Literal, TypeVar
 
 from cxr.core.errors import PipelineError
 from cxr.core.outputs import staged_file
@@ -52,6 +53,9 @@ TAR_COMPRESSIONS: dict[bytes, TarReadMode] = {
 TAR_MAGIC_OFFSET = 257
 TAR_MAGIC = b"ustar"
 TAR_SUFFIXES = (".tar", ".tgz", ".tbz", ".tbz2", ".txz", ".gz", ".bz2", ".xz")
+
+# An archive library's own record of a member (zipfile.ZipInfo, tarfile.TarInfo).
+Info = TypeVar("Info")
 
 
 @dataclass(frozen=True)
@@ -347,11 +351,55 @@ def _copy_member(archive: Path, name: str, source: IO[bytes], destination: Path)
         ) from None
 
 
+def _write_members(
+    archive: Path,
+    target: Path,
+    members: list[tuple[_Member, Info]],
+    max_bytes: int,
+    max_files: int,
+    open_member: Callable[[Info], IO[bytes] | None],
+    *,
+    complete: bool,
+) -> None:
+    """Check a safe member table against the limits, then write its folders and files.
+
+    open_member opens one member's bytes (None when it is not a file); complete is False when
+    reading the table stopped after max_files + 1 members.
+    """
+    _check_table(
+        archive, [member for member, _ in members], max_bytes, max_files, complete=complete
+    )
+    for member, info in track(members, "extracting", "members"):
+        destination = _inside(archive, target, member.name)
+        if member.is_dir:
+            destination.mkdir(parents=True, exist_ok=True)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            source = open_member(info)
+        except ARCHIVE_READ_ERRORS as error:
+            raise _damaged(archive, error, member.name) from None
+        if source is None:  # not a file: excluded before, but tarfile's type allows it
+            raise _refuse(archive, member.name, "is not a plain file or folder")
+        with source:
+            _copy_member(archive, member.name, source, destination)
+
+
 def _extract_zip(archive: Path, target: Path, max_bytes: int, max_files: int) -> None:
     try:
         bundle = zipfile.ZipFile(archive)
     except ARCHIVE_READ_ERRORS as error:
         raise _damaged(archive, error) from None
+
+    def open_member(info: zipfile.ZipInfo) -> IO[bytes]:
+        try:
+            return bundle.open(info)
+        except (RuntimeError, NotImplementedError) as error:
+            raise PipelineError(
+                f"{archive}: member {info.filename!r} cannot be extracted ({error}); "
+                "repack the archive without encryption, with deflate, bzip2 or lzma"
+            ) from None
+
     with bundle:
         infos = bundle.infolist()
         for info in infos:
@@ -364,25 +412,8 @@ def _extract_zip(archive: Path, target: Path, max_bytes: int, max_files: int) ->
             if why:
                 raise _refuse(archive, info.filename, why)
         # zipfile never yields more than a member's declared file_size, so the table bounds it.
-        members = [_Member(info.filename, info.is_dir(), info.file_size) for info in infos]
-        _check_table(archive, members, max_bytes, max_files, complete=True)
-        for info in track(infos, "extracting", "members"):
-            destination = _inside(archive, target, info.filename)
-            if info.is_dir():
-                destination.mkdir(parents=True, exist_ok=True)
-                continue
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                source = bundle.open(info)
-            except ARCHIVE_READ_ERRORS as error:
-                raise _damaged(archive, error, info.filename) from None
-            except (RuntimeError, NotImplementedError) as error:
-                raise PipelineError(
-                    f"{archive}: member {info.filename!r} cannot be extracted ({error}); "
-                    "repack the archive without encryption, with deflate, bzip2 or lzma"
-                ) from None
-            with source:
-                _copy_member(archive, info.filename, source, destination)
+        members = [(_Member(info.filename, info.is_dir(), info.file_size), info) for info in infos]
+        _write_members(archive, target, members, max_bytes, max_files, open_member, complete=True)
 
 
 def _tar_table(
@@ -434,24 +465,18 @@ def _open_tar(archive: Path) -> tarfile.TarFile:
 def _extract_tar(archive: Path, target: Path, max_bytes: int, max_files: int) -> None:
     with _open_tar(archive) as bundle:
         infos = _tar_table(archive, bundle, target, max_files)
-        members = [_Member(info.name, info.isdir(), info.size) for info in infos]
-        _check_table(archive, members, max_bytes, max_files, complete=len(infos) <= max_files)
-        # Only folders and plain files reach here; written with the umask's modes, as the data
-        # filter would, without the archive's owners or permissions.
-        for info in track(infos, "extracting", "members"):
-            destination = _inside(archive, target, info.name)
-            if info.isdir():
-                destination.mkdir(parents=True, exist_ok=True)
-                continue
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                source = bundle.extractfile(info)
-            except ARCHIVE_READ_ERRORS as error:
-                raise _damaged(archive, error, info.name) from None
-            if source is None:  # not a file: excluded above, but extractfile's type allows it
-                raise _refuse(archive, info.name, "is not a plain file or folder")
-            with source:
-                _copy_member(archive, info.name, source, destination)
+        members = [(_Member(info.name, info.isdir(), info.size), info) for info in infos]
+        # _tar_table let only folders and plain files through; they are written with the umask's
+        # modes, as the data filter would, without the archive's owners or permissions.
+        _write_members(
+            archive,
+            target,
+            members,
+            max_bytes,
+            max_files,
+            bundle.extractfile,
+            complete=len(infos) <= max_files,
+        )
 
 
 def _archive_format(archive: Path) -> str | None:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import subprocess
+import warnings
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow import ActiveRun
+from mlflow.data import get_dataset_source_from_json
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import RunStatus
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
-from cxr.core.paths import workspace_root
+from cxr.core.paths import ProjectPaths, workspace_root
 from cxr.core.processes import owner_alive, owner_token
 
 # Where evaluate logs its results in a run; compare reads the test predictions back from there.
@@ -29,6 +33,8 @@ LEADERBOARD_MODEL = "leaderboard"
 # later train can tell a run left RUNNING by a killed process from one still in progress.
 WORKSPACE_TAG = "workspace"
 OWNER_TAG = "owner"
+# The split tables a training run logs as its MLflow datasets, by name, with their context.
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
 
 def git_commit(cwd: Path) -> str:
@@ -197,6 +203,30 @@ def log_results(
         mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
     for artifact_file, table in tables.items():
         mlflow.log_table(table, artifact_file=artifact_file)
+
+
+def log_split_datasets(
+    paths: ProjectPaths, splits: Mapping[str, pd.DataFrame], fingerprint: str
+) -> None:
+    """Log the train, val and test tables to the active run as its MLflow datasets.
+
+    Each is named after its split, its digest is the data fingerprint (16 hex digits, within
+    MLflow's 36) and its source the table's path in the repository. MLflow keeps the tables'
+    schema and size, not their rows; the same dataset logged again (a resumed run) is kept once.
+    """
+    for split, context in SPLIT_CONTEXTS.items():
+        table_path = paths.split_table(split).relative_to(paths.root).as_posix()
+        # Built by type: MLflow registers its local-file source twice, so resolving a plain
+        # path through its registry warns that the path is ambiguous.
+        source = get_dataset_source_from_json(json.dumps({"uri": table_path}), "local")
+        with warnings.catch_warnings():
+            # Its schema, inferred as log_input logs it, draws MLflow's hint on integer columns
+            # (cache_index) in a model's inputs: these tables are no model's inputs.
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
+            dataset = from_pandas(
+                splits[split], source=source, targets="label", name=split, digest=fingerprint
+            )
+            mlflow.log_input(dataset, context=context)
 
 
 def tag_run(tags: Mapping[str, str]) -> None:

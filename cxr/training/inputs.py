@@ -1,6 +1,6 @@
 """What a model trains on: train and val pixels from the pixel cache, labels, tf.data batches.
 
-The resized train and val pixels are held in memory when they fit under train.memory_cache_mb;
+The resized train and val pixels are held in memory when they fit under CXR_MEMORY_CACHE_MB;
 above it they are streamed: each batch is read from the pixel cache and resized as training
 goes, so memory does not grow with the number of images. Both give the same batches in the
 same order (tests/stages/test_train.py), only the speed differs.

@@ -3,7 +3,7 @@
 Every phase ends on its best validation-loss weights (or its last epoch's); with
 train.ema_momentum those are the moving averages of the weights, which the validation also
 measures. Each phase keeps its last finished epoch in the run's backup folder
-(cxr.training.resume), and train.resume continues from there.
+(cxr.training.resume), and CXR_RESUME=1 continues from there.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mlflow.keras import MlflowCallback
 from sklearn.metrics import accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
 
-from cxr.core.outputs import read_json, staged_file, write_json
+from cxr.core.outputs import json_number, read_json, staged_file, write_json
 from cxr.core.params import Params, TrainParams, member_seed
 from cxr.core.paths import MODEL_FILES
 from cxr.models import layer_names
@@ -449,8 +449,9 @@ def fit_keras(
         "parameters": int(model.count_params()),
         "epochs_run": sum(member_epochs),
         "train_seconds": round(train_seconds, 2),
-        # A seed ensemble's: the mean over its members of each one's best epoch.
-        "best_val_loss": float(bests["val_loss"].min().mean()),
+        # A seed ensemble's: the mean over its members of each one's best epoch; None (null in
+        # JSON) when training diverged and every val_loss is NaN.
+        "best_val_loss": json_number(bests["val_loss"].min().mean()),
         "best_val_accuracy": float(bests["val_accuracy"].max().mean()),
         "train_images": len(data.train_labels),
     }

@@ -1,9 +1,9 @@
 """The per-run folder that keeps a training run's last finished epoch and MLflow run id.
 
-Every Keras run keeps it, whatever train.resume says, so any interrupted run (killed, out of
-memory, a power cut) can be continued with train.resume: true and the same params and data.
+Every Keras run keeps it, whatever CXR_RESUME says, so any interrupted run (killed, out of
+memory, a power cut) can be continued with CXR_RESUME=1 and the same params and data.
 The folder lies outside models/ (a DVC output, deleted before the stage runs) and is ignored
-by git; a run that ends removes it, and a run with train.resume: false starts from an empty one.
+by git; a run that ends removes it, and a run without CXR_RESUME starts from an empty one.
 """
 
 from __future__ import annotations
@@ -26,19 +26,19 @@ MLFLOW_RUN_FILE = "mlflow_run.json"
 
 def backup_dir(paths: ProjectPaths, params: Params, fingerprint: str) -> Path:
     """Where this run keeps its last-epoch state: one folder per params and data."""
-    settings = params.model_dump(mode="json")
-    settings["train"].pop("resume")
-    key = json.dumps({"params": settings, "data": fingerprint}, sort_keys=True)
+    key = json.dumps(
+        {"params": params.model_dump(mode="json"), "data": fingerprint}, sort_keys=True
+    )
     return paths.root / BACKUP_DIR / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def fresh_backup_dir(paths: ProjectPaths, params: Params, fingerprint: str) -> Path:
-    """Create the backup folder of this run; drop other states, and its own unless resuming."""
+def fresh_backup_dir(paths: ProjectPaths, params: Params, fingerprint: str, resume: bool) -> Path:
+    """Create the backup folder of this run; drop other states, and its own unless `resume`."""
     work = backup_dir(paths, params, fingerprint)
     if work.parent.exists():
         for stale in work.parent.iterdir():
-            # Without train.resume a run starts afresh: an earlier run's epochs must not leak in.
-            if stale != work or not params.train.resume:
+            # Without resuming a run starts afresh: an earlier run's epochs must not leak in.
+            if stale != work or not resume:
                 shutil.rmtree(stale)
     work.mkdir(parents=True, exist_ok=True)
     return work

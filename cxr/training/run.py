@@ -10,11 +10,11 @@ import keras
 import mlflow
 
 from cxr.core.outputs import staged_dir, write_table
-from cxr.core.params import Params, flatten_params
+from cxr.core.params import Params, RunSettings, flatten_params
 from cxr.core.paths import ProjectPaths
 from cxr.core.registry import is_baseline
 from cxr.models.run_record import RunRecord, write_run_record
-from cxr.tracking.runs import end_abandoned_runs, run_tags
+from cxr.tracking.runs import end_abandoned_runs, log_split_datasets, run_tags
 from cxr.tracking.store import use_experiment
 from cxr.training.devices import setup_accelerators
 from cxr.training.inputs import load_training_data
@@ -26,12 +26,14 @@ from cxr.training.sklearn_fit import fit_baseline
 
 def train_model(
     params: Params,
+    runtime: RunSettings,
     paths: ProjectPaths,
     environ: Mapping[str, str],
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, Any]:
     """Fit `params.model` on the train split; write models/ and the history; return the metrics.
 
+    `runtime` says how: the memory cache's size, and whether to resume an interrupted run.
     models/ (model file and run record) appears only when the whole run succeeded.
     """
     baseline = is_baseline(params.model)
@@ -42,13 +44,13 @@ def train_model(
     if not baseline:
         train = params.train
         accelerators = setup_accelerators(train.mixed_precision, train.jit_compile, environ)
-    memory = None if baseline else params.train.memory_cache_mb  # baselines fit on arrays
+    memory = None if baseline else runtime.memory_cache_mb  # baselines fit on arrays
     data = load_training_data(paths, image_size, memory)
     experiment_id = use_experiment(params.mlflow_experiment, paths.root, environ)
     tags = run_tags(params.model, data.fingerprint, paths.root, environ)
-    work = fresh_backup_dir(paths, params, data.fingerprint)
+    work = fresh_backup_dir(paths, params, data.fingerprint, runtime.resume)
     # A baseline fits in one go; only Keras runs keep per-epoch state to resume from.
-    resumed = interrupted_run(work) if params.train.resume and not baseline else None
+    resumed = interrupted_run(work) if runtime.resume and not baseline else None
     for run_id in end_abandoned_runs(experiment_id, paths.root, keep=[resumed] if resumed else []):
         print(f"train: MLflow run {run_id} was left RUNNING by a process that ended; now KILLED")
     with (
@@ -57,10 +59,11 @@ def train_model(
     ):
         if resumed is not None:
             print(f"train: resuming MLflow run {resumed} from {work}")
-        # A resumed run keeps the params it logged (MLflow refuses to change one); only
-        # train.resume itself can differ, since the backup folder is keyed by all the others.
+        # A resumed run keeps the params it logged (MLflow refuses to log one twice with
+        # another value); they are the same, since the backup folder is keyed by all of them.
         logged = run.data.params
         mlflow.log_params({k: v for k, v in flatten_params(params).items() if k not in logged})
+        log_split_datasets(paths, data.splits, data.fingerprint)
         if accelerators is None:
             result = fit_baseline(params, data, staging)
         else:
@@ -85,7 +88,9 @@ def train_model(
 def log_fit(result: FitResult, paths: ProjectPaths) -> None:
     """Write the epoch history; log tags, metrics, the model file and the history to MLflow."""
     mlflow.set_tags({"kind": result.kind, **result.tags})
-    mlflow.log_metrics({key: float(value) for key, value in result.metrics.items()})
+    # None is a figure that does not exist (best_val_loss of a diverged run): not logged.
+    numbers = {key: float(value) for key, value in result.metrics.items() if value is not None}
+    mlflow.log_metrics(numbers)
     mlflow.log_artifact(str(result.model_file), artifact_path="model")
     write_table(paths.history, result.history)
     mlflow.log_artifact(str(paths.history), artifact_path="plots")

@@ -26,7 +26,7 @@ from cxr.evaluation.metrics import Predictions, evaluation_metrics
 from cxr.tracking.store import use_experiment
 
 SCORING = EvaluateParams(
-    batch_size=8, misclassified_grid=0, bootstrap_samples=50, calibration_bins=5,
+    misclassified_grid=0, bootstrap_samples=50, calibration_bins=5,
     gradcam_images=0, tta=False,
 )  # fmt: skip
 ACTUAL = ["covid", "covid", "normal", "normal"]

@@ -1,3 +1,6 @@
+import json
+
+import mlflow
 import pandas as pd
 import pytest
 from evaluation_fixtures import log_run
@@ -95,6 +98,12 @@ def test_mcnemar_against_the_best_on_the_shared_test_images(tmp_path, store):
         False,
     ]
     assert not with_mcnemar(board, experiment_id, 0.01)["significant"].any()
+    # and a row without a p-value says why
+    assert with_mcnemar(board, experiment_id, 0.05)["mcnemar_note"].tolist() == [
+        "the best model itself",
+        None,
+        "no test predictions logged by this model (re-run its evaluate)",
+    ]
 
 
 def test_report_json_and_chart_name_the_best_model(tmp_path, store):
@@ -111,7 +120,13 @@ def test_report_json_and_chart_name_the_best_model(tmp_path, store):
     assert summary["leaderboard"]["efficientnetb0"]["run_id"] == best
     vgg = summary["leaderboard"]["vgg16"]
     assert vgg["mcnemar_p_vs_best"] == pytest.approx(1.0) and vgg["significant"] is False
+    assert vgg["mcnemar_p_vs_best_note"] is None
     assert vgg["pretrained"] is False and vgg["parameters"] == 1234
+    # the best model has no p-value against itself: null with the reason, never NaN
+    best_entry = summary["leaderboard"]["efficientnetb0"]
+    assert best_entry["mcnemar_p_vs_best"] is None
+    assert best_entry["mcnemar_p_vs_best_note"] == "the best model itself"
+    json.dumps(summary, allow_nan=False)  # strict JSON: raises on NaN or Infinity
     assert [row["model"] for row in summary["excluded"]] == ["resnet50"]
     settings = CompareParams(
         rank_by="test_accuracy", significance=0.05, registered_model="cxr", ensemble_size=0
@@ -229,3 +244,25 @@ def test_external_columns_show_beside_the_internal_ones_and_may_rank(tmp_path, s
     # and without external datasets nothing changes in the table
     internal_only = leaderboard(runs, "data-a", "test_accuracy")
     assert "site_b" not in markdown_table(with_mcnemar(internal_only, experiment_id, 0.05))
+
+
+def test_a_run_without_a_data_tag_is_excluded_with_null_data_in_the_report(tmp_path, store):
+    # given an evaluated run logged without a data_fingerprint tag, beside one on the data
+    experiment_id = use_experiment("cxr-untagged", tmp_path, store)
+    log_run(experiment_id, "vgg16", "data-a", 0.75, correct=[True, False, True])
+    with mlflow.start_run(experiment_id=experiment_id, tags={"model": "alexnet"}) as untagged:
+        mlflow.log_metric("test_accuracy", 0.6)
+    runs = evaluated_runs(experiment_id)
+    board = with_mcnemar(leaderboard(runs, "data-a", "test_accuracy"), experiment_id, 0.05)
+    # when the report is built
+    report = leaderboard_json(board, excluded_runs(runs, "data-a"), "data-a", {}, "None.")
+    # then the run is excluded as of unknown data, null where the tag is missing, never NaN
+    assert report["excluded"] == [
+        {
+            "model": "alexnet",
+            "data_fingerprint": None,
+            "run_id": untagged.info.run_id,
+            "reason": "no data_fingerprint tag: data unknown",
+        }
+    ]
+    assert json.loads(json.dumps(report, allow_nan=False)) == report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,13 +11,16 @@ import stat
 import subprocess
 import sys
 import textwrap
+from math import inf
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from cxr.core.outputs import (
     STAGING_DIR,
+    json_number,
     read_json,
     remove_leftovers,
     staged_dir,
@@ -401,3 +405,32 @@ def test_a_reused_pid_is_not_the_process_that_wrote_the_token() -> None:
 
     # Then it names a process that has ended
     assert not owner_alive(f"{host}+{pid}+{int(started) + 1}")
+
+
+def test_write_json_refuses_nan_and_infinity_naming_where_they_are(tmp_path: Path) -> None:
+    # Given payloads holding NaN or an infinity, nested in a mapping and a list
+    path = tmp_path / "metrics" / "summary.json"
+    payload = {"ci": [0.1, inf], "per_class": {"covid": {"auc": None}}, "test_ece": float("nan")}
+
+    # When one is written, then it is refused, naming every offending key, and nothing is written
+    with pytest.raises(ValueError, match=r"summary\.json: ci\[1\], test_ece not a finite number"):
+        write_json(path, payload)
+    assert not path.exists()
+
+    # and the same payload with None where no value exists parses with a strict parser
+    write_json(path, {**payload, "test_ece": json_number(float("nan")), "ci": [0.1, None]})
+    strict = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse)
+    assert strict["test_ece"] is None and strict["ci"] == [0.1, None]
+
+
+@pytest.mark.parametrize(
+    ("value", "number"),
+    [(0.25, 0.25), (np.float32(0.5), 0.5), (3, 3.0), (None, None), (float("nan"), None),
+     (pd.NA, None), (-inf, None), (np.inf, None)],
+)  # fmt: skip
+def test_json_number_is_a_finite_float_or_none(value: object, number: float | None) -> None:
+    assert json_number(value) == number
+
+
+def _refuse(constant: str) -> None:
+    raise AssertionError(f"{constant} is not JSON")

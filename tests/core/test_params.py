@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from cxr.core.errors import ParamsError, PipelineError
 from cxr.core.params import (
     EXTERNAL_DATA_DEFAULTS,
+    MOVED_TO_ENVIRONMENT,
     Params,
+    RunSettings,
     flatten_params,
     load_params,
     parse_params,
+    run_settings,
 )
 from cxr.core.registry import BACKBONES, PHANTOM_CLASSES
+
+# A run setting's variable, a value and what it reads as.
+SETTING_VALUES = [
+    ("CXR_WORKERS", " 4 ", {"workers": 4}),
+    ("CXR_MEMORY_CACHE_MB", "0.5", {"memory_cache_mb": 0.5}),
+    ("CXR_RESUME", "YES", {"resume": True}),
+    ("CXR_RESUME", "1", {"resume": True}),
+    ("CXR_RESUME", "false", {"resume": False}),
+    ("CXR_INFERENCE_BATCH_SIZE", "8", {"inference_batch_size": 8}),
+    ("CXR_WORKERS", "", {"workers": 0}),
+]
 
 
 def _params_error(raw: Any) -> str:
@@ -492,3 +508,92 @@ def test_rank_by_may_name_an_external_dataset_metric(valid_params_dict: dict[str
     assert "evaluate.external holds site_b" in message
     valid_params_dict["compare"]["rank_by"] = "external_site_b_accuracy_drop"
     assert "external_<name>_<metric>" in _params_error(valid_params_dict)
+
+
+def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """`model` and every section model below it."""
+    found = [model]
+    for field in model.model_fields.values():
+        nested = [field.annotation, *typing.get_args(field.annotation)]
+        for annotation in nested:
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                found += _models(annotation)
+    return found
+
+
+def test_every_param_and_run_setting_has_a_description() -> None:
+    # Given every params model and the run settings (docs/params.md is generated from them)
+    models = [*_models(Params), RunSettings]
+
+    # Then every field says what it means
+    undocumented = [
+        f"{model.__name__}.{name}"
+        for model in models
+        for name, field in model.model_fields.items()
+        if not (field.description or "").strip()
+    ]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("key", sorted(MOVED_TO_ENVIRONMENT))
+def test_a_run_setting_left_in_params_names_its_variable(
+    valid_params_dict: dict[str, Any], key: str
+) -> None:
+    # Given params.yaml from before the run settings moved, still holding one of them
+    section, _, name = key.partition(".")
+    valid_params_dict[section][name] = 1
+
+    # When it is parsed
+    message = _params_error(valid_params_dict)
+
+    # Then one line names the key and the environment variable that replaced it
+    variable = f"CXR_{MOVED_TO_ENVIRONMENT[key].upper()}"
+    assert message.startswith(
+        f"params.yaml: {key}: moved to the environment variable {variable} (see docs/params.md)"
+    )
+
+
+def test_run_settings_default_when_unset() -> None:
+    # Given an environment without any CXR_ variable, then every setting is its default
+    assert run_settings({"PATH": "/bin"}) == RunSettings(
+        workers=0, memory_cache_mb=128, resume=False, inference_batch_size=64
+    )
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), SETTING_VALUES)
+def test_run_settings_read_their_variables(
+    variable: str, value: str, expected: dict[str, Any]
+) -> None:
+    # When one variable is set, then its setting reads it (a blank value is unset)
+    settings = run_settings({variable: value})
+    assert settings.model_dump() == {**RunSettings().model_dump(), **expected}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [
+        ("CXR_WORKERS", "all", "integer >= 0; unset: 0"),
+        ("CXR_WORKERS", "-1", "integer >= 0; unset: 0"),
+        ("CXR_MEMORY_CACHE_MB", "lots", "number >= 0; unset: 128"),
+        ("CXR_RESUME", "on", "1, true or yes (on); 0, false or no (off); unset: off"),
+        ("CXR_INFERENCE_BATCH_SIZE", "0", "integer >= 1; unset: 64"),
+    ],
+)
+def test_a_bad_run_setting_is_one_line_naming_the_variable(
+    variable: str, value: str, allowed: str
+) -> None:
+    # When a variable holds a value its setting does not allow
+    with pytest.raises(PipelineError) as error:
+        run_settings({variable: value})
+
+    # Then one line names the variable, the value and what is allowed
+    message = str(error.value)
+    assert message == f"{variable} = {value!r}: allowed: {allowed} (see docs/params.md)"
+
+
+def test_run_settings_are_frozen_and_complete() -> None:
+    # Given the run settings, then they cannot change once read, and each replaced a param
+    settings = run_settings({})
+    with pytest.raises(ValueError):
+        settings.workers = 2  # type: ignore[misc]
+    assert sorted(MOVED_TO_ENVIRONMENT.values()) == sorted(RunSettings.model_fields)

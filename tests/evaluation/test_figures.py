@@ -73,7 +73,7 @@ def test_every_evaluate_figure_is_drawn(tmp_path):
     images, predictions = small_test_set()
     per_image = prediction_table(pd.DataFrame({"path": [""] * 8}), predictions)
     settings = EvaluateParams(
-        batch_size=4, misclassified_grid=1, bootstrap_samples=0, calibration_bins=5,
+        misclassified_grid=1, bootstrap_samples=0, calibration_bins=5,
         gradcam_images=0, tta=False,
     )  # fmt: skip
     drawn = draw_evaluation_figures(

@@ -11,19 +11,16 @@ import pytest
 from cxr.core.errors import PipelineError
 from cxr.core.params import BaselineParams
 from cxr.evaluation.metrics import Predictions
-from cxr.external.validation import (
-    ExternalWarnings,
-    as_external_keys,
+from cxr.external.scores import (
     class_note,
     drops,
     external_scores,
     internal_reference,
     on_shared_classes,
     shared_classes,
-    shortcut_note,
-    shortcut_sample,
-    source_shortcut,
 )
+from cxr.external.shortcut import shortcut_note, shortcut_sample, source_shortcut
+from cxr.external.validation import ExternalWarnings, as_external_keys
 from cxr.ingestion.phantoms import render_phantom
 
 MODEL_CLASSES = ("covid", "normal", "viral_pneumonia")

@@ -48,7 +48,6 @@ def _build_params() -> BuildParams:
         cache_size=CACHE_SIZE,
         resize="pad",
         max_pixels=1_000_000,
-        workers=1,
         histogram_images_per_class=2,
         histogram_bins=8,
     )
@@ -64,7 +63,7 @@ def test_cache_holds_exactly_the_accepted_images(tmp_path: Path, bad: set[int]) 
     cache = cache_dir / "pixels.npy"
 
     # When they are decoded into the cache
-    images, rejected = decode_into_cache(manifest, raw_dir, _build_params(), cache)
+    images, rejected = decode_into_cache(manifest, raw_dir, _build_params(), cache, workers=1)
 
     # Then the rejected files are listed and the accepted ones are the images, in manifest order
     assert tuple(images.columns) == IMAGE_COLUMNS

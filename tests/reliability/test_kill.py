@@ -2,7 +2,7 @@
 
 A kill at any moment must leave every output whole or absent, no debris in git's way, the raw
 source untouched, an MLflow run that the next train marks KILLED, and a backup that
-`-S train.resume=true` continues. Kill points are random but seeded, so a failure replays.
+`CXR_RESUME=1` continues. Kill points are random but seeded, so a failure replays.
 """
 
 import json
@@ -76,13 +76,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     write_phantom_dataset(source, counts, 64, 0.9, seed=5)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["source"] = str(source)
-    params["build"].update(cache_size=32, histogram_images_per_class=4, workers=1)
+    params["build"].update(cache_size=32, histogram_images_per_class=4)
     params["train"].update(image_size=32, epochs=EPOCHS, batch_size=32)
     params["train"]["head"]["dense_units"] = [8]
     params["evaluate"].update(bootstrap_samples=20, gradcam_images=0)
     repo = base / "project"
     copy_project(repo, params)
-    env = clean_env()
+    env = {**clean_env(), "CXR_WORKERS": "1"}
     git_repo(repo, env)
     return Project(repo, env, source, tree_digest(source))
 
@@ -213,7 +213,7 @@ def test_a_killed_train_run_is_marked_killed_by_the_next_train(project: Project)
     killed = runs(repo).set_index("run_id").drop(index=list(before))
     assert killed["status"].tolist() == ["RUNNING"]
 
-    # When the pipeline runs again (train.resume: false, the default)
+    # When the pipeline runs again (without CXR_RESUME)
     output = run([*DVC, "repro"], repo, env)
 
     # Then train started afresh and marked the killed run KILLED; no run is left RUNNING
@@ -226,11 +226,11 @@ def test_a_killed_train_run_is_marked_killed_by_the_next_train(project: Project)
     assert_whole_or_absent(project)
 
 
-def test_a_run_killed_with_default_params_resumes_with_train_resume(project: Project) -> None:
+def test_a_run_killed_with_default_settings_resumes_with_cxr_resume(project: Project) -> None:
     repo, env = project.repo, project.env
     rng = random.Random(SEED + 2)
     before = set(runs(repo)["run_id"])
-    # Given new params and train (train.resume: false) killed in a random epoch after its
+    # Given new params and train (without CXR_RESUME) killed in a random epoch after its
     # first backup
     set_train_params(repo, learning_rate=0.003)
     epoch = rng.randrange(1, EPOCHS - 1)
@@ -247,8 +247,9 @@ def test_a_run_killed_with_default_params_resumes_with_train_resume(project: Pro
     backed_up = backed_up_epochs(repo)
     assert 1 <= backed_up <= EPOCHS
 
-    # When it runs again as an experiment with train.resume=true
-    output = run([*DVC, "exp", "run", "-S", "train.resume=true"], repo, env)
+    # When it runs again as an experiment with CXR_RESUME=1 (same params: train re-runs, as
+    # dvc.lock still holds the train before the kill)
+    output = run([*DVC, "exp", "run"], repo, {**env, "CXR_RESUME": "1"})
 
     # Then it continued the killed run from its last backed-up epoch, to the end
     assert f"resuming MLflow run {killed}" in output

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
-from dvc_project import ROOT, clean_env, copy_project, git_repo, kill_processes_in, run
+from dvc_project import clean_env, copy_project, git_repo, kill_processes_in, run
 from mlflow.tracking import MlflowClient
+from training_fixtures import TINY_PHANTOMS, tiny_params
 
 from cxr.comparison.champion import CHAMPION_ALIAS
 
@@ -25,16 +25,15 @@ DVC = [sys.executable, "-m", "dvc"]
 MODELS = ("pixel_logreg", "pixel_svm")
 
 
-def tiny_params() -> dict:
-    """The repository's params, shrunk so each experiment's whole pipeline takes seconds."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["synthetic"].update(
-        counts={"covid": 14, "normal": 18, "viral_pneumonia": 12}, image_size=48
-    )
-    params["build"].update(cache_size=32, histogram_images_per_class=4, workers=1)
-    params["train"]["baseline"]["image_size"] = 16
-    params["evaluate"].update(bootstrap_samples=20, gradcam_images=0)
-    return params
+# TINY_PHANTOMS through the pixel baselines (MODELS): each experiment's pipeline takes seconds.
+TINY_BASELINES = (
+    TINY_PHANTOMS,
+    {
+        "build": {"cache_size": 32},
+        "train": {"baseline": {"image_size": 16}},
+        "evaluate": {"bootstrap_samples": 20, "gradcam_images": 0},
+    },
+)
 
 
 def queue_status(clone: Path, env: dict[str, str]) -> str:
@@ -86,8 +85,8 @@ def wait_for_tasks(clone: Path, env: dict[str, str], count: int, timeout: float 
 def test_two_queued_experiments_on_a_fresh_clone_both_succeed(tmp_path: Path) -> None:
     # Given a fresh clone of the project: no MLflow store, no DVC cache
     origin = tmp_path / "origin"
-    copy_project(origin, tiny_params())
-    env = clean_env()
+    copy_project(origin, tiny_params(changes=TINY_BASELINES))
+    env = {**clean_env(), "CXR_WORKERS": "1"}
     git_repo(origin, env)
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(origin), str(clone)], tmp_path, env)

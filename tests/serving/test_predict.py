@@ -1,9 +1,10 @@
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from evaluation_fixtures import NAMES, sklearn_models_dir, write_project
+from evaluation_fixtures import NAMES, run_cxr_predict, sklearn_models_dir, write_project
 from PIL import Image
 
 from cxr.images.decoding import resize_square
@@ -128,6 +129,17 @@ def test_a_folder_without_csv_prints_its_results_and_writes_no_file(
     # then the results are on stdout and nothing is left in the working directory
     assert sum("scan" in line for line in capsys.readouterr().out.splitlines()) == 5
     assert list(workdir.iterdir()) == []
+
+
+def test_the_command_prints_its_answer_and_nothing_else(project):
+    # given a checkout with a trained model in models/ and a new scan
+    paths, test, incoming = project
+    scan = Path("incoming") / "ward" / f"scan{test['cache_index'].iloc[0]}.png"
+    # when `cxr-predict scan.png` runs from the checkout (the default --model models)
+    lines = run_cxr_predict([str(scan)], cwd=paths.root)
+    # then stdout and stderr together hold its one answer line: no library warning before it
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{scan}: ") and "[covid " in lines[0]
 
 
 def test_bad_inputs_give_one_line_errors(project, tmp_path, capsys):

@@ -6,7 +6,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from evaluation_fixtures import NAMES, write_project
+from evaluation_fixtures import NAMES, run_cxr_predict, write_project
 from mlflow.pyfunc.scoring_server import invocations
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -82,6 +82,11 @@ def test_predictors_and_predict_cli_load_runs_and_the_registry_champion(logged, 
     assert f"{file}: " in capsys.readouterr().out
     assert predict_main([str(file), "--model", "models:/cxr-serving@nobody"]) == 2
     assert "cannot load this MLflow model" in capsys.readouterr().err
+    # and the command, loading the logged classifier, prints its answer and nothing else
+    champion = [str(file), "--model", "models:/cxr-serving@champion"]
+    store = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    lines = run_cxr_predict(champion, paths.root, store)
+    assert len(lines) == 1 and lines[0].startswith(f"{file}: "), lines
 
 
 def strict_json(text: str):

@@ -22,6 +22,7 @@ from stages.build import build, main
 
 FIGURES = ("class_counts.png", "image_sizes.png", "intensity_histograms.png")
 CACHE_SIZE = 32
+WORKERS = 2  # decoding processes: more than one, so the rows cross process boundaries
 
 
 def _params(**changes: Any) -> BuildParams:
@@ -29,7 +30,6 @@ def _params(**changes: Any) -> BuildParams:
         "cache_size": CACHE_SIZE,
         "resize": "pad",
         "max_pixels": 1_000_000,
-        "workers": 2,
         "histogram_images_per_class": 4,
         "histogram_bins": 16,
     }
@@ -79,7 +79,7 @@ def test_build_writes_table_cache_rejected_metrics_and_figures(
     manifest = _write_manifest(paths)
 
     # When the build runs
-    images = build(_params(), 42, paths)
+    images = build(_params(), 42, WORKERS, paths)
 
     # Then the images table, pixel cache, an empty rejected table, metrics and figures exist
     pd.testing.assert_frame_equal(pd.read_parquet(paths.images_table), images)
@@ -114,7 +114,7 @@ def test_each_cache_row_is_the_image_of_its_cache_index(
     _write_manifest(paths)
 
     # When the build runs
-    images = build(_params(), 0, paths)
+    images = build(_params(), 0, WORKERS, paths)
 
     # Then cache_index is 0..N-1 and row i is exactly decode_gray -> resize_square of that file
     assert images["cache_index"].tolist() == list(range(len(images)))
@@ -134,7 +134,7 @@ def test_metadata_hash_and_size_are_recorded(phantom_raw_dir: Path, tmp_path: Pa
     _write_manifest(paths)
 
     # When the build runs
-    images = build(_params(), 0, paths).set_index("path")
+    images = build(_params(), 0, WORKERS, paths).set_index("path")
 
     # Then sha256 and bytes match the file, and size / mode / format (by content) are right
     for relative, row in images.iterrows():
@@ -162,7 +162,7 @@ def test_bad_files_are_listed_with_their_reason_and_counted(
     manifest = _write_manifest(paths)
 
     # When the build runs
-    images = build(_params(), 0, paths)
+    images = build(_params(), 0, WORKERS, paths)
 
     # Then the stage succeeds, the bad files are in rejected.csv with their reason, not in images
     rejected = pd.read_csv(paths.rejected_table).set_index("path")["reason"]
@@ -191,7 +191,7 @@ def test_awkward_file_names_are_built(phantom_raw_dir: Path, tmp_path: Path) -> 
     _write_manifest(paths)
 
     # When the build runs
-    images = build(_params(), 0, paths).set_index("path")
+    images = build(_params(), 0, WORKERS, paths).set_index("path")
 
     # Then each is a row with its own pixels
     pixels = np.load(paths.pixel_cache)
@@ -212,7 +212,7 @@ def test_fewer_than_two_usable_classes_fail_without_writing_the_cache(tmp_path: 
 
     # When the build runs
     with pytest.raises(PipelineError) as error:
-        build(_params(), 0, paths)
+        build(_params(), 0, WORKERS, paths)
 
     # Then one line says how many classes remain and why; no cache or table is left behind
     message = str(error.value)
@@ -226,7 +226,7 @@ def test_fewer_than_two_usable_classes_fail_without_writing_the_cache(tmp_path: 
 
 def test_missing_manifest_says_to_run_dvc_repro(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="dvc repro"):
-        build(_params(), 0, ProjectPaths(tmp_path))
+        build(_params(), 0, WORKERS, ProjectPaths(tmp_path))
 
 
 def test_manifest_without_a_column_fails_naming_it(tmp_path: Path) -> None:
@@ -236,7 +236,7 @@ def test_manifest_without_a_column_fails_naming_it(tmp_path: Path) -> None:
 
     # When the build runs
     with pytest.raises(PipelineError) as error:
-        build(_params(), 0, paths)
+        build(_params(), 0, WORKERS, paths)
 
     # Then the missing columns are named
     assert "missing column(s) label, group, source" in str(error.value)
@@ -248,9 +248,11 @@ def test_main_builds_from_params(
     small_params_dict: dict[str, Any],
     write_params: Callable[[Path, dict[str, Any]], Path],
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given a checkout with a manifest and a valid params.yaml
-    small_params_dict["build"].update(histogram_images_per_class=3, cache_size=32, workers=1)
+    # Given a checkout with a manifest and a valid params.yaml, decoding in one process
+    monkeypatch.setenv("CXR_WORKERS", "1")
+    small_params_dict["build"].update(histogram_images_per_class=3, cache_size=32)
     small_params_dict["train"]["image_size"] = 32  # params require it to fit the cache
     write_params(tmp_path, small_params_dict)
     manifest = _write_manifest(ProjectPaths(tmp_path))
@@ -263,3 +265,39 @@ def test_main_builds_from_params(
     assert "24 images, 3 classes, 0 rejected" in capsys.readouterr().out
     assert len(pd.read_parquet(ProjectPaths(tmp_path).images_table)) == len(manifest)
     assert np.load(ProjectPaths(tmp_path).pixel_cache).shape == (len(manifest), 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("environ", "build_keys", "expected"),
+    [
+        ({"CXR_WORKERS": "all"}, {}, "CXR_WORKERS = 'all': allowed: integer >= 0"),
+        ({}, {"workers": 1}, "build.workers: moved to the environment variable CXR_WORKERS"),
+    ],
+    ids=["bad-variable", "old-params-key"],
+)
+def test_bad_run_settings_stop_build_before_writing(
+    phantom_raw_dir: Path,
+    tmp_path: Path,
+    small_params_dict: dict[str, Any],
+    write_params: Callable[[Path, dict[str, Any]], Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    environ: dict[str, str],
+    build_keys: dict[str, Any],
+    expected: str,
+) -> None:
+    # Given a checkout ready to build, and a bad CXR_WORKERS or the old build.workers param
+    for variable, value in environ.items():
+        monkeypatch.setenv(variable, value)
+    small_params_dict["build"].update(cache_size=32, **build_keys)
+    small_params_dict["train"]["image_size"] = 32
+    write_params(tmp_path, small_params_dict)
+    _write_manifest(ProjectPaths(tmp_path))
+
+    # When the stage runs
+    status = main(["--root", str(tmp_path)])
+
+    # Then it stops with one line naming the variable, and writes no pixel cache
+    error = capsys.readouterr().err
+    assert status == 2 and expected in error and error.count("\n") == 1
+    assert not ProjectPaths(tmp_path).pixel_cache.exists()

@@ -14,7 +14,7 @@ from cxr.tracking.store import use_experiment
 from stages.compare import compare, main
 
 SCORING = EvaluateParams(
-    batch_size=8, misclassified_grid=0, bootstrap_samples=50, calibration_bins=5,
+    misclassified_grid=0, bootstrap_samples=50, calibration_bins=5,
     gradcam_images=0, tta=False,
 )  # fmt: skip
 

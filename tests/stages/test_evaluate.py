@@ -20,8 +20,8 @@ from cxr.models.pixels import load_split_pixels
 from cxr.tracking.store import use_experiment
 from stages.evaluate import EVALUATE_HEADLINE, evaluate, main
 
+BATCH_SIZE = 8  # CXR_INFERENCE_BATCH_SIZE: smaller than the test split, so it takes batches
 PARAMS = EvaluateParams(
-    batch_size=8,
     misclassified_grid=4,
     bootstrap_samples=50,
     calibration_bins=5,
@@ -37,7 +37,7 @@ def test_evaluate_stage_continues_the_train_run_and_writes_everything(tmp_path, 
         mlflow.log_metric("parameters", 100)
     paths = write_project(tmp_path, run_id=train_run.info.run_id, sources=("site-a", "site-b"))
     # when evaluate runs
-    metrics = evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store)
+    metrics = evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE)
     # then metrics/summary/evaluate.json keeps the keys compare and the README read
     written = json.loads(paths.summary("evaluate").read_text())
     for key in (
@@ -99,7 +99,7 @@ def test_evaluate_a_scikit_learn_model_says_grad_cam_is_unavailable(tmp_path, st
     labels = train["label"].map({"covid": 0, "normal": 1}).to_numpy()
     sklearn_models_dir(paths.models_dir, pixels[train["cache_index"]], labels)
     (paths.models_dir / "model.keras").unlink()
-    metrics = evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store)
+    metrics = evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE)
     assert metrics["gradcam"].startswith("unavailable: a Pipeline has no convolutional feature map")
     assert not (paths.reports("evaluate") / "gradcam").exists() or not any(
         (paths.reports("evaluate") / "gradcam").iterdir()
@@ -128,13 +128,13 @@ def test_main_stops_on_test_labels_the_model_does_not_know(
     assert "test labels ['lung_opacity'] unknown to the model" in capsys.readouterr().err
     assert not paths.metrics("evaluate").exists() and not paths.evaluate_plots.exists()
     with pytest.raises(PipelineError, match="lung_opacity"):
-        evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store)
+        evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE)
 
 
 def test_dvc_plots_show_renders_the_evaluate_plots(tmp_path, store, project_root):
     # given the evaluate outputs and the repository's plot definitions in a DVC project
     paths = write_project(tmp_path, epochs=1)
-    evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store)
+    evaluate(PARAMS, 42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE)
     pipeline = yaml.safe_load((project_root / "dvc.yaml").read_text())
     # The top-level plots, and the figures evaluate declares as its own plots output (there
     # is no stage in this bare project, so its figures folder is given as a plot here).
@@ -172,7 +172,7 @@ def test_tta_scores_the_mean_over_the_views_and_off_keeps_the_plain_probabilitie
     columns = [f"p_{name}" for name in NAMES_TINY]
     quick = PARAMS.model_copy(update={"gradcam_images": 0, "bootstrap_samples": 0})
     # when evaluate runs with TTA off
-    plain = evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store)
+    plain = evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE)
     plain_table = pd.read_csv(paths.predictions)
     # then the probabilities are the plain model's, and TTA is recorded as off
     np.testing.assert_allclose(
@@ -181,7 +181,7 @@ def test_tta_scores_the_mean_over_the_views_and_off_keeps_the_plain_probabilitie
     assert plain["tta"] is False and plain["tta_views"] == 1
     # when it runs with TTA on
     augmented = evaluate(
-        quick.model_copy(update={"tta": True}), 42, 10**7, "cxr-evaluate", paths, store
+        quick.model_copy(update={"tta": True}), 42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE
     )
     table = pd.read_csv(paths.predictions)
     # then each image's probabilities are the mean of the model's over its six views
@@ -205,7 +205,7 @@ def test_a_second_evaluation_of_a_run_replaces_the_first(tmp_path, store):
     run_id = train_run.info.run_id
     paths = write_project(tmp_path, run_id=run_id, epochs=1)
     quick = PARAMS.model_copy(update={"gradcam_images": 0, "bootstrap_samples": 20})
-    first = evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store)
+    first = evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE)
     client = MlflowClient()
 
     def classifiers() -> list[str]:
@@ -215,8 +215,8 @@ def test_a_second_evaluation_of_a_run_replaces_the_first(tmp_path, store):
         return [model.model_id for model in found]
 
     # when it is evaluated again with the same params (`dvc repro -f evaluate`), twice
-    evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store)
-    second = evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store)
+    evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE)
+    second = evaluate(quick, 42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE)
     # then the run holds one classifier (the newest), one value of each test metric, and a
     # predictions table of the test images once, not appended to the earlier ones
     assert classifiers() == [second["model_uri"].removeprefix("models:/")]
@@ -229,7 +229,7 @@ def test_a_second_evaluation_of_a_run_replaces_the_first(tmp_path, store):
     # when the classifier is registered and the run is evaluated with other params
     version = mlflow.register_model(second["model_uri"], "cxr-evaluate-test")
     other = quick.model_copy(update={"bootstrap_samples": 30})
-    third = evaluate(other, 42, 10**7, "cxr-evaluate", paths, store)
+    third = evaluate(other, 42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE)
     # then the registered classifier is kept (the registry serves it) beside the new one, and
     # only the metrics whose value changed got a second point
     assert set(classifiers()) == {

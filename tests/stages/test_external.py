@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from training_fixtures import TINY_PIPELINE, tiny_params
 
 from cxr.core.paths import ExternalDataPaths, ProjectPaths
 from cxr.ingestion.phantoms import write_phantom_dataset
@@ -28,20 +29,17 @@ DATASET = ROOT.parent / "shared" / "datasets" / "covid19-dataset"
 pytestmark = pytest.mark.slow  # trains a tiny CNN once per module: about 20 s on two cores
 
 
-def tiny_params(source: str = "synthetic") -> dict[str, Any]:
-    """The repository's params, shrunk so training takes seconds."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    params["data"]["source"] = source
-    params["data"]["synthetic"].update(
-        counts={"covid": 14, "normal": 18, "viral_pneumonia": 12}, image_size=48
-    )
-    params["build"].update(cache_size=64, histogram_images_per_class=4)
-    params["train"].update(image_size=32, epochs=2, batch_size=8, fine_tune_epochs=0)
-    params["train"]["head"]["dense_units"] = [8]
-    params["train"]["baseline"]["image_size"] = 16
-    params["evaluate"].update(bootstrap_samples=50, gradcam_images=0, misclassified_grid=0)
-    params["compare"]["ensemble_size"] = 0
-    return params
+# TINY_PIPELINE on the phantoms, with no Grad-CAM, grid or ensemble to draw or train.
+TINY_EXTERNAL = (
+    *TINY_PIPELINE,
+    {
+        "data": {"source": "synthetic"},
+        "build": {"cache_size": 64},
+        "train": {"baseline": {"image_size": 16}},
+        "evaluate": {"gradcam_images": 0, "misclassified_grid": 0},
+        "compare": {"ensemble_size": 0},
+    },
+)
 
 
 def trained_project(root: Path, params: dict[str, Any]) -> ProjectPaths:
@@ -68,7 +66,7 @@ def run_external(paths: ProjectPaths, name: str) -> int:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, store) -> tuple[ProjectPaths, dict[str, Any]]:
-    params = tiny_params()
+    params = tiny_params(changes=TINY_EXTERNAL)
     return trained_project(tmp_path_factory.mktemp("external") / "repo", params), params
 
 
@@ -214,7 +212,7 @@ def test_a_held_back_part_of_covid19_dataset(tmp_path_factory, store, capsys):
             (target / folder.name).mkdir(parents=True)
             for path in chosen:
                 shutil.copy2(path, target / folder.name / path.name)
-    params = tiny_params(str(training))
+    params = tiny_params(changes=[*TINY_EXTERNAL, {"data": {"source": str(training)}}])
     paths = trained_project(base / "repo", params)
     # when the held-back part is scored as an external dataset
     with_external(paths, params, held_back={"source": str(held_back)})

@@ -9,24 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvc_project import ROOT, clean_env, copy_project, git_repo, run
+from dvc_project import clean_env, copy_project, git_repo, run
+from training_fixtures import TINY_PIPELINE, tiny_params
 
 pytestmark = pytest.mark.slow  # a whole tiny pipeline, then one experiment: about 2 minutes
 
 SITE_B = "{source: synthetic, synthetic: {seed: 7, exposure: 1.4, image_size: 48, counts: {covid: 8, normal: 8, viral_pneumonia: 8}}}"  # noqa: E501
-
-
-def tiny_params() -> dict:
-    """The repository's params, shrunk so each training takes seconds; no external dataset."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["synthetic"].update(
-        counts={"covid": 14, "normal": 18, "viral_pneumonia": 12}, image_size=48
-    )
-    params["build"]["histogram_images_per_class"] = 4
-    params["train"].update(image_size=32, epochs=2, batch_size=8, fine_tune_epochs=0)
-    params["train"]["head"]["dense_units"] = [8]
-    params["evaluate"].update(bootstrap_samples=50, external={})
-    return params
 
 
 def stages_run(output: str) -> list[str]:
@@ -37,7 +25,9 @@ def stages_run(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     repo = tmp_path_factory.mktemp("external-e2e") / "project"
-    copy_project(repo, tiny_params())
+    params = tiny_params(changes=TINY_PIPELINE)
+    params["evaluate"]["external"] = {}  # no external dataset, whatever params.yaml names
+    copy_project(repo, params)
     env = clean_env()
     git_repo(repo, env)
     return repo, env

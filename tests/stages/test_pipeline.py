@@ -7,8 +7,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import yaml
-from dvc_project import ROOT, STAGES, clean_env, copy_project, git_repo, run, stages_run
+from dvc_project import STAGES, clean_env, copy_project, git_repo, run, stages_run
+from training_fixtures import TINY_PIPELINE, tiny_params
 
 from stages.compare import COMPARE_HEADLINE
 from stages.evaluate import EVALUATE_HEADLINE
@@ -17,23 +17,10 @@ from stages.train import TRAIN_HEADLINE
 pytestmark = pytest.mark.slow
 
 
-def tiny_params() -> dict:
-    """The repository's params, shrunk so each training takes seconds."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["synthetic"].update(
-        counts={"covid": 14, "normal": 18, "viral_pneumonia": 12}, image_size=48
-    )
-    params["build"]["histogram_images_per_class"] = 4
-    params["train"].update(image_size=32, epochs=2, batch_size=8, fine_tune_epochs=0)
-    params["train"]["head"]["dense_units"] = [8]
-    params["evaluate"]["bootstrap_samples"] = 50
-    return params
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     repo = tmp_path_factory.mktemp("e2e") / "project"
-    copy_project(repo, tiny_params())
+    copy_project(repo, tiny_params(changes=TINY_PIPELINE))
     env = clean_env()
     git_repo(repo, env)
     return repo, env
@@ -283,3 +270,51 @@ def test_a_fresh_clone_can_run_an_experiment_on_one_stage(project, tmp_path):
     assert stages_run(output) == ["ingest", "build", "split"]
     assert "Ran experiment(s)" in output
     assert (clone / "data" / "processed" / "val.parquet").is_file()
+
+
+def refuse_constant(constant: str) -> None:
+    """parse_constant for json.loads: NaN, Infinity and -Infinity are not JSON."""
+    raise ValueError(f"{constant} is not JSON (strict parsers such as JSON.parse refuse it)")
+
+
+def test_a_baseline_experiment_and_every_json_written_stay_strict_json(project):
+    repo, env = project
+    # given the pipeline and its experiments above, when a scikit-learn baseline joins them
+    output = run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-n", "logreg", "-S", "model=pixel_logreg"],
+        repo,
+        env,
+    )
+    assert stages_run(output) == ["train", "evaluate", "compare"]
+    # then the leaderboard ranks it with the others, and the best model's McNemar p-value
+    # against itself is null with the reason, not NaN
+    board = json.loads((repo / "reports" / "compare" / "leaderboard.json").read_text())
+    assert {"compact_cnn", "resnet18", "pixel_logreg"} <= set(board["leaderboard"])
+    best = board["leaderboard"][board["best_model"]]
+    assert best["mcnemar_p_vs_best"] is None
+    assert best["mcnemar_p_vs_best_note"] == "the best model itself"
+    # and every JSON the stages and MLflow wrote in the project parses with a strict parser
+    written = sorted(
+        path.relative_to(repo).as_posix()
+        for path in repo.rglob("*.json")
+        if path.relative_to(repo).parts[0] not in (".git", ".dvc")
+    )
+    for name in written:
+        json.loads((repo / name).read_text(encoding="utf-8"), parse_constant=refuse_constant)
+    expected = {
+        "reports/compare/leaderboard.json",
+        "models/run.json",
+        *(f"metrics/summary/{stage}.json" for stage in STAGES),
+        *(f"metrics/{stage}.json" for stage in ("train", "evaluate", "compare")),
+    }
+    assert expected <= set(written), expected - set(written)
+    for artifact in ("test_predictions.json", "leaderboard_table.json", "leaderboard.json"):
+        assert any(name.startswith("mlartifacts/") and name.endswith(artifact) for name in written)
+    # and its epoch log has no epoch: `dvc plots show` draws no loss or accuracy curve for it
+    history = pd.read_csv(repo / "metrics" / "train_history.csv")
+    assert history.empty and {"epoch", "loss", "val_loss"} <= set(history)
+    shown = repo.parent / "logreg-plots"
+    run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(shown)], repo, env)
+    page = (shown / "index.html").read_text()
+    assert '"val_loss"' not in page and '"val_accuracy"' not in page
+    assert '"actual"' in page  # its confusion plot is drawn

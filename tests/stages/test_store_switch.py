@@ -29,7 +29,7 @@ from stages.evaluate import evaluate
 pytestmark = pytest.mark.slow
 
 QUICK = EvaluateParams(
-    batch_size=8, misclassified_grid=0, bootstrap_samples=20, calibration_bins=5,
+    misclassified_grid=0, bootstrap_samples=20, calibration_bins=5,
     gradcam_images=0, tta=False,
 )  # fmt: skip
 
@@ -103,7 +103,7 @@ def test_switching_to_a_tracking_server_logs_there_and_never_crashes(
         mlflow.log_metric("parameters", 100)
     paths = write_project(project, run_id=train_run.info.run_id, epochs=1)
     write_params(project, small_params_dict)
-    local = evaluate(QUICK, 42, 10**7, "cxr-pipeline", paths, store)
+    local = evaluate(QUICK, 42, 10**7, "cxr-pipeline", paths, store, 8)
     assert local["mlflow_run_id"] == train_run.info.run_id
     assert compare.main(["--root", str(project)]) == 0
     capsys.readouterr()
@@ -114,7 +114,7 @@ def test_switching_to_a_tracking_server_logs_there_and_never_crashes(
     assert compare.main(["--root", str(project)]) == 0
     first = json.loads(paths.summary("compare").read_text())
     server = {"MLFLOW_TRACKING_URI": mlflow_server}
-    moved = evaluate(QUICK, 42, 10**7, "cxr-pipeline", paths, server)
+    moved = evaluate(QUICK, 42, 10**7, "cxr-pipeline", paths, server, 8)
     assert compare.main(["--root", str(project)]) == 0
     printed = capsys.readouterr().out
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from training_fixtures import fresh_copy, tiny_params, write_prepared_project
 
-from cxr.core.params import parse_params
+from cxr.core.params import RunSettings, parse_params
 from cxr.core.paths import ProjectPaths
 from cxr.models.classifier import ensemble_members
 from cxr.models.pixels import load_split_pixels
@@ -17,6 +17,7 @@ from cxr.training.inputs import StreamedPixels, array_dataset, in_memory, load_t
 from cxr.training.keras_fit import class_weights
 from cxr.training.resume import BACKUP_DIR
 from cxr.training.run import train_model
+from cxr.training.sklearn_fit import HISTORY_COLUMNS
 from stages import train
 from stages.train import TRAIN_HEADLINE
 
@@ -141,12 +142,12 @@ def test_streamed_batches_are_the_in_memory_batches_in_the_same_order(prepared):
 
 
 @pytest.mark.slow
-def test_a_streamed_fit_equals_the_in_memory_fit(prepared, tmp_path):
-    # Given the same run with its pixels in memory and streamed (train.memory_cache_mb: 0)
+def test_a_streamed_fit_equals_the_in_memory_fit(prepared, tmp_path, monkeypatch):
+    # Given the same run with its pixels in memory and streamed (CXR_MEMORY_CACHE_MB=0)
     histories = []
     for limit in (1024, 0):
-        params = tiny_params(memory_cache_mb=limit)
-        root = fresh_copy(prepared, tmp_path / f"limit{limit}", params)
+        monkeypatch.setenv("CXR_MEMORY_CACHE_MB", str(limit))
+        root = fresh_copy(prepared, tmp_path / f"limit{limit}", tiny_params())
         # When each trains
         assert train.main(["--root", str(root)]) == 0
         histories.append(pd.read_csv(ProjectPaths(root).history))
@@ -214,18 +215,19 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_weights(
     prepared, tmp_path, pretrained_weights
 ):
     # given frozen (1 epoch) then fine-tuning (2 epochs), cosine rates, augmentation, weight
-    # averages and the default train.resume: false (a run never meant to be resumed)
+    # averages, run without CXR_RESUME (a run never meant to be resumed)
     params = tiny_params(
         str(pretrained_weights), epochs=1, fine_tune_epochs=2, schedule="cosine", ema_momentum=0.9
     )
-    resuming = {**params, "train": {**params["train"], "resume": True}}
     environ = dict(os.environ)
     whole = fresh_copy(prepared, tmp_path / "whole", params)
-    train_model(parse_params(params), ProjectPaths(whole), environ)
+    train_model(parse_params(params), RunSettings(), ProjectPaths(whole), environ)
     # and a run interrupted at the end of epoch 2 (fine-tuning's second, not backed up)
     resumed = fresh_copy(prepared, tmp_path / "resumed", params)
     with pytest.raises(InterruptedError):
-        train_model(parse_params(params), ProjectPaths(resumed), environ, [Interrupt(2)])
+        train_model(
+            parse_params(params), RunSettings(), ProjectPaths(resumed), environ, [Interrupt(2)]
+        )
     assert not ProjectPaths(resumed).models_dir.exists()
     whole_run = read_run_record(ProjectPaths(whole).models_dir).run_id
     (interrupted_run,) = [
@@ -233,8 +235,8 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_weights(
         for run in mlflow.search_runs(search_all_experiments=True, output_format="list")
         if run.info.run_id != whole_run
     ]
-    # when it runs again with train.resume: true
-    train_model(parse_params(resuming), ProjectPaths(resumed), environ)
+    # when it runs again with CXR_RESUME=1, the same params and data
+    train_model(parse_params(params), RunSettings(resume=True), ProjectPaths(resumed), environ)
     # then it continued the same MLflow run and ended on the uninterrupted run's weights
     history = pd.read_csv(ProjectPaths(resumed).history)
     pd.testing.assert_frame_equal(history, pd.read_csv(ProjectPaths(whole).history))
@@ -247,7 +249,7 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_weights(
     record = read_run_record(ProjectPaths(resumed).models_dir)
     assert record.run_id == interrupted_run.info.run_id
     run = mlflow.get_run(record.run_id)
-    assert run.info.status == "FINISHED" and run.data.params["train.resume"] == "False"
+    assert run.info.status == "FINISHED" and "train.resume" not in run.data.params
     assert not any((ProjectPaths(resumed).root / BACKUP_DIR).glob("*"))
 
 
@@ -258,10 +260,12 @@ def test_without_resume_an_interrupted_runs_backup_is_not_used(prepared, tmp_pat
     root = fresh_copy(prepared, tmp_path, params)
     environ = dict(os.environ)
     with pytest.raises(InterruptedError):
-        train_model(parse_params(params), ProjectPaths(root), environ, [Interrupt(1)])
+        train_model(
+            parse_params(params), RunSettings(), ProjectPaths(root), environ, [Interrupt(1)]
+        )
     assert list((root / BACKUP_DIR).glob("*/scratch/backup/training_metadata.json"))
-    # when train runs again with train.resume: false
-    train_model(parse_params(params), ProjectPaths(root), environ)
+    # when train runs again without CXR_RESUME
+    train_model(parse_params(params), RunSettings(), ProjectPaths(root), environ)
     # then it started afresh at epoch 0, in a new MLflow run, and left no backup
     record = read_run_record(ProjectPaths(root).models_dir)
     steps = mlflow.tracking.MlflowClient().get_metric_history(record.run_id, "val_loss")
@@ -269,6 +273,46 @@ def test_without_resume_an_interrupted_runs_backup_is_not_used(prepared, tmp_pat
     assert pd.read_csv(ProjectPaths(root).history)["epoch"].tolist() == [0, 1]
     assert len(mlflow.search_runs(search_all_experiments=True)) == 2
     assert not any((root / BACKUP_DIR).glob("*"))
+
+
+def test_a_baseline_logs_the_split_datasets_and_an_epoch_log_without_epochs(prepared, tmp_path):
+    # given a scikit-learn baseline, which fits in one go
+    params = tiny_params()
+    params["model"] = "pixel_logreg"
+    root = fresh_copy(prepared, tmp_path, params)
+    # when train runs
+    assert train.main(["--root", str(root)]) == 0
+    # then its epoch log has the Keras columns and no row: the loss and accuracy plots draw
+    # no curve rather than a lone dot at epoch 0
+    paths = ProjectPaths(root)
+    history = pd.read_csv(paths.history)
+    assert history.empty and list(history.columns) == list(HISTORY_COLUMNS)
+    metrics = json.loads(paths.summary("train").read_text())
+    assert metrics["epochs_run"] == 0 and 0 <= metrics["train_accuracy"] <= 1
+    # and the run lists the train, val and test tables as its datasets, by the data fingerprint
+    record = read_run_record(paths.models_dir)
+    inputs = mlflow.tracking.MlflowClient().get_run(record.run_id).inputs.dataset_inputs
+    logged = {
+        item.dataset.name: (
+            item.dataset.digest,
+            {tag.key: tag.value for tag in item.tags}["mlflow.data.context"],
+            json.loads(item.dataset.source)["uri"],
+            json.loads(item.dataset.profile)["num_rows"],
+        )
+        for item in inputs
+    }
+    fingerprint = record.data_fingerprint
+    assert logged == {
+        "train": (fingerprint, "training", "data/processed/train.parquet", 24),
+        "val": (fingerprint, "validation", "data/processed/val.parquet", 9),
+        "test": (fingerprint, "test", "data/processed/test.parquet", 9),
+    }
+    # with the split tables' columns, no pixels
+    train_table = next(item.dataset for item in inputs if item.dataset.name == "train")
+    schema = json.loads(train_table.schema)
+    assert {column["name"] for column in schema["mlflow_colspec"]} == {
+        "path", "label", "sha256", "group", "source", "cache_index",
+    }  # fmt: skip
 
 
 def test_class_weights_balance_the_loss_of_each_class():
@@ -287,6 +331,17 @@ def test_bad_params_stop_train_before_writing(prepared, tmp_path, capsys):
     assert "train.epochs = 0" in capsys.readouterr().err
     assert not (root / "models").exists()
     assert parse_params(tiny_params()).train.epochs == 2
+
+
+def test_a_bad_run_setting_stops_train_before_writing(prepared, tmp_path, capsys, monkeypatch):
+    # given valid params and CXR_RESUME set to a word that is not a switch
+    monkeypatch.setenv("CXR_RESUME", "maybe")
+    root = fresh_copy(prepared, tmp_path, tiny_params())
+    # when train runs, then it stops in one line naming the variable and what it allows
+    assert train.main(["--root", str(root)]) == 2
+    error = capsys.readouterr().err
+    assert "CXR_RESUME = 'maybe': allowed: 1, true or yes (on); 0, false or no (off)" in error
+    assert not (root / "models").exists()
 
 
 @pytest.mark.slow

@@ -12,16 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from cxr.core.errors import PipelineError
+from cxr.core.paths import SPLITS, ProjectPaths
 from cxr.core.processes import owner_token
 from cxr.tracking.runs import (
     OWNER_TAG,
     WORKSPACE_TAG,
     end_abandoned_runs,
     git_commit,
+    log_split_datasets,
     reopen_run,
     run_exists,
     run_name,
@@ -402,3 +405,29 @@ def test_a_reopened_run_is_owned_by_the_process_that_reopens_it(
         assert reopened.data.tags[OWNER_TAG] == owner_token()
         assert end_abandoned_runs(experiment_id, tmp_path) == []
     assert client.get_run(trained.info.run_id).info.status == "FINISHED"
+
+
+def test_split_tables_logged_again_stay_one_dataset_each(
+    tmp_path: Path, store_environ: dict[str, str]
+) -> None:
+    # Given the three split tables of a project and an open run
+    paths = ProjectPaths(tmp_path)
+    splits = {
+        split: pd.DataFrame({"path": [f"{split}/a.png"], "label": ["covid"], "cache_index": [0]})
+        for split in SPLITS
+    }
+    experiment_id = use_experiment("cxr-datasets", tmp_path, store_environ)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        # When they are logged twice, as a resumed training run does
+        log_split_datasets(paths, splits, "0123456789abcdef")
+        log_split_datasets(paths, splits, "0123456789abcdef")
+
+    # Then the run lists each once, by split name, with its context and the fingerprint
+    inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    assert sorted(
+        (item.dataset.name, item.dataset.digest, item.tags[0].value) for item in inputs
+    ) == [
+        ("test", "0123456789abcdef", "test"),
+        ("train", "0123456789abcdef", "training"),
+        ("val", "0123456789abcdef", "validation"),
+    ]
