@@ -41,6 +41,10 @@ LIBRARY_NOISE = re.compile(
     | E\d{4}\ [\d:.]+\s+\d+\ [\w./-]+:\d+\]\ failed\ call\ to\ cuInit
     | E\d{4}\ [\d:.]+\s+\d+\ [\w./-]+:\d+\]\ Unable\ to\ register\ cu\w+\ factory
     | To\ enable\ the\ following\ instructions:.*rebuild\ TensorFlow
+    | \d{4}/\d\d/\d\d\ [\d:]+\ INFO\ mlflow[\w.]*:                # MLflow's INFO lines
+    | \d{4}/\d\d/\d\d\ [\d:]+\ WARNING\ mlflow\.pyfunc:\ Passing\ a\ Python\ object
+    | Successfully\ registered\ model\ '                          # compare prints the champion
+    | Created\ version\ '\d+'\ of\ model\ '
     )""",
     re.VERBOSE,
 )

@@ -97,6 +97,12 @@ def test_library_settings_keep_what_the_user_set() -> None:
         "2025-09-17 14:44:05.157831: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] Could",
         "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow "
         "with the appropriate compiler flags.",
+        "2026/12/06 12:40:32 INFO mlflow.store.db.utils: Creating initial MLflow database tables",
+        "2026/12/06 12:50:46 INFO mlflow.pyfunc: Validating input example against model signature",
+        "2026/12/06 12:50:46 WARNING mlflow.pyfunc: Passing a Python object as `python_model` "
+        "causes it to be serialized using CloudPickle, it requires exercising caution",
+        "Successfully registered model 'cxr-classifier'.",
+        "Created version '1' of model 'cxr-classifier'.",
     ],
 )
 def test_library_start_up_lines_are_noise(line: str) -> None:
@@ -110,6 +116,7 @@ def test_library_start_up_lines_are_noise(line: str) -> None:
         "warning: 3 images of class covid are copies of test images",
         "E0000 00:00:1.2   42 bfc_allocator.cc:1] Allocator ran out of memory",
         "Traceback (most recent call last):",
+        "2026/12/06 12:50:46 WARNING mlflow.tracking: the store could not be reached",
     ],
 )
 def test_our_lines_and_real_errors_are_not_noise(line: str) -> None:
