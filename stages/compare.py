@@ -69,12 +69,11 @@ def compare(
     board = with_mcnemar(board, experiment_id, settings.significance)
     note = ensemble_note(ensemble)
     excluded = excluded_runs(runs, fingerprint)
-    evaluated = read_json(paths.summary("evaluate")) if paths.summary("evaluate").exists() else {}
     # Read the champion, compare, register, move the alias: one step for parallel experiments,
     # or two of them could each find no champion and the alias end on the lower-ranked one.
     with store_lock(tracking_uri(paths.root, environ), paths.root):
         champion = update_champion(
-            settings.registered_model, evaluated, settings.rank_by, fingerprint
+            settings.registered_model, board, settings.rank_by, fingerprint, experiment_id
         )
     summary = champion_summary(settings.registered_model, champion)
     report = leaderboard_json(board, excluded, fingerprint, champion, note, external)

@@ -21,11 +21,12 @@ from cxr.evaluation.metrics import (
 )
 from cxr.evaluation.scoring import score_test_split
 from cxr.evaluation.tta import with_tta
-from cxr.models.loading import LOGGED_MODEL_NAME, load_models_dir
+from cxr.models.loading import load_models_dir
 from cxr.models.pixels import CachedImages
 from cxr.serving.pyfunc import log_classifier
 from cxr.tracking.runs import (
     EVALUATE_ARTIFACTS,
+    LOGGED_MODEL_NAME,
     PREDICTIONS_ARTIFACT,
     clear_earlier_results,
     log_results,

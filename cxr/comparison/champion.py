@@ -1,10 +1,12 @@
 """The registry's champion: the alias that names the best model on the current data.
 
-update_champion ends in one of three outcomes, its `action`: `promoted` (the evaluated run is
-registered and the alias moves to it), `kept` (the registered champion stays: it scores at least
-as high, it is the evaluated run, or it was scored on other data and cannot be compared), or
-`not_eligible` (the evaluated run cannot be champion: no logged model, an ensemble, another
-store, other data, no ranking metric). `reason` says which and why, with the figures compared.
+Whenever compare runs, update_champion puts the alias on the leaderboard's best eligible run by
+compare.rank_by, whichever run the workspace holds and in whatever order experiments finished.
+Eligible: one model (not the ensemble row), not collapsed (cxr.training.collapse), scored on
+`rank_by`, with a logged model. Its `action` is `promoted` (the alias moves to that run),
+`kept` (the alias already names it, or the champion was scored on other data or in another
+store and cannot be compared) or `not_eligible` (no run of the leaderboard can be champion).
+`reason` says which and why, with the figures compared.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cxr.tracking.runs import ENSEMBLE_MODEL
+from cxr.comparison.leaderboard import is_collapsed
+from cxr.tracking.runs import ENSEMBLE_MODEL, LOGGED_MODEL_NAME
 
 CHAMPION_ALIAS = "champion"
 # The test metrics a registry version carries as tags (its run holds them all).
@@ -35,14 +40,14 @@ def run_label(run_id: str, run: Run | None) -> str:
 
 
 def update_champion(
-    name: str, evaluated: Mapping[str, Any], rank_by: str, fingerprint: str
+    name: str, board: pd.DataFrame, rank_by: str, fingerprint: str, experiment_id: str
 ) -> dict[str, Any]:
-    """Register the just-evaluated model and move the champion alias to it if it is better.
+    """Put the champion alias of registered model `name` on the best eligible run of `board`.
 
-    Better means a strictly higher `rank_by` on the same data; a champion scored on other data
-    cannot be compared and is kept, and an ensemble run never becomes champion (the registry
-    serves one model). Returns `action` (promoted, kept or not_eligible), `reason` (one
-    sentence) and the runs, versions and figures behind them.
+    `board` is the leaderboard of data `fingerprint` (cxr.comparison.leaderboard), in
+    experiment `experiment_id`. A champion scored on other data, or whose run is not in this
+    store, cannot be compared and is kept. Returns `action`, `reason` (one sentence) and the
+    runs, versions and figures behind them.
     """
     client = MlflowClient()
     try:
@@ -56,50 +61,31 @@ def update_champion(
         held_label = run_label(champion.run_id or "", held)
         status |= {"champion_run": champion.run_id, "champion_version": int(champion.version)}
         stays = f"version {champion.version} ({held_label}) stays champion"
-
-    def not_eligible(why: str) -> dict[str, Any]:
+    chosen, passed_over = best_eligible(client, board, rank_by, experiment_id)
+    skipped = f" ({'; '.join(passed_over)})" if passed_over else ""
+    if chosen is None:
+        why = f"no run of the leaderboard can be champion{skipped}"
         return status | {"action": "not_eligible", "reason": f"not eligible: {why}; {stays}"}
-
-    run_id, model_uri = evaluated.get("mlflow_run_id"), evaluated.get("model_uri")
-    if not run_id or not model_uri:
-        return not_eligible(
-            "metrics/summary/evaluate.json names no logged model (run evaluate first)"
-        )
-    candidate = _get_run(client, run_id)
+    run_id, model_uri, score = chosen
+    candidate = client.get_run(run_id)
     label = run_label(run_id, candidate)
-    status["candidate_run"] = run_id
-    if candidate is None:
-        return not_eligible(f"{label} is not in this MLflow store (check MLFLOW_TRACKING_URI)")
-    if candidate.data.tags.get("model") == ENSEMBLE_MODEL:
-        return not_eligible(f"{label} averages several models; the registry serves one model")
-    candidate_data = candidate.data.tags.get("data_fingerprint")
-    if candidate_data != fingerprint:
-        return not_eligible(
-            f"{label} was evaluated on other data (fingerprint {candidate_data or 'none'}, "
-            f"the current data is {fingerprint})"
-        )
-    score = candidate.data.metrics.get(rank_by)
-    if score is None:
-        return not_eligible(f"{label} has no {rank_by} (compare.rank_by)")
-    status[rank_by] = score
+    status |= {"candidate_run": run_id, rank_by: score}
+    best = f"the leaderboard's best by {rank_by} ({score:.4f}){skipped}"
     if champion is not None:
-        held_score = held.data.metrics.get(rank_by) if held is not None else None
-        held_data = held.data.tags.get("data_fingerprint") if held is not None else None
         kept = f"kept version {champion.version} ({held_label})"
+        held_score = held.data.metrics.get(rank_by) if held is not None else None
         if held_score is not None:
             status[f"champion_{rank_by}"] = held_score
         if champion.run_id == run_id:
-            return status | {
-                "action": "kept",
-                "reason": f"{kept}: it is the run just evaluated ({rank_by} {score:.4f})",
-            }
+            return status | {"action": "kept", "reason": f"{kept}: it is {best}"}
         if held is None:
             return status | {
                 "action": "kept",
-                "reason": f"{kept}: its run is not in this MLflow store, so {label} at {rank_by} "
-                f"{score:.4f} cannot be compared with it; move the alias by hand "
+                "reason": f"{kept}: its run is not in this MLflow store, so {label}, {best}, "
+                "cannot be compared with it; move the alias by hand "
                 "(MlflowClient().set_registered_model_alias) if it should win",
             }
+        held_data = held.data.tags.get("data_fingerprint")
         if held_data != fingerprint:
             return status | {
                 "action": "kept",
@@ -108,25 +94,64 @@ def update_champion(
                 f"{rank_by} {score:.4f} cannot be compared with it; move the alias by hand "
                 "(MlflowClient().set_registered_model_alias) if the new data should win",
             }
-        if held_score is not None and score <= held_score:
-            return status | {
-                "action": "kept",
-                "reason": f"{kept}: its {rank_by} {held_score:.4f} is not beaten by {label} "
-                f"at {score:.4f}",
-            }
-    version = mlflow.register_model(model_uri, name, tags=version_tags(candidate, fingerprint))
+    version = _version_of(client, name, run_id) or mlflow.register_model(
+        model_uri, name, tags=version_tags(candidate, fingerprint)
+    )
     client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
     promoted = f"promoted {label} as version {version.version}"
     if champion is None:
-        reason = f"{promoted}, the first champion ({rank_by} {score:.4f})"
+        reason = f"{promoted}, the first champion: {best}"
     else:
         before = status.get(f"champion_{rank_by}")
         figure = f"{before:.4f}" if before is not None else f"no {rank_by}"
-        reason = (
-            f"{promoted}: {rank_by} {score:.4f} beats version {champion.version}'s {figure} "
-            f"({held_label})"
-        )
+        reason = f"{promoted}: {best}; version {champion.version} ({held_label}) had {figure}"
     return status | {"action": "promoted", "version": int(version.version), "reason": reason}
+
+
+def best_eligible(
+    client: MlflowClient, board: pd.DataFrame, rank_by: str, experiment_id: str
+) -> tuple[tuple[str, str, float] | None, list[str]]:
+    """The best run of `board` that can be champion (run id, model URI, score); why others not.
+
+    Only the runs ranked above the chosen one are explained: those are the ones a reader of the
+    leaderboard would expect to see crowned.
+    """
+    passed_over: list[str] = []
+    ranked = board.sort_values(rank_by, ascending=False, na_position="last", kind="stable")
+    for _, row in ranked.iterrows():
+        label = f"{row['model']} run {str(row['run_id'])[:SHORT_RUN_ID]}"
+        score = row.get(rank_by)
+        if row["model"] == ENSEMBLE_MODEL or score is None or pd.isna(score):
+            continue  # the ensemble row is not one model; an unscored run ranks nowhere
+        if is_collapsed(row):
+            passed_over.append(f"{label} collapsed")
+            continue
+        model_uri = logged_model_uri(client, str(row["run_id"]), experiment_id)
+        if model_uri is None:
+            passed_over.append(f"{label} has no logged model (re-run its evaluate)")
+            continue
+        return (str(row["run_id"]), model_uri, float(score)), passed_over
+    return None, passed_over
+
+
+def logged_model_uri(client: MlflowClient, run_id: str, experiment_id: str) -> str | None:
+    """The URI of the classifier evaluate logged for run `run_id` (the latest), or None."""
+    models = client.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{LOGGED_MODEL_NAME}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        max_results=1,
+    )
+    return models[0].model_uri if models else None
+
+
+def _version_of(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The newest version of `name` already registered from run `run_id`, if any."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return max(versions, key=lambda version: int(version.version), default=None)
 
 
 def version_tags(run: Run, fingerprint: str) -> dict[str, str]:

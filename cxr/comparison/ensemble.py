@@ -92,10 +92,14 @@ def score_mean(
 def build_ensemble(
     board: pd.DataFrame, size: int, experiment_id: str, scoring: EvaluateParams, seed: int
 ) -> Ensemble | str:
-    """The ensemble of the top `size` rows of the single-model `board`, or why there is none."""
+    """The ensemble of the top `size` rows of the single-model `board`, or why there is none.
+
+    A collapsed model (train's collapse check) adds nothing but its one class: it is left out.
+    """
     if size == 0:
         return "no ensemble row (compare.ensemble_size = 0)"
-    top = board.head(size)
+    learned = board[~board["collapsed"]] if "collapsed" in board else board
+    top = learned.head(size)
     if len(top) < 2:
         return f"no ensemble row: {len(top)} model(s) on this data, an ensemble needs 2"
     tables = {run_id: run_predictions(experiment_id, run_id) for run_id in top["run_id"]}

@@ -46,6 +46,9 @@ LEADERBOARD_COLUMNS = {
     MODEL_TAG: "model",
     **{f"metrics.{name}": name for name in METRICS},
     "tags.pretrained": "pretrained",
+    # train's collapse check (cxr.training.collapse): a collapsed model is never champion.
+    "tags.collapsed": "collapsed",
+    "tags.collapse_reason": "collapse_reason",
     "run_id": "run_id",
     "start_time": "started",
 }
@@ -117,6 +120,8 @@ def leaderboard(
     )
     board = board.reset_index(drop=True)
     board["parameters"] = pd.to_numeric(board["parameters"]).round().astype("Int64")
+    # Runs logged before the collapse check carry no tag: not known to be collapsed.
+    board["collapsed"] = board["collapsed"].eq("true")
     board["best"] = board.index == 0
     return board
 
@@ -221,7 +226,13 @@ def model_label(row: pd.Series, separator: str = "") -> str:
     """A row's model name; for the ensemble row, ensemble_name of its members."""
     if row["model"] == ENSEMBLE_MODEL:
         return ensemble_name(row["members"], separator)
-    return str(row["model"])
+    return str(row["model"]) + (" (collapsed)" if is_collapsed(row) else "")
+
+
+def is_collapsed(row: pd.Series) -> bool:
+    """Whether train flagged the row's model as collapsed (the ensemble row never is)."""
+    value = row.get("collapsed")
+    return isinstance(value, bool | np.bool_) and bool(value)
 
 
 def draw_leaderboard(board: pd.DataFrame, rank_by: str, fingerprint: str) -> Any:
@@ -377,6 +388,9 @@ def board_entry(row: pd.Series, external: Sequence[str] = ()) -> dict[str, Any]:
     entry["mcnemar_p_vs_best_note"] = note if isinstance(note, str) else None
     entry["significant"] = bool(row["significant"])
     entry["pretrained"] = None if pd.isna(row["pretrained"]) else row["pretrained"] == "true"
+    entry["collapsed"] = is_collapsed(row)
+    reason = row.get("collapse_reason")
+    entry["collapse_reason"] = reason if isinstance(reason, str) and reason else None
     return entry | {"run_id": row["run_id"]}
 
 

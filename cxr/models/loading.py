@@ -14,9 +14,8 @@ from cxr.core.errors import PipelineError
 from cxr.core.paths import MODEL_FILES
 from cxr.models.pixels import ImageRows, resize_batch
 from cxr.models.run_record import RunRecord, read_run_record
+from cxr.tracking.runs import LOGGED_MODEL_NAME
 
-# The name the pyfunc classifier is logged under in a run (cxr/serving/pyfunc.py).
-LOGGED_MODEL_NAME = "classifier"
 # Images scored at once when a split is predicted (timed_predict_proba): what memory holds of it.
 PREDICT_CHUNK = 2048
 

@@ -27,8 +27,9 @@ from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
 from cxr.images.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_bytes, read_file
-from cxr.models.loading import LOGGED_MODEL_NAME, Predictor, predictor_from_record
+from cxr.models.loading import Predictor, predictor_from_record
 from cxr.models.run_record import RunRecord
+from cxr.tracking.runs import LOGGED_MODEL_NAME
 
 REQUIREMENTS = ("mlflow", "tensorflow", "keras", "scikit-learn", "numpy", "pandas", "pillow")
 REQUIREMENTS_OPTIONAL = ("imagehash", "pyarrow", "scipy", "matplotlib", "pyyaml", "pydantic")

@@ -25,6 +25,8 @@ from cxr.core.processes import owner_alive, owner_token
 # Where evaluate logs its results in a run; compare reads the test predictions back from there.
 EVALUATE_ARTIFACTS = "evaluate"
 PREDICTIONS_ARTIFACT = f"{EVALUATE_ARTIFACTS}/test_predictions.json"
+# The name evaluate gives the MLflow model it logs in a run (the pyfunc); compare finds it so.
+LOGGED_MODEL_NAME = "classifier"
 # The model tag of compare's ensemble runs: never a single model, never the champion.
 ENSEMBLE_MODEL = "ensemble"
 # compare's own run holding the leaderboard (table, chart, headline) of one data fingerprint.

@@ -455,15 +455,17 @@ def fit_keras(
         "best_val_accuracy": float(bests["val_accuracy"].max().mean()),
         "train_images": len(data.train_labels),
     }
-    if len(members) > 1:
-        history = history.assign(member=member_of_epoch)
+    # The saved model's answers on the validation split: the collapse check, and a seed
+    # ensemble's own validation accuracy.
+    val_predicted = np.zeros(0, dtype=np.int64)
+    if len(data.val_labels):
         val_batches = array_dataset(
             data.val_images, data.val_labels.tolist(), train.batch_size, None
         )
-        probabilities = model.predict(val_batches, verbose=0)
-        metrics["ensemble_val_accuracy"] = float(
-            accuracy_score(data.val_labels, np.argmax(probabilities, axis=1))
-        )
+        val_predicted = np.argmax(model.predict(val_batches, verbose=0), axis=1)
+    if len(members) > 1:
+        history = history.assign(member=member_of_epoch)
+        metrics["ensemble_val_accuracy"] = float(accuracy_score(data.val_labels, val_predicted))
     tags = {
         "pretrained": str(pretrained).lower(),
         "cached_features": str(cached).lower(),
@@ -473,4 +475,4 @@ def fit_keras(
         "jit_compile": str(plan.jit_compile).lower(),
         **build_info(gpu_used=not plan.device.startswith("CPU")),
     }
-    return FitResult("keras", train.image_size, model_file, metrics, history, tags)
+    return FitResult("keras", train.image_size, model_file, metrics, history, tags, val_predicted)

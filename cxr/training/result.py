@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cxr.models.run_record import ModelKind
@@ -21,3 +22,4 @@ class FitResult:
     metrics: dict[str, Any]  # one value each: logged to MLflow and metrics/train.json
     history: pd.DataFrame  # one row per epoch: epoch, loss, accuracy, val_loss, ...
     tags: dict[str, str]  # how it was fitted: device, strategy, library versions
+    val_predicted: np.ndarray  # the saved model's class index for each validation image

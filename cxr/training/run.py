@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from cxr.core.registry import is_baseline
 from cxr.models.run_record import RunRecord, write_run_record
 from cxr.tracking.runs import end_abandoned_runs, log_split_datasets, run_tags
 from cxr.tracking.store import use_experiment
+from cxr.training.collapse import collapse_reason, collapse_tags
 from cxr.training.devices import setup_accelerators
 from cxr.training.inputs import load_training_data
 from cxr.training.keras_fit import fit_keras
@@ -81,8 +83,12 @@ def train_model(
         )
         write_run_record(staging, record)
         log_fit(result, paths)
+        collapsed = collapse_reason(data.val_labels, result.val_predicted, data.class_names)
+        mlflow.set_tags(collapse_tags(collapsed))
     shutil.rmtree(work, ignore_errors=True)  # a finished run has nothing to resume
-    return result.metrics
+    if collapsed is not None:
+        print(f"warning: train: {params.model} collapsed: {collapsed}", file=sys.stderr)
+    return result.metrics | {"collapsed": collapsed is not None, "collapse_reason": collapsed}
 
 
 def log_fit(result: FitResult, paths: ProjectPaths) -> None:

@@ -30,10 +30,11 @@ def full_probabilities(pipeline: Any, rows: np.ndarray, class_count: int) -> np.
     return probabilities
 
 
-def split_scores(pipeline: Any, data: TrainingData) -> dict[str, float]:
-    """Accuracy and log loss on train and val, named like Keras' epoch log."""
+def split_scores(pipeline: Any, data: TrainingData) -> tuple[dict[str, float], np.ndarray]:
+    """Accuracy and log loss on train and val, named like Keras' epoch log; val predictions."""
     classes = list(range(len(data.class_names)))
     scores = {}
+    predicted = np.zeros(0, dtype=np.int64)
     for prefix, images, labels in (
         ("", data.train_images, data.train_labels),
         ("val_", data.val_images, data.val_labels),
@@ -41,9 +42,10 @@ def split_scores(pipeline: Any, data: TrainingData) -> dict[str, float]:
         probabilities = full_probabilities(
             pipeline, flatten_pixels(in_memory(images)), len(classes)
         )
-        scores[f"{prefix}accuracy"] = float(accuracy_score(labels, probabilities.argmax(axis=1)))
+        predicted = probabilities.argmax(axis=1)
+        scores[f"{prefix}accuracy"] = float(accuracy_score(labels, predicted))
         scores[f"{prefix}loss"] = float(log_loss(labels, probabilities, labels=classes))
-    return scores
+    return scores, predicted
 
 
 def fit_baseline(params: Params, data: TrainingData, out_dir: Path) -> FitResult:
@@ -53,7 +55,7 @@ def fit_baseline(params: Params, data: TrainingData, out_dir: Path) -> FitResult
     started = time.perf_counter()
     pipeline.fit(flatten_pixels(in_memory(data.train_images)), data.train_labels)
     train_seconds = time.perf_counter() - started
-    scores = split_scores(pipeline, data)
+    scores, val_predicted = split_scores(pipeline, data)
     metrics = {
         "pretrained": False,
         "parameters": fitted_parameter_count(pipeline),
@@ -70,4 +72,6 @@ def fit_baseline(params: Params, data: TrainingData, out_dir: Path) -> FitResult
     joblib.dump(pipeline, model_file)
     tags = {"pretrained": "false", "device": "CPU", "sklearn_version": sklearn.__version__}
     history = pd.DataFrame(columns=list(HISTORY_COLUMNS))
-    return FitResult("sklearn", baseline.image_size, model_file, metrics, history, tags)
+    return FitResult(
+        "sklearn", baseline.image_size, model_file, metrics, history, tags, val_predicted
+    )

@@ -50,6 +50,38 @@ def test_leaderboard_ranks_latest_run_per_model_on_the_same_data(tmp_path, store
     assert "fingerprint data-b is not the current data-a" in excluded["reason"].iloc[0]
 
 
+def test_a_collapsed_model_is_flagged_on_the_leaderboard_and_in_its_json(tmp_path, store):
+    # given a run train flagged as collapsed, one it did not, and one logged before the check
+    experiment_id = use_experiment("cxr-collapsed", tmp_path, store)
+    collapsed, _ = log_run(experiment_id, "mobilenetv2", "data-a", 0.48)
+    reason = "it answers covid for all 62 validation images"
+    tag_runs = MlflowClient().set_tag
+    tag_runs(collapsed, "collapsed", "true")
+    tag_runs(collapsed, "collapse_reason", reason)
+    learned, _ = log_run(experiment_id, "resnet18", "data-a", 0.90)
+    tag_runs(learned, "collapsed", "false")
+    tag_runs(learned, "collapse_reason", "")
+    log_run(experiment_id, "vgg16", "data-a", 0.80)
+    # when the leaderboard is built
+    board = with_mcnemar(
+        leaderboard(evaluated_runs(experiment_id), "data-a", "test_accuracy"), experiment_id, 0.05
+    )
+    # then the flag is a column, the Markdown names the model collapsed, the JSON says why
+    assert board.set_index("model")["collapsed"].to_dict() == {
+        "resnet18": False,
+        "vgg16": False,
+        "mobilenetv2": True,
+    }
+    assert "| mobilenetv2 (collapsed) " in markdown_table(board)
+    report = leaderboard_json(board, excluded_runs(evaluated_runs(experiment_id), "data-a"),
+                              "data-a", {}, "")  # fmt: skip
+    entries = report["leaderboard"]
+    assert entries["mobilenetv2"]["collapsed"] is True
+    assert entries["mobilenetv2"]["collapse_reason"] == reason
+    assert entries["resnet18"]["collapsed"] is False
+    assert entries["resnet18"]["collapse_reason"] is None
+
+
 def test_runs_logged_before_the_rename_are_read_from_their_backbone_tag(tmp_path, store):
     # given a run tagged the old way (backbone) and one tagged the new way (model)
     experiment_id = use_experiment("cxr-legacy", tmp_path, store)

@@ -315,6 +315,34 @@ def test_a_baseline_logs_the_split_datasets_and_an_epoch_log_without_epochs(prep
     }  # fmt: skip
 
 
+def test_a_collapsed_model_is_flagged_in_one_line_its_summary_and_its_mlflow_run(
+    prepared, tmp_path, capsys
+):
+    # given a baseline regularised until it cannot learn (C = 1e-9: its pixel weights stay ~0)
+    # on a train split where covid is the largest class: it answers covid for every image
+    params = tiny_params()
+    params["model"] = "pixel_logreg"
+    params["train"]["baseline"]["c"] = 1e-9
+    root = fresh_copy(prepared, tmp_path, params)
+    table = ProjectPaths(root).split_table("train")
+    rows = pd.read_parquet(table)
+    rows[(rows["label"] == "covid") | (rows.groupby("label").cumcount() < 4)].to_parquet(table)
+    # when train runs, then it ends with one warning line naming the model and why
+    assert train.main(["--root", str(root)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "collapsed" in line]
+    assert warned == [
+        "warning: train: pixel_logreg collapsed: it answers covid for all 9 validation images"
+    ]
+    # and the summary and the MLflow run carry the flag and the reason
+    paths = ProjectPaths(root)
+    summary = json.loads(paths.summary("train").read_text())
+    assert summary["collapsed"] is True
+    assert summary["collapse_reason"] == "it answers covid for all 9 validation images"
+    tags = mlflow.tracking.MlflowClient().get_run(read_run_record(paths.models_dir).run_id)
+    assert tags.data.tags["collapsed"] == "true"
+    assert tags.data.tags["collapse_reason"] == summary["collapse_reason"]
+
+
 def test_class_weights_balance_the_loss_of_each_class():
     labels = np.array([0, 0, 0, 1])
     assert class_weights("none", labels, 3) is None
