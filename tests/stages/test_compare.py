@@ -87,7 +87,7 @@ def test_compare_stage_writes_metrics_markdown_chart_and_promotes(tmp_path, stor
     assert "Excluded (other data" in markdown and "resnet50" in markdown
     assert (
         f"Champion `cxr-stage@champion`: promoted efficientnetb0 run {best[:8]} as version 1, "
-        "the first champion (test_accuracy 0.8500)"
+        "the first champion: the leaderboard's best by test_accuracy (0.8500)"
     ) in markdown
     assert (paths.reports("compare") / "leaderboard.png").stat().st_size > 0
     assert np.isfinite(report["leaderboard"]["efficientnetb0"]["test_accuracy_ci_low"])
@@ -130,8 +130,8 @@ def test_main_reads_params_and_reports_an_empty_store(
     printed = capsys.readouterr().out
     assert "compare: 0 model(s) on this data, no evaluated runs yet" in printed
     assert (
-        "compare: Champion `cxr-classifier@champion`: not eligible: "
-        "metrics/summary/evaluate.json names no logged model (run evaluate first); no champion yet"
+        "compare: Champion `cxr-classifier@champion`: not eligible: no run of the leaderboard "
+        "can be champion; no champion yet"
     ) in printed
     metrics = json.loads(paths.summary("compare").read_text())
     assert metrics["models_compared"] == 0 and metrics["best_model"] is None
