@@ -189,6 +189,11 @@ def schedule_callbacks(
     return [], {}  # cosine: the optimizer's own schedule
 
 
+def warmup_epochs(train: TrainParams) -> int:
+    """The epochs of a phase that warm the learning rate up (cosine schedule only)."""
+    return train.cosine.warmup_epochs if train.schedule == "cosine" else 0
+
+
 def phase_callbacks(
     train: TrainParams,
     phase: Phase,
@@ -214,8 +219,12 @@ def phase_callbacks(
         averages.append(swap)
     stopping: list[keras.callbacks.Callback] = []
     if train.early_stopping_patience > 0:
+        # Not judged on a warm-up: its first epochs run at a fraction of the rate, so the best
+        # val_loss of those says nothing about where the schedule proper will go.
         early_stopping = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=train.early_stopping_patience
+            monitor="val_loss",
+            patience=train.early_stopping_patience,
+            start_from_epoch=phase.first_epoch + warmup_epochs(train),
         )
         tracked["early_stopping"] = (early_stopping, ("wait", "best", "best_epoch"))
         stopping.append(early_stopping)
