@@ -105,11 +105,13 @@ def remove_leftovers(target: Path) -> list[Path]:
 def _in_staging(staging: Path, create: Callable[[], T]) -> T:
     """Create a temporary in `staging`, making the folder first (again if it vanished meanwhile)."""
     for _ in range(STAGING_ATTEMPTS - 1):
-        staging.mkdir(parents=True, exist_ok=True)
         try:
+            staging.mkdir(parents=True, exist_ok=True)
             return create()
-        except FileNotFoundError:
-            continue  # another process removed the empty folder between the two calls
+        except (FileNotFoundError, FileExistsError):
+            # Another writer removed the empty folder meanwhile: between our two calls, or
+            # inside mkdir, after it found the folder there and before it checked it is one.
+            continue
     staging.mkdir(parents=True, exist_ok=True)
     return create()
 

@@ -434,3 +434,26 @@ def test_json_number_is_a_finite_float_or_none(value: object, number: float | No
 
 def _refuse(constant: str) -> None:
     raise AssertionError(f"{constant} is not JSON")
+
+
+def test_threads_writing_outputs_at_once_never_trip_over_the_shared_staging_folder(
+    tmp_path: Path,
+) -> None:
+    # given four threads each writing 150 outputs through the one staging folder, which each
+    # write creates when it is missing and removes when it leaves it empty
+    (tmp_path / ".git").mkdir()
+
+    def write_many(thread: int) -> None:
+        for index in range(150):
+            with staged_file(tmp_path / "out" / f"{thread}-{index}.txt") as staging:
+                staging.write_text(str(index))
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "out").mkdir()
+    # when they all run, then every write succeeds (none loses the race between one thread's
+    # mkdir and another's rmdir) and nothing is left staged
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write_many, range(4)))
+    assert len(list((tmp_path / "out").iterdir())) == 600
+    assert not (tmp_path / ".staging").exists()
