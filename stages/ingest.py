@@ -43,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"  {sum(dropped.values())} table rows dropped ({reasons}) -> {paths.ingest_rejected}"
         )
+    filtered = metrics["filtered_files"]
+    if filtered:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in filtered.items())
+        print(f"  {sum(filtered.values())} DICOM files left out by data.dicom ({reasons})")
     return 0
 
 

@@ -111,8 +111,11 @@ def leaderboard(
 
     With the metrics of the `external` datasets as columns (blank for a run not scored on one).
     """
-    if "tags.data_fingerprint" in runs:
-        runs = runs[runs["tags.data_fingerprint"] == fingerprint]
+    # A run without a data_fingerprint tag was not scored on data anyone can name: never ranked
+    # (excluded_runs lists it), also when no run of the experiment has the tag at all.
+    tagged = runs.get("tags.data_fingerprint")
+    runs = runs[tagged == fingerprint] if tagged is not None else runs.iloc[0:0]
+    runs = runs[runs[MODEL_TAG].notna()] if MODEL_TAG in runs else runs.iloc[0:0]
     columns = LEADERBOARD_COLUMNS | external_columns(external)
     runs = runs.reindex(columns=list(columns)).rename(columns=columns)
     board = runs.drop_duplicates("model").sort_values(

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import codecs
 import copy
+import difflib
+import math
 import re
 import string
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path, PureWindowsPath
 from typing import Any, ClassVar, Literal, get_args, get_origin
@@ -74,6 +77,12 @@ class SyntheticParams(Section):
         "9%, tilted up to 21 deg and scaled 0.78-1.20; the findings then sit in different "
         "pixels on every film, which a pixel classifier cannot follow and a CNN can",
     )
+    format: Literal["png", "dicom"] = Field(
+        description="png (<class>/<class>_<index>.png) or dicom: the same pixels as DICOM files "
+        "of fake patients (2-4 films each, <class>/patient<number>-<n>[.dcm]; 12/16-bit, "
+        "MONOCHROME1/2, rescale and window, uncompressed, RLE, JPEG-LS and JPEG 2000 lossless) "
+        "that decode to the PNGs' pixels exactly"
+    )
 
     @field_validator("counts")
     @classmethod
@@ -88,12 +97,20 @@ class SyntheticParams(Section):
         return counts
 
 
+# data.csv.dicom_key: the header attributes a label table may name files by (cxr.core.dicom reads
+# them); AccessionNumber is read only to match, never written anywhere.
+DicomKey = Literal[
+    "", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber"
+]
+
+
 class CsvParams(Section):
     """The metadata table of the csv layout: which file, and which columns say what."""
 
     file: str = Field(
         description="the metadata table, a path inside the dataset root (a table outside is "
-        "refused: put it in the source, so DVC tracks it); '' = none"
+        "refused: put it in the source, so DVC tracks it); for a dicomweb+ source, which has no "
+        "table, a path in the checkout; '' = none"
     )
     file_column: str = Field(min_length=1, description="the table's column naming each image file")
     file_template: str = Field(
@@ -101,6 +118,13 @@ class CsvParams(Section):
         "relative to data.csv.images_dir, e.g. images/{patientid}.*; the * must match exactly one "
         "file, else the row is dropped and listed in data/interim/ingest_rejected.csv; "
         "'' = read file_column"
+    )
+    dicom_key: DicomKey = Field(
+        description="join rows to DICOM files by this header attribute instead of a file name: "
+        "file_column then holds its value, and every DICOM file under images_dir whose header "
+        "holds it takes the row's label (e.g. StudyInstanceUID for labels mined from reports, "
+        "one row per study); a file two rows give different labels is an error; "
+        "not together with file_template; '' = by file name"
     )
     label_column: str = Field(
         min_length=1,
@@ -156,6 +180,16 @@ class CsvParams(Section):
             )
         return template
 
+    @field_validator("dicom_key")
+    @classmethod
+    def _file_by_one_means(cls, dicom_key: str, info: ValidationInfo) -> str:
+        if dicom_key and info.data.get("file_template"):
+            raise ValueError(
+                f"data.csv.file_template = {info.data['file_template']!r} is set too; rows find "
+                "their files by one of them, set the other to ''"
+            )
+        return dicom_key
+
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, encoding: str) -> str:
@@ -169,19 +203,150 @@ class CsvParams(Section):
         return encoding
 
 
+class DicomParams(Section):
+    """Which DICOM files ingest keeps, by their header; files of other formats are all kept."""
+
+    modalities: list[str] = Field(
+        description="keep the DICOM files whose Modality is one of these, e.g. [DX, CR] for "
+        "radiographs; the others are left out, counted in metrics/summary/ingest.json "
+        "(filtered_files) and listed in data/interim/ingest_rejected.csv; [] = all",
+        json_schema_extra={"allowed": "DICOM code strings (upper case), e.g. DX, CR, CT"},
+    )
+    views: list[str] = Field(
+        description="keep the DICOM files whose ViewPosition is one of these, e.g. [PA, AP]; "
+        "a file without a ViewPosition is left out too; [] = all",
+        json_schema_extra={"allowed": "DICOM code strings (upper case), e.g. PA, AP, LL"},
+    )
+
+    @field_validator("modalities", "views")
+    @classmethod
+    def _code_strings(cls, codes: list[str]) -> list[str]:
+        for code in codes:
+            if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", code):
+                raise ValueError(
+                    f"{code!r} is not a DICOM code string (upper case letters, digits, _ or "
+                    f"space, at most 16), e.g. {code.strip().upper()[:16] or 'PA'!r}"
+                )
+        if len(set(codes)) < len(codes):
+            raise ValueError("names a code twice")
+        return codes
+
+
+# Series attributes a study search cannot match (QIDO-RS matches study and patient attributes at
+# the study level; a server ignores the others or finds nothing): their place is series_query.
+SERIES_KEYWORDS = (
+    "Modality",
+    "SeriesInstanceUID",
+    "SeriesDescription",
+    "SeriesNumber",
+    "BodyPartExamined",
+)
+
+
+def _qido_filters(filters: Any, key: str) -> Any:
+    """QIDO-RS search filters as text: DICOM keywords or 8-digit tags to non-empty match values."""
+    if not isinstance(filters, dict):
+        return filters
+    # Imported here: pydicom takes a third of a second, paid only when a query is given.
+    from pydicom.datadict import keyword_dict
+
+    checked = {}
+    for name, value in filters.items():
+        name = str(name)
+        if name not in keyword_dict and not re.fullmatch(r"[0-9A-Fa-f]{8}", name):
+            close = difflib.get_close_matches(name, keyword_dict, n=1)
+            if name.lower() in ("limit", "offset"):
+                hint = "the number of studies is data.dicomweb.max_studies"
+            else:
+                hint = f"did you mean {close[0]}?" if close else "e.g. StudyDescription, 00081030"
+            raise ValueError(f"{name!r} is not a DICOM keyword (PS3.6) nor an 8-digit tag; {hint}")
+        if key == "query" and name in SERIES_KEYWORDS:
+            raise ValueError(
+                f"{name} is a series attribute, which a study search does not match: put it in "
+                "data.dicomweb.series_query"
+                + (" (or use ModalitiesInStudy here)" if name == "Modality" else "")
+            )
+        # YAML reads StudyDate: 20200101 as a number; QIDO-RS values are text.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(
+                f"{name}: {value!r} is not a match value; give text, e.g. DX, *CHEST* or "
+                "20200101-20201231 (an empty value matches everything: leave the key out)"
+            )
+        checked[name] = value
+    return checked
+
+
+class DicomwebParams(Section):
+    """A DICOMweb source (data.source dicomweb+http(s)://...): which studies and series to fetch."""
+
+    query: dict[str, str] = Field(
+        description="QIDO-RS filters of the studies to fetch (GET <server>/studies?...): study "
+        "or patient attributes by DICOM keyword, e.g. {ModalitiesInStudy: DX, StudyDescription: "
+        "'*CHEST*', StudyDate: 20200101-20201231}; {} = every study",
+        json_schema_extra={"allowed": "mapping of DICOM keyword (or 8-digit tag) to match value"},
+    )
+    series_query: dict[str, str] = Field(
+        description="QIDO-RS filters of each matching study's series, e.g. {Modality: DX, "
+        "BodyPartExamined: CHEST}; every instance of a matching series is fetched; {} = every "
+        "series",
+        json_schema_extra={"allowed": "mapping of DICOM keyword (or 8-digit tag) to match value"},
+    )
+    max_studies: int = Field(
+        ge=1,
+        description="fetch at most this many matching studies (the first in the server's "
+        "order); each instance is fetched once into data/downloads/dicomweb-<hash of the URL and "
+        "queries>/ and reused, so raising it fetches only the new studies",
+    )
+
+    @field_validator("query", "series_query", mode="before")
+    @classmethod
+    def _filters(cls, filters: Any, info: ValidationInfo) -> Any:
+        return _qido_filters(filters, str(info.field_name))
+
+
+DICOMWEB_PREFIX = "dicomweb+"
+
+
+def _check_dicomweb_url(url: str) -> None:
+    """Refuse a DICOMweb URL that is not http(s)://host/..., or that holds credentials."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(
+            "write dicomweb+https://<host>[:port]/<DICOMweb root>, e.g. "
+            "dicomweb+http://localhost:8042/dicom-web"
+        )
+    if parsed.username or parsed.password:
+        # params.yaml lands in git and MLflow: a password there would be published.
+        raise ValueError(
+            "holds a user name or password; set the environment variable CXR_DICOMWEB_TOKEN "
+            "to a bearer token instead"
+        )
+    if parsed.query or parsed.fragment:
+        raise ValueError("ends in ?... or #...: filters go in data.dicomweb.query")
+
+
 class DataParams(Section):
     """Where ingest takes the images from, and how their folders say the class."""
 
     source: str = Field(
         min_length=1,
         description="where the images come from: synthetic (the embedded phantoms), a folder, "
-        "a .zip / .tar / .tar.gz / .tgz archive, an https:// URL of one, or "
-        "kaggle:<owner>/<dataset>; relative paths are relative to the checkout",
+        "a .zip / .tar / .tar.gz / .tgz archive, an https:// URL of one, "
+        "kaggle:<owner>/<dataset>, or a DICOMweb server, dicomweb+https://<host>/<DICOMweb root> "
+        "(data.dicomweb); relative paths are relative to the checkout",
     )
     sha256: str = Field(
         description="required for a URL source: the archive's sha256; the download is verified "
         "and kept in data/downloads, never fetched twice",
         json_schema_extra={"allowed": "'' or 64 hex digits"},
+    )
+    dicomweb: DicomwebParams = Field(
+        description="what a dicomweb+ source fetches (QIDO-RS search, then WADO-RS retrieve of "
+        "each instance); its labels come from data.csv.file, a table in the checkout (e.g. one "
+        "row per study with data.csv.dicom_key StudyInstanceUID); a server that needs a token "
+        "gets the environment variable CXR_DICOMWEB_TOKEN as Authorization: Bearer, never a param"
     )
     csv: CsvParams = Field(description="the csv layout: a metadata table naming each file")
     # After csv, so its validator can see the csv section.
@@ -205,6 +370,10 @@ class DataParams(Section):
         "first group is the patient / study / paper, kept in one split; an unmatched file is a "
         "group of its own (warning); not together with data.csv.group_column; '' = none",
         json_schema_extra={"allowed": "'' or a regular expression with a capturing group"},
+    )
+    dicom: DicomParams = Field(
+        description="DICOM files kept by their header (files of other formats are all kept); "
+        "each DICOM file's patient is its group unless group_pattern or csv.group_column says"
     )
     synthetic: SyntheticParams = Field(
         description="the embedded chest-radiograph phantoms, used when data.source is synthetic"
@@ -235,6 +404,8 @@ class DataParams(Section):
             raise ValueError(
                 "write kaggle:<owner>/<dataset>, e.g. kaggle:pranavraikokte/covid19-image-dataset"
             )
+        if source.startswith(DICOMWEB_PREFIX):
+            _check_dicomweb_url(source.removeprefix(DICOMWEB_PREFIX))
         return source
 
     @field_validator("sha256")
@@ -306,6 +477,18 @@ class DataParams(Section):
         return pattern
 
     @model_validator(mode="after")
+    def _dicomweb_labels(self) -> DataParams:
+        if self.source.startswith(DICOMWEB_PREFIX) and not self.csv.file:
+            raise CrossKeyError(
+                "data.csv.file",
+                self.csv.file,
+                f"data.source = {self.source!r} has no class folders: name a label table in the "
+                "checkout, e.g. labels.csv with columns StudyInstanceUID,label and "
+                "data.csv.dicom_key StudyInstanceUID",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _one_source_of_groups(self) -> DataParams:
         if self.group_pattern and self.csv.group_column:
             raise CrossKeyError(
@@ -322,6 +505,7 @@ class DataParams(Section):
 # values, whose layout, table or label map describe another collection.
 EXTERNAL_DATA_DEFAULTS: dict[str, Any] = {
     "sha256": "",
+    "dicomweb": {"query": {}, "series_query": {}, "max_studies": 100},
     "layout": "auto",
     "label_map": {},
     "classes": [],
@@ -330,11 +514,13 @@ EXTERNAL_DATA_DEFAULTS: dict[str, Any] = {
         "file": "",
         "file_column": "file",
         "file_template": "",
+        "dicom_key": "",
         "label_column": "label",
         "group_column": "",
         "images_dir": "",
         "encoding": "auto",
     },
+    "dicom": {"modalities": [], "views": []},
     "synthetic": {
         "counts": {"covid": 120, "normal": 200, "viral_pneumonia": 90},
         "image_size": 128,
@@ -342,6 +528,7 @@ EXTERNAL_DATA_DEFAULTS: dict[str, Any] = {
         "seed": 2026,
         "exposure": 1.0,
         "positioning": 3.0,
+        "format": "png",
     },
     "max_extract_bytes": 20_000_000_000,
     "max_extract_files": 2_000_000,
@@ -362,7 +549,7 @@ def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """`given` over `defaults`, mappings merged key by key (label_map and counts replaced whole)."""
     merged = dict(defaults)
     for key, value in given.items():
-        sections = key in ("csv", "synthetic") and isinstance(value, dict)
+        sections = key in ("csv", "dicom", "dicomweb", "synthetic") and isinstance(value, dict)
         merged[key] = _merged(defaults[key], value) if sections else value
     return merged
 
@@ -377,6 +564,59 @@ class ExternalDataParams(DataParams):
         if not isinstance(raw, dict):
             return raw
         return _merged(copy.deepcopy(EXTERNAL_DATA_DEFAULTS), raw)
+
+
+# build.dicom.window's named CT windows: (centre, width) in Hounsfield units.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+}
+DICOM_WINDOW_NAMES = ("auto", "full", *CT_WINDOWS)
+# A window as decoding takes it: one of DICOM_WINDOW_NAMES, or (centre, width).
+DicomWindow = str | tuple[float, float]
+
+
+def dicom_window(value: Any) -> DicomWindow:
+    """build.dicom.window as decoding takes it: a name, or (centre, width); ValueError if bad."""
+    if isinstance(value, str) and value in DICOM_WINDOW_NAMES:
+        return value
+    numbers = list(value) if isinstance(value, list | tuple) else []
+    if len(numbers) != 2 or not all(
+        isinstance(number, int | float) and not isinstance(number, bool) for number in numbers
+    ):
+        raise ValueError(
+            f"must be {', '.join(DICOM_WINDOW_NAMES)} or [centre, width], e.g. [-600, 1500]"
+        )
+    centre, width = float(numbers[0]), float(numbers[1])
+    if not (math.isfinite(centre) and math.isfinite(width) and width > 0):
+        raise ValueError("[centre, width] needs finite numbers and a width > 0")
+    return (centre, width)
+
+
+class DicomBuildParams(Section):
+    """How the stored values of a DICOM file become the cache's 8-bit gray (its VOI)."""
+
+    window: str | list[float] = Field(
+        description="the values shown from black to white, after the modality LUT (Hounsfield "
+        "units for CT): auto (the file's VOI LUT, else its first window centre / width, else "
+        "the image's own range), full (the whole stored range), lung (centre -600, width 1500), "
+        "mediastinum (50, 350) or [centre, width]; train records it, so predict and the served "
+        "model decode DICOM files alike",
+        json_schema_extra={
+            "allowed": f"{', '.join(DICOM_WINDOW_NAMES)} or [centre, width] with width > 0"
+        },
+    )
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _name_or_centre_and_width(cls, window: Any) -> Any:
+        setting = dicom_window(window)
+        return setting if isinstance(setting, str) else list(setting)
+
+    @property
+    def decoding_window(self) -> DicomWindow:
+        """The window as decoding takes it: a name, or (centre, width)."""
+        return dicom_window(self.window)
 
 
 class BuildParams(Section):
@@ -405,6 +645,9 @@ class BuildParams(Section):
         ge=1, description="images per class sampled for the intensity histograms"
     )
     histogram_bins: int = Field(ge=2, le=256, description="bins of the intensity histograms")
+    dicom: DicomBuildParams = Field(
+        description="DICOM files (found by content: the DICM marker), decoded with pydicom"
+    )
 
 
 class SplitParams(Section):

@@ -17,11 +17,31 @@ from cxr.core.paths import SPLITS, ProjectPaths
 # source (sub-collection or origin the file came from, "" when the data has one origin).
 MANIFEST_COLUMNS = ("path", "label", "given_split", "group", "source")
 
-# Written by build: the manifest columns plus what decoding the file found (size after EXIF
-# orientation, Pillow mode, format detected from the content), its byte count and sha256, a
-# 64-bit perceptual hash (16 hex digits) and the row of data/interim/pixels.npy it occupies.
+# Written by ingest after those, read from each DICOM file's header ('' for any other file):
+# patient and study are pseudonyms (cxr.core.pseudonyms), never the IDs themselves; view
+# position (PA, AP, LL), body part, manufacturer, sex, age (DICOM AS, 90 years and over as
+# 090Y+), photometric interpretation, bits stored and the transfer syntax's name.
+DICOM_COLUMNS = (
+    "patient",
+    "study",
+    "modality",
+    "view_position",
+    "body_part",
+    "manufacturer",
+    "sex",
+    "age",
+    "photometric",
+    "bits_stored",
+    "transfer_syntax",
+)
+
+# Written by build: the manifest and DICOM columns plus what decoding the file found (size
+# after EXIF orientation, Pillow mode, format detected from the content), its byte count and
+# sha256, a 64-bit perceptual hash (16 hex digits) and the row of data/interim/pixels.npy it
+# occupies.
 IMAGE_COLUMNS = (
     *MANIFEST_COLUMNS,
+    *DICOM_COLUMNS,
     "width",
     "height",
     "mode",
@@ -46,7 +66,7 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    """The ingest manifest, checked for its columns; path order, strings without missing values."""
+    """The ingest manifest, checked for its columns (DICOM ones blank where absent); path order."""
     manifest = read_table(path)
     missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
     if missing:
@@ -57,7 +77,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
     if manifest["path"].duplicated().any():
         duplicate = manifest.loc[manifest["path"].duplicated(), "path"].iloc[0]
         raise PipelineError(f"{path}: path {duplicate!r} is listed twice; re-run the ingest stage")
-    manifest = manifest[list(MANIFEST_COLUMNS)].fillna("").astype(str)
+    # A manifest of an older ingest (or a test's) has no DICOM columns: they are then blank.
+    manifest = manifest.reindex(columns=[*MANIFEST_COLUMNS, *DICOM_COLUMNS], fill_value="")
+    manifest = manifest.fillna("").astype(str)
     return manifest.sort_values("path", ignore_index=True)
 
 

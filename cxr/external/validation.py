@@ -127,9 +127,13 @@ def _ingest_and_decode(
     except PipelineError as error:
         raise PipelineError(as_external_keys(str(error), name)) from None
     shared_classes(name, ingested.counts, record.class_names)  # fail before decoding
-    # The model's own cache size and resize mode: its images met it squared exactly so.
+    # The model's own cache size, resize mode and DICOM window: its images met it so.
     build = params.build.model_copy(
-        update={"cache_size": record.cache_size, "resize": record.resize}
+        update={
+            "cache_size": record.cache_size,
+            "resize": record.resize,
+            "dicom": params.build.dicom.model_copy(update={"window": record.dicom_window}),
+        }
     )
     with staged_file(paths.pixel_cache) as staging:
         images, rejected = decode_into_cache(

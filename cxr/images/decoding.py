@@ -3,6 +3,8 @@
 Every file is streamed, never held whole: its size and header are checked against
 build.max_pixels first, its content (never its extension) gives the format, its bytes the
 sha256, and the decoded pixels are resized once to the square the pixel cache stores.
+A DICOM file (the DICM marker after its 128-byte preamble, whatever its name) is decoded with
+pydicom through the display pipeline of the standard (cxr.images.dicom), any other with Pillow.
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ import imagehash
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from cxr.core.dicom import HEAD_BYTES, is_dicom_head
 from cxr.core.errors import PipelineError
+from cxr.core.params import DicomWindow
 from cxr.core.processes import available_cores, map_in_processes
 from cxr.core.progress import track
 from cxr.core.registry import RESIZE_MODES
+from cxr.images.decoded import DecodedImage, UnusableImage
+from cxr.images.dicom import decode_dicom
 
 # What Pillow raises on a damaged file, by format plugin: truncated data (OSError), broken
 # chunks (SyntaxError), bad header fields (ValueError, struct.error, IndexError), early EOF.
@@ -48,33 +54,6 @@ METADATA_ALLOWANCE_BYTES = 64 << 20
 # Pillow's decompression-bomb message gives the pixel count: "Image size (N pixels) exceeds ...".
 BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
-# Why a file can be rejected (the per-reason counts in metrics/build.json).
-REJECT_KINDS = ("missing", "empty", "not_an_image", "too_large", "corrupt")
-
-
-class UnusableImage(Exception):  # noqa: N818 (the name the data contract uses)
-    """A file the build skips, with the kind (one of REJECT_KINDS) and a readable reason."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
-
-    def __reduce__(self) -> tuple[type[UnusableImage], tuple[str, str]]:
-        # Exceptions pickle their args; this one has two, so it can cross process boundaries.
-        return (UnusableImage, (self.kind, self.detail))
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """Gray pixels with the size (after EXIF orientation), mode and format of the file."""
-
-    pixels: np.ndarray
-    width: int
-    height: int
-    mode: str
-    format: str
-
 
 @dataclass(frozen=True)
 class DecodedFile:
@@ -86,15 +65,18 @@ class DecodedFile:
     rejection: UnusableImage | None
 
 
-def decode_gray(path: Path, max_pixels: int, draft_side: int = 0) -> np.ndarray:
+def decode_gray(
+    path: Path, max_pixels: int, draft_side: int = 0, window: DicomWindow = "auto"
+) -> np.ndarray:
     """Decode any image file into uint8 (H, W) gray: EXIF applied, 16-bit scaled, alpha on black.
 
     Raises UnusableImage for a missing, empty, non-image, too-large, truncated or corrupt file.
-    `draft_side`: see decode_stream (pass the cache size, as build does, to match its pixels).
+    `draft_side`, `window`: see decode_stream (pass the cache size and build.dicom.window, as
+    build does, to match its pixels).
     """
     with open_image_file(path) as handle:
         size = os.fstat(handle.fileno()).st_size
-        return decode_stream(handle, size, max_pixels, draft_side).pixels
+        return decode_stream(handle, size, max_pixels, draft_side, window).pixels
 
 
 def open_image_file(path: Path) -> io.BufferedReader:
@@ -129,20 +111,28 @@ def _bomb(error: Image.DecompressionBombError, max_pixels: int) -> UnusableImage
     return UnusableImage("too_large", f"{size}, over build.max_pixels = {max_pixels}")
 
 
-def decode_bytes(content: bytes, max_pixels: int, draft_side: int = 0) -> DecodedImage:
+def decode_bytes(
+    content: bytes, max_pixels: int, draft_side: int = 0, window: DicomWindow = "auto"
+) -> DecodedImage:
     """Decode the bytes of an image file (format detected from the content) into gray."""
-    return decode_stream(io.BytesIO(content), len(content), max_pixels, draft_side)
+    return decode_stream(io.BytesIO(content), len(content), max_pixels, draft_side, window)
 
 
 def decode_stream(
-    handle: BinaryIO, size: int, max_pixels: int, draft_side: int = 0
+    handle: BinaryIO,
+    size: int,
+    max_pixels: int,
+    draft_side: int = 0,
+    window: DicomWindow = "auto",
 ) -> DecodedImage:
     """Decode an image file of `size` bytes from a seekable handle, reading only what it needs.
 
     The size and then the header are checked against max_pixels (build.max_pixels) before any
     pixel is decoded, so a file too large to use is rejected without being read whole. With
     `draft_side` (> 0), a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose sides
-    are still >= draft_side: a 2,000-px radiograph squared to 256 px never decodes at full size.
+    are still >= draft_side: a 2,000-px radiograph squared to 256 px never decodes at full size,
+    and a DICOM JPEG 2000 image is decoded at the matching power-of-two reduction.
+    A DICOM file is displayed through `window` (build.dicom.window; see cxr.images.dicom).
     The width and height reported are the file's own (after EXIF orientation).
     """
     if size == 0:
@@ -153,6 +143,13 @@ def decode_stream(
             f"{size} bytes, more than any image within build.max_pixels = {max_pixels} needs "
             f"({max_file_bytes(max_pixels)} bytes)",
         )
+    try:
+        head = handle.read(HEAD_BYTES)
+        handle.seek(0)
+    except OSError as error:
+        raise UnusableImage("missing", f"cannot read ({error.strerror or error})") from None
+    if is_dicom_head(head):
+        return decode_dicom(handle, size, max_pixels, window, draft_side)
     # Our own pixel limit is checked on the header before any pixel is decoded; Pillow's
     # decompression-bomb warning / error must not print or crash the stage instead.
     with warnings.catch_warnings():
@@ -267,18 +264,24 @@ def perceptual_hash(square: np.ndarray) -> str:
 
 
 def decode_file(
-    raw_dir: Path, relative: str, max_pixels: int, cache_size: int, resize: str
+    raw_dir: Path,
+    relative: str,
+    max_pixels: int,
+    cache_size: int,
+    resize: str,
+    window: DicomWindow = "auto",
 ) -> DecodedFile:
     """Read raw_dir/relative: metadata, sha256, perceptual hash and cache pixels.
 
     A file is streamed, never held whole in memory: a too-large one is rejected on its size or
-    its header, and the sha256 is taken only of a file that decoded.
+    its header, and the sha256 is taken only of a file that decoded. A DICOM file is shown
+    through `window` (build.dicom.window).
     """
     try:
         with open_image_file(raw_dir / relative) as handle:
             size = os.fstat(handle.fileno()).st_size
             # Decoded at no more than the cache needs (JPEG DCT scaling), as predict does too.
-            decoded = decode_stream(handle, size, max_pixels, draft_side=cache_size)
+            decoded = decode_stream(handle, size, max_pixels, cache_size, window)
             try:
                 handle.seek(0)
                 sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
@@ -306,10 +309,16 @@ def decode_files(
     cache_size: int,
     resize: str,
     workers: int = 0,
+    window: DicomWindow = "auto",
 ) -> Iterator[DecodedFile]:
     """decode_file over every path, in processes on `workers` cores (0 = all), in input order."""
     decode = functools.partial(
-        decode_file, raw_dir, max_pixels=max_pixels, cache_size=cache_size, resize=resize
+        decode_file,
+        raw_dir,
+        max_pixels=max_pixels,
+        cache_size=cache_size,
+        resize=resize,
+        window=window,
     )
     decoded = map_in_processes(
         decode, relatives, workers or available_cores(), preload=["cxr.images.decoding"]

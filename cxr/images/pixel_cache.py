@@ -75,6 +75,7 @@ def decode_into_cache(
         size,
         build_params.resize,
         workers,
+        build_params.dicom.decoding_window,
     )
     with cache.open("r+b") as writer:
         writer.seek(offset)

@@ -7,13 +7,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr.core.dicom import is_dicom_file
 from cxr.core.errors import PipelineError
 from cxr.core.warnings import DataWarnings
 
 LAYOUTS = ("auto", "class_folders", "split_folders", "radiography", "binary", "csv")
 
-# A folder is a class only if it holds at least one file with one of these suffixes; every file
-# in it is still listed (a JPEG saved as .dat is an image; build rejects what does not decode).
+# A folder is a class only if it holds at least one image: a file with one of these suffixes,
+# or a DICOM file whatever its name (.dcm, .DCM, IM000001, none). Every file in it is still
+# listed (a JPEG saved as .dat is an image; build rejects what does not decode).
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".jfif", ".pgm", ".ppm"}
 )
@@ -47,7 +49,7 @@ class Rejection:
     # the row: table path and row number (header = row 1), e.g. metadata.csv:12; or the file's
     # posix path inside the source folder
     path: str
-    kind: str  # snake_case, counted in metrics/ingest.json (dropped_rows or skipped_files)
+    kind: str  # snake_case, counted in ingest.json (dropped_rows, skipped_ or filtered_files)
     detail: str  # what was looked for and what was found
 
     def __str__(self) -> str:
@@ -108,20 +110,31 @@ def _visible_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not is_hidden(p.name))
 
 
-def _files_below(folder: Path) -> Iterator[Path]:
+def files_below(folder: Path) -> Iterator[Path]:
     """Every visible file under folder, skipping hidden and mask folders, in sorted order."""
     for child in sorted(folder.iterdir()):
         if is_hidden(child.name):
             continue
         if child.is_dir():
             if child.name.lower() not in MASK_FOLDERS:
-                yield from _files_below(child)
+                yield from files_below(child)
         elif child.is_file():
             yield child
 
 
-def _is_image(path: Path) -> bool:
+def has_image_suffix(path: Path) -> bool:
+    """Whether the file's name ends in an image suffix (.png, .jpg, ...), in any case."""
     return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_dicom(path: Path) -> bool:
+    """Whether a file is DICOM by its content; a file named as an image is not even opened."""
+    return not has_image_suffix(path) and is_dicom_file(path)
+
+
+def is_image(path: Path) -> bool:
+    """Whether a file is an image: named as one, or DICOM by its content (132 bytes read)."""
+    return has_image_suffix(path) or is_dicom_file(path)
 
 
 def dataset_root(root: Path) -> Path:
@@ -159,10 +172,10 @@ def _class_level_layout(folder: Path) -> str:
 def _class_files(class_dir: Path, layout: str) -> tuple[Path, list[Path]] | None:
     """The folder a class's images are in and every file under it; None for a non-class."""
     if layout != "radiography":
-        return class_dir, list(_files_below(class_dir))
+        return class_dir, list(files_below(class_dir))
     images = next((d for d in _visible_dirs(class_dir) if d.name.lower() == "images"), None)
     # A folder without images/ beside the class folders holds metadata, not a class.
-    return None if images is None else (images, list(_files_below(images)))
+    return None if images is None else (images, list(files_below(images)))
 
 
 def _class_entries(
@@ -175,7 +188,7 @@ def _class_entries(
         if found is None:
             continue
         images_dir, files = found
-        if not any(_is_image(path) for path in files):
+        if not any(is_image(path) for path in files):
             others = f" (only {len(files)} other file(s))" if files else ""
             warnings.warn(
                 "empty_class_folder",
@@ -209,7 +222,7 @@ def _split_entries(dataset: DatasetRoot, warnings: DataWarnings) -> list[Entry]:
 def _single_class_entries(dataset: DatasetRoot) -> list[Entry]:
     """A dataset of images without class folders: one class, named after the dataset."""
     files = _visible_files(dataset.path)
-    if not any(_is_image(path) for path in files):
+    if not any(is_image(path) for path in files):
         return []
     return [Entry(dataset.relative(path), dataset.name) for path in files]
 

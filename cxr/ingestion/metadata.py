@@ -2,6 +2,8 @@
 
 Rows that do not lead to exactly one file are not errors: each becomes a Rejection with the
 table row and what was looked for, so one bad row never stops a collection of thousands.
+With data.csv.dicom_key a row names DICOM files by a header attribute instead (a study's UID
+in a table of labels mined from reports), and leads to every file whose header holds it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import pandas as pd
 from cxr.core.errors import PipelineError
 from cxr.core.params import CsvParams
 from cxr.core.warnings import DataWarnings
-from cxr.ingestion.layouts import DatasetRoot, Entry, Rejection, is_hidden
+from cxr.ingestion.dicom_headers import DicomHeaders
+from cxr.ingestion.labels import canonical_label
+from cxr.ingestion.layouts import DatasetRoot, Entry, Rejection, files_below, is_hidden
 
 # Tried in this order under data.csv.encoding: auto. UTF-8 (a byte-order mark allowed) is what
 # tables are written in today; cp1252 is what Excel on Windows saves as "CSV"; latin-1 decodes
@@ -167,6 +171,57 @@ class _Locator:
         return path, None
 
 
+class _DicomKeyLocator:
+    """Finds the DICOM files of each table row: those whose data.csv.dicom_key holds its value."""
+
+    def __init__(self, root: Path, csv: CsvParams, headers: DicomHeaders) -> None:
+        self.csv = csv
+        folder = root / csv.images_dir if csv.images_dir else root
+        self.where = f"{csv.images_dir}/" if csv.images_dir else "the dataset"
+        below = [path.relative_to(root).as_posix() for path in files_below(folder)]
+        headers.load(below)
+        self.files: dict[str, list[str]] = defaultdict(list)
+        for relative in below:
+            header = headers.get(relative)
+            if header is not None and header[csv.dicom_key]:
+                self.files[header[csv.dicom_key]].append(relative)
+
+    def locate(self, record: Mapping[str, str], row: str) -> tuple[list[str], Rejection | None]:
+        """The row's files relative to the root, or [] and why there are none."""
+        column, key = self.csv.file_column, self.csv.dicom_key
+        value = record[column].strip()
+        if not value:
+            return [], Rejection(row, "missing_file", f"column {column!r} is blank")
+        files = self.files.get(value, [])
+        if not files:
+            # The value itself is not shown: an identifier stays in the table it came from.
+            detail = f"no DICOM file under {self.where} has this row's {key} (column {column!r})"
+            return [], Rejection(row, "no_file_match", detail)
+        return files, None
+
+
+def _dicom_key_entries(entries: list[Entry], key: str, shown: str) -> list[Entry]:
+    """One entry per file matched by rows of one label; a file matched with two labels fails."""
+    first: dict[str, Entry] = {}
+    kept = []
+    for entry in entries:
+        if not entry.path:
+            kept.append(entry)
+            continue
+        earlier = first.get(entry.path)
+        if earlier is None:
+            first[entry.path] = entry
+            kept.append(entry)
+        elif canonical_label(earlier.raw_label) != canonical_label(entry.raw_label):
+            rows = f"rows {earlier.row.rsplit(':', 1)[-1]} and {entry.row.rsplit(':', 1)[-1]}"
+            raise PipelineError(
+                f"{shown}: {rows} give {entry.path!r} different labels "
+                f"({earlier.raw_label!r}, {entry.raw_label!r}) through its {key}; "
+                f"keep one label per {key}"
+            )
+    return kept
+
+
 def _check_columns(table: pd.DataFrame, csv: CsvParams, shown: str) -> None:
     wanted = [("label_column", csv.label_column, csv.label_column)]
     if csv.file_template:
@@ -179,9 +234,11 @@ def _check_columns(table: pd.DataFrame, csv: CsvParams, shown: str) -> None:
         wanted.append(("group_column", csv.group_column, csv.group_column))
     for key, value, column in wanted:
         if column not in table.columns:
+            keyed = csv.dicom_key and key == "file_column"
+            what = f" (the column of each row's {csv.dicom_key})" if keyed else ""
             raise PipelineError(
-                f"data.csv.{key} = {value!r}: no column {column!r} in {shown}; its columns: "
-                f"{', '.join(map(str, table.columns))}"
+                f"data.csv.{key} = {value!r}{what}: no column {column!r} in {shown}; its "
+                f"columns: {', '.join(map(str, table.columns))}"
             )
 
 
@@ -199,8 +256,16 @@ def _check_one_row_per_file(entries: list[Entry], shown: str) -> None:
         )
 
 
-def csv_entries(dataset: DatasetRoot, csv: CsvParams, warnings: DataWarnings) -> list[Entry]:
-    """One entry per row of data.csv.file; rows without exactly one file carry a Rejection."""
+def csv_entries(
+    dataset: DatasetRoot,
+    csv: CsvParams,
+    warnings: DataWarnings,
+    headers: DicomHeaders | None = None,
+) -> list[Entry]:
+    """One entry per row of data.csv.file; rows without exactly one file carry a Rejection.
+
+    With data.csv.dicom_key, one entry per DICOM file a row leads to (`headers` reads them).
+    """
     shown = dataset.shown(csv.file)
     table_path = dataset.path / csv.file
     if not table_path.is_file():
@@ -212,22 +277,52 @@ def csv_entries(dataset: DatasetRoot, csv: CsvParams, warnings: DataWarnings) ->
         )
     table = read_metadata(table_path, csv.encoding, shown, warnings)
     _check_columns(table, csv, shown)
-    locator = _Locator(dataset.path, csv)
+    if csv.dicom_key:
+        if headers is None:
+            raise ValueError("data.csv.dicom_key needs the DICOM headers to match rows by")
+        entries = _keyed_entries(table, csv, dataset.path, headers)
+        entries = _dicom_key_entries(entries, csv.dicom_key, shown)
+    else:
+        entries = _named_entries(table, csv, dataset.path)
+        _check_one_row_per_file(entries, shown)
+    if entries and all(entry.rejection for entry in entries):
+        first = entries[0].rejection
+        assert first is not None
+        key = "file_template" if csv.file_template else "file_column"
+        value = csv.file_template if csv.file_template else csv.file_column
+        also = f", data.csv.dicom_key = {csv.dicom_key!r}" if csv.dicom_key else ""
+        raise PipelineError(
+            f"data.csv.{key} = {value!r}: no row of {shown} leads to a file (row "
+            f"{first.path.rsplit(':', 1)[-1]}: {first.detail}); check it{also} and "
+            f"data.csv.images_dir = {csv.images_dir!r}"
+        )
+    return entries
+
+
+def _named_entries(table: pd.DataFrame, csv: CsvParams, root: Path) -> list[Entry]:
+    """One entry per row, its file named by the file column or the template."""
+    locator = _Locator(root, csv)
     entries = []
     for number, record in enumerate(table.to_dict("records"), start=2):  # the header is row 1
         row = f"{csv.file}:{number}"
         path, rejection = locator.locate(record, row)
         group = record[csv.group_column].strip() if csv.group_column else ""
         entries.append(Entry(path, record[csv.label_column], "", group, row, rejection))
-    _check_one_row_per_file(entries, shown)
-    if entries and all(entry.rejection for entry in entries):
-        first = entries[0].rejection
-        assert first is not None
-        key = "file_template" if csv.file_template else "file_column"
-        value = csv.file_template if csv.file_template else csv.file_column
-        raise PipelineError(
-            f"data.csv.{key} = {value!r}: no row of {shown} leads to a file (row "
-            f"{first.path.rsplit(':', 1)[-1]}: {first.detail}); check it and "
-            f"data.csv.images_dir = {csv.images_dir!r}"
-        )
+    return entries
+
+
+def _keyed_entries(
+    table: pd.DataFrame, csv: CsvParams, root: Path, headers: DicomHeaders
+) -> list[Entry]:
+    """One entry per DICOM file each row leads to by data.csv.dicom_key, or one rejected row."""
+    locator = _DicomKeyLocator(root, csv, headers)
+    entries = []
+    for number, record in enumerate(table.to_dict("records"), start=2):  # the header is row 1
+        row = f"{csv.file}:{number}"
+        files, rejection = locator.locate(record, row)
+        group = record[csv.group_column].strip() if csv.group_column else ""
+        label = record[csv.label_column]
+        entries += [Entry(path, label, "", group, row) for path in files]
+        if rejection is not None:
+            entries.append(Entry("", label, "", group, row, rejection))
     return entries

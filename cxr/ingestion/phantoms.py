@@ -112,16 +112,7 @@ def write_phantom_dataset(
     1.0 for both gives the pinned bytes.
     """
     # Validate everything before writing anything so a bad call leaves no partial dataset.
-    for label, count in counts.items():
-        _check_label(label)
-        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
-            raise ValueError(f"counts[{label!r}] must be an integer >= 0, got {count!r}")
-    _check_image_size(image_size)
-    _check_difficulty(difficulty)
-    _check_exposure(exposure)
-    _check_positioning(positioning)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    check_dataset_request(counts, image_size, difficulty, seed, exposure, positioning)
 
     target_dir = Path(target_dir)
     jobs: list[tuple[Path, str, int, int]] = []
@@ -162,11 +153,48 @@ def _write_one_phantom(
     positioning: float = 1.0,
 ) -> None:
     path, label, class_index, index = job
+    pixels = draw_phantom(
+        label, class_index, index, image_size, difficulty, seed, exposure, positioning
+    )
+    _write_png_atomically(path, pixels)
+
+
+def draw_phantom(
+    label: str,
+    class_index: int,
+    index: int,
+    image_size: int,
+    difficulty: float,
+    seed: int,
+    exposure: float = 1.0,
+    positioning: float = 1.0,
+) -> np.ndarray:
+    """The uint8 pixels of phantom number `index` of a class, as write_phantom_dataset draws it."""
     # One generator per image keyed by (seed, class, index): an image's bytes do not depend on
     # how many images of other classes (or before it) were requested.
     rng = np.random.default_rng([seed, class_index, index])
-    pixels = render_phantom(label, rng, image_size, difficulty, exposure, positioning)
-    _write_png_atomically(path, pixels)
+    return render_phantom(label, rng, image_size, difficulty, exposure, positioning)
+
+
+def check_dataset_request(
+    counts: Mapping[str, int],
+    image_size: int,
+    difficulty: float,
+    seed: int,
+    exposure: float,
+    positioning: float,
+) -> None:
+    """Raise ValueError, naming the argument, when a dataset of phantoms cannot be drawn so."""
+    for label, count in counts.items():
+        _check_label(label)
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+            raise ValueError(f"counts[{label!r}] must be an integer >= 0, got {count!r}")
+    _check_image_size(image_size)
+    _check_difficulty(difficulty)
+    _check_exposure(exposure)
+    _check_positioning(positioning)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
 
 
 def _check_label(label: str) -> None:
@@ -206,10 +234,15 @@ def _write_png_atomically(path: Path, pixels: np.ndarray) -> None:
     # deflate blocks: Pillow's zlib-ng picks its match finder by CPU at run time, so compressed
     # bytes could differ between machines; stored blocks cannot (about 1.4x the size).
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
+    write_bytes_atomically(path, buffer.getvalue())
+
+
+def write_bytes_atomically(path: Path, content: bytes) -> None:
+    """Write `content` to a temp file beside `path`, then rename it over `path`."""
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
+            handle.write(content)
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Where data.source points: a folder, an archive, a pinned URL or a Kaggle dataset."""
+"""Where data.source points: a folder, an archive, a pinned URL, a Kaggle dataset or DICOMweb."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ from typing import IO, Literal, TypeVar
 
 from cxr.core.errors import PipelineError
 from cxr.core.outputs import staged_file
+from cxr.core.params import DICOMWEB_PREFIX, DicomwebParams
 from cxr.core.progress import BYTES, Progress, track
+from cxr.core.pseudonyms import Pseudonyms
+from cxr.ingestion.dicomweb import TOKEN_VARIABLE, fetch_dicomweb
 from cxr.ingestion.layouts import Rejection
 
 URL_SCHEMES = ("http://", "https://")
@@ -64,6 +67,9 @@ class ResolvedSource:
 
     path: Path
     is_archive: bool
+    # When only some files make the dataset, each as (its path in the dataset, the file to
+    # copy): a DICOMweb query's instances in data/downloads, and its label table.
+    files: tuple[tuple[str, Path], ...] | None = None
 
 
 def file_sha256(path: Path) -> str:
@@ -146,11 +152,45 @@ def kaggle_download(handle: str, downloads_dir: Path) -> Path:
     return Path(folder)
 
 
-def resolve_source(
-    source: str, sha256: str, workspace: Path, downloads_dir: Path
+def dicomweb_source(
+    source: str, dicomweb: DicomwebParams, table: str, workspace: Path, downloads_dir: Path
 ) -> ResolvedSource:
-    """Turn data.source into a local folder or archive, downloading it when it is remote."""
+    """The instances data.dicomweb selects, fetched into downloads_dir, and the label table."""
+    # Checked before anything is fetched: the download folder holds images only.
+    table_path = workspace / table
+    if not table_path.is_file() or not os.access(table_path, os.R_OK):
+        raise PipelineError(
+            f"data.csv.file = {table!r}: no readable table {table_path}; a dicomweb+ source's "
+            "labels come from a table in the checkout (e.g. StudyInstanceUID,label rows)"
+        )
+    fetched = fetch_dicomweb(
+        source, dicomweb, downloads_dir, os.environ.get(TOKEN_VARIABLE, "").strip()
+    )
+    # Named in data/raw by the UIDs' pseudonyms: a path reaches the manifest, splits and MLflow.
+    pseudonyms = Pseudonyms(workspace)
+    files = [
+        (instance.pseudonymous(pseudonyms), fetched.folder / instance.relative)
+        for instance in fetched.instances
+    ]
+    return ResolvedSource(fetched.folder, False, (*files, (table, table_path)))
+
+
+def resolve_source(
+    source: str,
+    sha256: str,
+    workspace: Path,
+    downloads_dir: Path,
+    dicomweb: DicomwebParams | None = None,
+    table: str = "",
+) -> ResolvedSource:
+    """Turn data.source into a local folder or archive, downloading it when it is remote.
+
+    A dicomweb+ source needs data.dicomweb and its label table, data.csv.file in the checkout.
+    """
     downloads_dir.mkdir(parents=True, exist_ok=True)
+    if source.startswith(DICOMWEB_PREFIX):
+        assert dicomweb is not None, "a dicomweb+ source needs data.dicomweb"
+        return dicomweb_source(source, dicomweb, table, workspace, downloads_dir)
     if source.startswith(URL_SCHEMES):
         return ResolvedSource(download(source, sha256, downloads_dir), is_archive=True)
     if source.startswith(KAGGLE_PREFIX):
@@ -190,6 +230,21 @@ def copy_tree(source: Path, target: Path) -> list[Rejection]:
             pending.extend(subfolders)
             skipped.extend(left_out)
     return sorted(skipped, key=lambda rejection: rejection.path)
+
+
+def copy_files(files: tuple[tuple[str, Path], ...], target: Path) -> None:
+    """Copy each (path in the dataset, file) into the empty folder target at that path."""
+    for inner, path in track(files, "copying", "files"):
+        destination = target / inner
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(path, destination)
+        except OSError as error:
+            # Not named: a DICOMweb file's name is a UID, which is never shown.
+            raise PipelineError(
+                f"cannot copy the source's files into data/raw ({error.strerror or error}); "
+                "check the free disk space"
+            ) from None
 
 
 def _copy_folder(

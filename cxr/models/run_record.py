@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from cxr.core.errors import PipelineError
 from cxr.core.outputs import write_json
+from cxr.core.params import DicomWindow, dicom_window
 from cxr.core.paths import MODEL_FILES, RUN_RECORD_FILE
 
 ModelKind = Literal["keras", "sklearn"]
@@ -30,6 +31,8 @@ class RunRecord:
     cache_size: int  # the pixel cache's side, the first resize of every image
     resize: str  # build.resize: how a non-square image became the cache's square
     data_fingerprint: str
+    # build.dicom.window: how a DICOM file's values became gray (a name or (centre, width)).
+    dicom_window: DicomWindow = "auto"
 
     @property
     def model_file(self) -> str:
@@ -38,7 +41,12 @@ class RunRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON values."""
-        return {**asdict(self), "class_names": list(self.class_names)}
+        window = self.dicom_window
+        return {
+            **asdict(self),
+            "class_names": list(self.class_names),
+            "dicom_window": window if isinstance(window, str) else list(window),
+        }
 
     @classmethod
     def from_json(cls, payload: Any, source: str) -> RunRecord:
@@ -50,6 +58,13 @@ class RunRecord:
             raise PipelineError(
                 f"{source}: kind = {kind!r}; must be one of {', '.join(MODEL_FILES)}"
             )
+        try:
+            # Before build.dicom.window existed every DICOM file was windowed as auto does.
+            window = dicom_window(payload.get("dicom_window", "auto"))
+        except ValueError as problem:
+            raise PipelineError(
+                f"{source}: dicom_window = {payload['dicom_window']!r}: {problem}; re-run train"
+            ) from None
         try:
             image_size = int(payload["image_size"])
             return cls(
@@ -65,6 +80,7 @@ class RunRecord:
                 # Before build.resize existed every image was stretched to the square.
                 resize=str(payload.get("resize", "stretch")),
                 data_fingerprint=str(payload.get("data_fingerprint", "")),
+                dicom_window=window,
             )
         except KeyError as missing:
             raise PipelineError(f"{source}: run record without {missing}; re-run train") from None

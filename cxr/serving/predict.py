@@ -5,7 +5,8 @@
 
 (`python -m cxr.serving.predict ...` from the repository root does the same.)
 
-A folder is searched recursively for image files. One line per image goes to stdout; the
+A folder is searched recursively for image files: by suffix, and DICOM files by their content
+(the DICM marker), whatever they are named. One line per image goes to stdout; the
 table goes to a CSV only where --csv says. Grad-CAM overlays keep the images' paths relative to
 the given folder (the folder holding every input), so `Normal/0101.jpeg` and
 `Viral Pneumonia/0101.jpeg` give `Normal/0101.jpeg.gradcam.png` and
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr.core.dicom import is_dicom_file
 from cxr.core.errors import PipelineError, report_errors
 from cxr.core.outputs import write_table
 from cxr.core.progress import Progress
@@ -60,7 +62,7 @@ def image_files(inputs: Sequence[Path]) -> dict[Path, Path]:
             files = sorted(
                 path
                 for path in given.rglob("*")
-                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+                if path.is_file() and (path.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(path))
             )
         elif given.is_file():
             root, files = given.parent, [given]
@@ -88,8 +90,12 @@ def predict_files(
             grays = []
             for file in files[start : start + chunk]:
                 try:
-                    # Decoded as build decodes (a large JPEG at the scale the cache needs).
-                    grays.append(decode_gray(file, max_pixels, predictor.record.cache_size))
+                    # Decoded as build decodes (a large JPEG at the scale the cache needs, DICOM
+                    # through the window train recorded).
+                    record = predictor.record
+                    grays.append(
+                        decode_gray(file, max_pixels, record.cache_size, record.dicom_window)
+                    )
                     errors.append("")
                 except UnusableImage as error:
                     errors.append(str(error))

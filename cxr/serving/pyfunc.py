@@ -1,14 +1,15 @@
 """The classifier as an MLflow pyfunc model that takes raw image files and returns classes.
 
-Input: a DataFrame with a column `image` (the bytes of a PNG/JPEG/... file; base64-encoded in
-JSON requests, as MLflow does for binary columns) or a column `path` (a file path readable by
+Input: a DataFrame with a column `image` (the bytes of a PNG/JPEG/DICOM/... file; base64-encoded
+in JSON requests, as MLflow does for binary columns) or a column `path` (a file path readable by
 the serving process); a row uses `image` when it is set, else `path`.
 Output: one row per input row: `class`, `confidence`, `p_<class>` for every class, and `error`
 (empty, or why that image could not be read, in which case class and scores are None: null in
 the served model's JSON, never NaN, which strict JSON parsers refuse). The score columns hold
 Python floats or None (dtype object) whether or not a row failed, so their type never depends on
 the batch; `.astype(float)` gives NaN for the failed rows.
-Every image takes the training path: decode_bytes -> resize_square(cache_size) -> resize_batch.
+Every image takes the training path: decode_bytes -> resize_square(cache_size) -> resize_batch,
+a DICOM file through the window train recorded (build.dicom.window).
 """
 
 from __future__ import annotations
@@ -27,12 +28,35 @@ from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
 from cxr.images.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_bytes, read_file
+from cxr.images.dicom import window_text
 from cxr.models.loading import Predictor, predictor_from_record
 from cxr.models.run_record import RunRecord
 from cxr.tracking.runs import LOGGED_MODEL_NAME
 
-REQUIREMENTS = ("mlflow", "tensorflow", "keras", "scikit-learn", "numpy", "pandas", "pillow")
-REQUIREMENTS_OPTIONAL = ("imagehash", "pyarrow", "scipy", "matplotlib", "pyyaml", "pydantic")
+REQUIREMENTS = (
+    "mlflow",
+    "tensorflow",
+    "keras",
+    "scikit-learn",
+    "numpy",
+    "pandas",
+    "pillow",
+    "pydicom",
+)
+REQUIREMENTS_OPTIONAL = (
+    "imagehash",
+    "pyarrow",
+    "scipy",
+    "matplotlib",
+    "pyyaml",
+    "pydantic",
+    # The decoders of compressed DICOM transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE).
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
+    "pyjpegls",
+)
 
 
 class ImageClassifier(PythonModel):  # type: ignore[misc]
@@ -88,9 +112,11 @@ class ImageClassifier(PythonModel):  # type: ignore[misc]
             content = read_file(Path(path))
         else:
             raise UnusableImage("missing", "neither `image` bytes nor a `path` given")
-        # Decoded as build decodes (a large JPEG at the scale the cache needs).
+        # Decoded as build decodes (a large JPEG at the scale the cache needs, DICOM through
+        # the recorded window).
         cache_size = int(self.record.get("cache_size") or 0)  # 0: no draft (older records)
-        return decode_bytes(content, self.max_pixels, cache_size).pixels
+        window = RunRecord.from_json(self.record, "mlflow model").dicom_window
+        return decode_bytes(content, self.max_pixels, cache_size, window).pixels
 
 
 def result_table(probabilities: np.ndarray, errors: list[str], names: list[str]) -> pd.DataFrame:
@@ -171,7 +197,8 @@ def log_classifier(
             "model": record.model,
             "preprocessing": (
                 f"decode to 8-bit gray (cxr.images.decoding.decode_bytes, EXIF applied, 16-bit "
-                f"scaled), Lanczos resize to {record.cache_size}x{record.cache_size} "
+                f"scaled, DICOM through window {window_text(record.dicom_window)}), Lanczos "
+                f"resize to {record.cache_size}x{record.cache_size} "
                 f"(resize_square, mode {record.resize}), area resize to "
                 f"{record.image_size}x{record.image_size} (resize_batch); "
                 "raw 0-255 pixels in"

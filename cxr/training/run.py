@@ -79,6 +79,7 @@ def train_model(
             image_size=result.image_size,
             cache_size=data.cache_size,
             resize=params.build.resize,
+            dicom_window=params.build.dicom.decoding_window,
             data_fingerprint=data.fingerprint,
         )
         write_run_record(staging, record)

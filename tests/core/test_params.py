@@ -597,3 +597,37 @@ def test_run_settings_are_frozen_and_complete() -> None:
     with pytest.raises(ValueError):
         settings.workers = 2  # type: ignore[misc]
     assert sorted(MOVED_TO_ENVIRONMENT.values()) == sorted(RunSettings.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ("hounsfield", "build.dicom.window = 'hounsfield': must be auto, full, lung, mediastinum"),
+        ([40], "build.dicom.window = [40]: must be auto, full, lung, mediastinum or [centre"),
+        ([40, 0], "build.dicom.window = [40, 0]: [centre, width] needs finite numbers and a width"),
+        ("40,400", "build.dicom.window = '40,400': must be auto, full, lung, mediastinum"),
+    ],
+)
+def test_a_bad_dicom_window_is_one_line(
+    valid_params_dict: dict[str, Any], window: Any, message: str
+) -> None:
+    # Given a window that is neither a name nor [centre, width > 0]
+    valid_params_dict["build"]["dicom"]["window"] = window
+    # When the params are parsed, then one line names the key, the value and what is allowed
+    assert message in _params_error(valid_params_dict)
+
+
+@pytest.mark.parametrize(
+    ("window", "decoding"),
+    [
+        ("auto", "auto"),
+        ("lung", "lung"),
+        ([-600, 1500], (-600.0, 1500.0)),
+        ([40, 0.5], (40.0, 0.5)),
+    ],
+)
+def test_dicom_windows_that_load(
+    valid_params_dict: dict[str, Any], window: Any, decoding: Any
+) -> None:
+    valid_params_dict["build"]["dicom"]["window"] = window
+    assert parse_params(valid_params_dict).build.dicom.decoding_window == decoding

@@ -50,6 +50,7 @@ def _build_params() -> BuildParams:
         max_pixels=1_000_000,
         histogram_images_per_class=2,
         histogram_bins=8,
+        dicom={"window": "auto"},
     )
 
 

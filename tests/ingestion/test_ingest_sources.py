@@ -17,7 +17,7 @@ from PIL import Image
 from cxr.core.errors import PipelineError
 from cxr.core.params import DataParams, parse_params
 from cxr.core.paths import ProjectPaths
-from cxr.core.tables import MANIFEST_COLUMNS
+from cxr.core.tables import DICOM_COLUMNS, MANIFEST_COLUMNS
 from cxr.ingestion.ingest import ingest, ingest_metrics
 
 
@@ -90,7 +90,7 @@ def test_synthetic_source_writes_class_folders_and_a_manifest(
     assert sorted(path.name for path in paths.raw_dir.iterdir()) == sorted(ingested.counts)
     # and the manifest lists every PNG once with its class and no given split
     manifest = _manifest(paths)
-    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    assert tuple(manifest.columns) == (*MANIFEST_COLUMNS, *DICOM_COLUMNS)
     assert sorted(manifest["path"]) == sorted(
         path.relative_to(paths.raw_dir).as_posix() for path in paths.raw_dir.rglob("*.png")
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -72,4 +73,25 @@ def test_a_bad_record_is_one_line_naming_the_file(
     with pytest.raises(PipelineError) as raised:
         read_run_record(tmp_path)
     assert str(raised.value).startswith(f"{tmp_path}/{message}")
+    assert "\n" not in str(raised.value)
+
+
+def test_the_dicom_window_is_recorded_and_old_records_read_as_auto(tmp_path: Path) -> None:
+    # Given a record of a model trained on DICOM shown through [centre, width]
+    windowed = dataclasses.replace(RECORD, dicom_window=(40.0, 400.0))
+    # When it is written and read, then the window comes back, as [centre, width] in JSON
+    path = write_run_record(tmp_path, windowed)
+    assert json.loads(path.read_text())["dicom_window"] == [40.0, 400.0]
+    assert read_run_record(tmp_path).dicom_window == (40.0, 400.0)
+    # and a record written before build.dicom.window existed reads as auto
+    legacy = {key: value for key, value in windowed.to_json().items() if key != "dicom_window"}
+    path.write_text(json.dumps(legacy))
+    assert read_run_record(tmp_path).dicom_window == "auto"
+
+
+def test_a_bad_dicom_window_in_a_record_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text(json.dumps({**RECORD.to_json(), "dicom_window": "bone"}))
+    with pytest.raises(PipelineError) as raised:
+        read_run_record(tmp_path)
+    assert str(raised.value).startswith(f"{tmp_path}/run.json: dicom_window = 'bone': must be")
     assert "\n" not in str(raised.value)

@@ -1,16 +1,24 @@
 import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from evaluation_fixtures import NAMES, run_cxr_predict, sklearn_models_dir, write_project
+from evaluation_fixtures import (
+    NAMES,
+    phantom_pixels,
+    run_cxr_predict,
+    sklearn_models_dir,
+    write_project,
+)
 from PIL import Image
 
-from cxr.images.decoding import resize_square
+from cxr.images.decoding import decode_gray, resize_square
 from cxr.models.loading import load_predictor
 from cxr.models.pixels import CachedImages, load_split_pixels, resize_batch
-from cxr.serving.predict import main, predict_files
+from cxr.models.run_record import read_run_record, write_run_record
+from cxr.serving.predict import image_files, main, predict_files
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +202,47 @@ def test_a_split_scored_chunk_by_chunk_from_the_cache_gives_the_one_pass_probabi
     # Then the probabilities are those of one pass over the held split, and a speed is given
     np.testing.assert_allclose(chunked, predictor.predict_proba(held), atol=1e-5)
     assert chunked.shape == (len(test), len(NAMES)) and speed > 0
+
+
+def _ct_dicom(side: int = 48) -> bytes:
+    """A small CT slice (-1200 .. 1200 HU by its rescale) in the DICOM file format."""
+    from pydicom import uid
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID = uid.CTImageStorage
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID = uid.generate_uid()
+    dataset.Modality, dataset.Rows, dataset.Columns, dataset.SamplesPerPixel = "CT", side, side, 1
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 16, 15
+    dataset.PixelRepresentation, dataset.RescaleIntercept, dataset.RescaleSlope = 1, -1024, 1
+    ramp = np.linspace(-1200, 1200, side * side).reshape(side, side) + 1024
+    dataset.PixelData = ramp.astype(np.int16).tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_dicom_file_is_found_by_content_and_windowed_as_the_record_says(tmp_path):
+    # Given a model whose record says DICOM was shown through the lung window, and a folder
+    # holding a DICOM file without an extension beside a text file
+    pixels, labels = phantom_pixels(24, seed=3)
+    models_dir = sklearn_models_dir(tmp_path / "models", pixels, labels)
+    record = dataclasses.replace(read_run_record(models_dir), dicom_window="lung")
+    write_run_record(models_dir, record)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (incoming / "IM000001").write_bytes(_ct_dicom())
+    (incoming / "notes").write_text("not an image")
+    # When the folder is searched and its images classified
+    files = image_files([incoming])
+    predictor = load_predictor(models_dir)
+    table, images = predict_files(predictor, list(files), 10_000_000)
+    # Then the DICOM file is found and its model input is the lung window's, not another's
+    assert list(files.values()) == [Path("IM000001")] and table["error"].tolist() == [""]
+    lung = decode_gray(incoming / "IM000001", 10_000_000, record.cache_size, "lung")
+    np.testing.assert_array_equal(images, predictor.prepare([lung]))
+    full = decode_gray(incoming / "IM000001", 10_000_000, record.cache_size, "full")
+    assert not np.array_equal(images, predictor.prepare([full]))

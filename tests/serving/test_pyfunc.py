@@ -121,3 +121,37 @@ def test_the_served_model_answers_null_and_the_reason_for_a_row_that_is_not_an_i
     assert abs(image["p_covid"] + image["p_normal"] - 1) < 1e-4
     assert text["error"].startswith("not_an_image")
     assert [text[key] for key in ("class", "confidence", "p_covid", "p_normal")] == [None] * 4
+
+
+def test_the_served_model_decodes_dicom_through_the_window_train_recorded():
+    # Given a classifier whose record says DICOM was shown through [40, 400], and a DICOM slice
+    from pydicom import uid
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    from cxr.images.decoding import decode_bytes
+    from cxr.models.run_record import RunRecord
+    from cxr.serving.pyfunc import ImageClassifier
+
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID = uid.CTImageStorage
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID = uid.generate_uid()
+    dataset.Modality, dataset.Rows, dataset.Columns, dataset.SamplesPerPixel = "CT", 40, 40, 1
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 16, 15
+    dataset.PixelRepresentation, dataset.RescaleIntercept, dataset.RescaleSlope = 1, -1024, 1
+    dataset.WindowCenter, dataset.WindowWidth = -600, 1500
+    ramp = np.linspace(-1000, 1000, 40 * 40).reshape(40, 40) + 1024
+    dataset.PixelData = ramp.astype(np.int16).tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    record = RunRecord(
+        "r", "0", tuple(NAMES), "pixel_logreg", "sklearn", 16, 32, "pad", "", (40.0, 400.0)
+    )
+    classifier = ImageClassifier(record, 10_000_000)
+    # When a row's bytes are decoded, then the recorded window is used, not the file's own
+    decoded = classifier.decode_row(buffer.getvalue(), None)
+    windowed = decode_bytes(buffer.getvalue(), 10_000_000, 32, (40.0, 400.0)).pixels
+    np.testing.assert_array_equal(decoded, windowed)
+    assert not np.array_equal(decoded, decode_bytes(buffer.getvalue(), 10_000_000, 32).pixels)

@@ -32,6 +32,7 @@ def _params(**changes: Any) -> BuildParams:
         "max_pixels": 1_000_000,
         "histogram_images_per_class": 4,
         "histogram_bins": 16,
+        "dicom": {"window": "auto"},
     }
     return BuildParams(**{**values, **changes})
 

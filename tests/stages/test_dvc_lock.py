@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dvc.repo import Repo
+from dvc_data.hashfile.build import build
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +42,21 @@ def _declared_deps(stage: str, name: str) -> set[str]:
     return {dep.replace("${key}", name.partition("@")[2]) for dep in deps}
 
 
+def dvc_md5(path: str) -> str:
+    """DVC's md5 of a repository file (of its bytes) or folder (`<md5>.dir`, .dvcignore applied)."""
+    if (ROOT / path).is_file():
+        return hashlib.md5((ROOT / path).read_bytes()).hexdigest()  # noqa: S324  DVC's hash
+    repo = Repo(str(ROOT))
+    try:
+        # DVC's own tree hash, without writing to the cache (dry run)
+        _, _, tree = build(
+            repo.cache.local, str(ROOT / path), repo.fs, "md5", ignore=repo.dvcignore, dry_run=True
+        )
+    finally:
+        repo.close()
+    return str(tree.hash_info.value)
+
+
 def _dotted(params: dict[str, Any], key: str, missing: Any = None) -> Any:
     value: Any = params
     for part in key.split("."):
@@ -59,12 +76,8 @@ def test_every_code_dep_in_dvc_lock_has_the_committed_files_md5(stage: str) -> N
         if dep["path"].startswith(CODE_FOLDERS)
     }
 
-    # When the files in the repository are hashed the way DVC 3 does (md5 of the bytes)
-    current = {
-        path: hashlib.md5((ROOT / path).read_bytes()).hexdigest()  # noqa: S324  DVC's hash
-        for path in recorded
-        if (ROOT / path).is_file()
-    }
+    # When the files and folders in the repository are hashed as DVC 3 hashes them
+    current = {path: dvc_md5(path) for path in recorded if (ROOT / path).exists()}
 
     # Then nothing changed since the lock was written (else: run `dvc repro` and commit dvc.lock)
     stale = sorted(path for path in recorded if current.get(path) != recorded[path])

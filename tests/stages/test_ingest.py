@@ -49,6 +49,7 @@ def test_main_ingests_and_writes_metrics(
         "groups": 0,
         "dropped_rows": {},
         "skipped_files": {},
+        "filtered_files": {},
         "warnings": {},
     }
 

@@ -116,7 +116,8 @@ def test_a_change_to_model_code_makes_train_stale_but_not_the_data_stages(projec
     stale = {name.split(":")[-1] for name in status}
     assert {"train", "evaluate", "compare"} <= stale
     assert not stale & {"ingest", "build", "split"}
-    assert {"cxr/models/classifier.py": "modified"} in [
+    # (dvc.yaml lists whole library folders: the change shows as its folder's)
+    assert {"cxr/models": "modified"} in [
         change.get("changed deps") for change in status["train"] if isinstance(change, dict)
     ]
 
