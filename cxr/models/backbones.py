@@ -26,27 +26,6 @@ def preprocess_images(name: str, rgb: Any) -> Any:
     return getattr(keras.applications, application).preprocess_input(rgb)
 
 
-# The momentum of a BatchNormalization layer's moving mean and variance, at most. Some
-# keras.applications backbones use 0.999 (MobileNetV2) or 0.9997 (NASNet), tuned for ImageNet's
-# million steps; from scratch on a few hundred images (a few hundred steps), their moving
-# statistics are still far from the batches' after every epoch, so validation in inference
-# mode scores as chance while training accuracy climbs (mobilenetv2 predicted one class on the
-# phantoms). 0.99, Keras' default, settles within a few hundred steps.
-BATCH_NORM_MOMENTUM = 0.99
-
-
-def settle_batch_norm(backbone: keras.Model, momentum: float = BATCH_NORM_MOMENTUM) -> int:
-    """Cap the moving-statistics momentum of every BatchNormalization layer; how many changed."""
-    changed = 0
-    for layer in backbone.layers:
-        if isinstance(layer, keras.Model):
-            changed += settle_batch_norm(layer, momentum)
-        elif isinstance(layer, keras.layers.BatchNormalization) and layer.momentum > momentum:
-            layer.momentum = momentum
-            changed += 1
-    return changed
-
-
 def load_backbone(name: str, image_size: int, weights: str) -> tuple[keras.Model, bool]:
     """Build backbone `name` without its top; return it and whether it carries pretrained weights.
 
@@ -67,7 +46,7 @@ def load_backbone(name: str, image_size: int, weights: str) -> tuple[keras.Model
     constructor = getattr(keras.applications, str(spec.constructor))
     shape = (image_size, image_size, 3)
     if weights == "none":
-        return _from_scratch(constructor(include_top=False, weights=None, input_shape=shape))
+        return constructor(include_top=False, weights=None, input_shape=shape), False
     if path is not None:
         return constructor(include_top=False, weights=str(path), input_shape=shape), True
     try:
@@ -85,13 +64,7 @@ def load_backbone(name: str, image_size: int, weights: str) -> tuple[keras.Model
             "(recorded as pretrained: false)",
             stacklevel=2,
         )
-        return _from_scratch(constructor(include_top=False, weights=None, input_shape=shape))
-
-
-def _from_scratch(backbone: keras.Model) -> tuple[keras.Model, bool]:
-    """A keras.applications backbone with random weights, its BatchNorm made to settle."""
-    settle_batch_norm(backbone)
-    return backbone, False
+        return constructor(include_top=False, weights=None, input_shape=shape), False
 
 
 def _load_built_here(

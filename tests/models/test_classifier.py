@@ -7,7 +7,7 @@ import pytest
 from cxr.core.errors import PipelineError
 from cxr.core.params import AugmentParams, HeadParams
 from cxr.core.registry import BACKBONES, backbone_spec
-from cxr.models.backbones import BATCH_NORM_MOMENTUM, load_backbone, settle_batch_norm
+from cxr.models.backbones import load_backbone
 from cxr.models.classifier import (
     BackboneInput,
     adapt_batchnorm_for_scratch,
@@ -319,19 +319,3 @@ def test_scratch_backbone_gets_fast_batchnorm_statistics():
 def test_parameter_count_for_the_model_table():
     # backbone + a softmax on 1280 average-pooled MobileNetV2 features
     assert classifier_parameters("mobilenetv2", 64, 3) == 2_257_984 + 1280 * 3 + 3
-
-
-def test_a_keras_applications_backbone_from_scratch_has_batch_norm_that_settles():
-    # given MobileNetV2, whose BatchNorm moving statistics use momentum 0.999 (for ImageNet's
-    # million steps), built from scratch
-    backbone, pretrained = load_backbone("mobilenetv2", 32, "none")
-    momenta = [
-        layer.momentum
-        for layer in backbone.layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    # then every moving average settles as fast as Keras' default allows (0.99), not slower
-    assert not pretrained and momenta and max(momenta) == BATCH_NORM_MOMENTUM == 0.99
-    # and a layer already faster is left as it is
-    faster = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.9)])
-    assert settle_batch_norm(faster) == 0 and faster.layers[0].momentum == 0.9
