@@ -88,11 +88,13 @@ def _remove(path: Path) -> None:
 def remove_leftovers(target: Path) -> list[Path]:
     """Delete the temporaries of `target` that processes no longer running left; return them."""
     staging = staging_dir(target)
-    if not staging.is_dir():
-        return []
+    try:
+        entries = list(staging.iterdir())
+    except FileNotFoundError:
+        return []  # none yet, or another writer just removed it empty
     key = _target_key(target, staging)
     removed = []
-    for entry in list(staging.iterdir()):
+    for entry in entries:
         fields = entry.name.split(FIELD_SEPARATOR, 4)
         if len(fields) != 5 or fields[0] != key:
             continue
