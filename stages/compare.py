@@ -87,7 +87,9 @@ def compare(
         tags = run_tags(LEADERBOARD_MODEL, fingerprint, paths.root, environ)
         # Its own experiment: the training experiment lists models, not reports about them.
         boards = use_experiment(f"{experiment}{LEADERBOARD_SUFFIX}", paths.root, environ)
-        log_leaderboard(boards, tags, headline, reports, board)
+        # Under the lock: a parallel experiment's compare replaces the same run of this data.
+        with store_lock(tracking_uri(paths.root, environ), paths.root):
+            log_leaderboard(boards, tags, headline, reports, board)
     return board
 
 

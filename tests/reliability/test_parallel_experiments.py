@@ -29,6 +29,8 @@ MODELS = ("pixel_logreg", "pixel_svm")
 TINY_BASELINES = (
     TINY_PHANTOMS,
     {
+        # obvious findings in a narrow pose: pixel baselines learn them from a few dozen images
+        "data": {"synthetic": {"difficulty": 1.0, "positioning": 1.0}},
         "build": {"cache_size": 32},
         "train": {"baseline": {"image_size": 16}},
         "evaluate": {"bootstrap_samples": 20, "gradcam_images": 0},
@@ -113,9 +115,12 @@ def test_two_queued_experiments_on_a_fresh_clone_both_succeed(tmp_path: Path) ->
     assert sorted(trained["tags.model"]) == sorted(MODELS)
     assert set(runs["status"]) == {"FINISHED"}
     assert not list((clone / ".dvc" / "tmp").rglob("mlflow.db"))
-    # and the champion is the better of the two (compare moves it under the store's lock)
+    # and the champion is the better of the two that did not collapse (compare moves it under
+    # the store's lock, whichever experiment finished last)
+    learned = trained[trained["tags.collapsed"] != "true"]
+    assert not learned.empty, "both baselines collapsed: the data is too hard for this test"
     champion = MlflowClient().get_model_version_by_alias("cxr-classifier", CHAMPION_ALIAS)
-    assert champion.run_id in set(trained["run_id"])
-    assert trained.set_index("run_id").loc[champion.run_id, "metrics.test_accuracy"] == max(
-        trained["metrics.test_accuracy"]
+    assert champion.run_id in set(learned["run_id"])
+    assert learned.set_index("run_id").loc[champion.run_id, "metrics.test_accuracy"] == max(
+        learned["metrics.test_accuracy"]
     )

@@ -137,13 +137,19 @@ def test_experiment_with_another_backbone_reruns_only_train_evaluate_compare(pro
     # and the leaderboard and MLflow hold both backbones, the experiment's run tagged with its name
     board = json.loads((repo / "reports" / "compare" / "leaderboard.json").read_text())
     assert set(board["leaderboard"]) == {"compact_cnn", "resnet18"}
-    # and the ensemble row averages the two
-    assert sorted(board["ensemble"]["members"]) == ["compact_cnn", "resnet18"]
+    # and the ensemble row averages the two, unless train flagged one collapsed (two epochs on a
+    # few dozen phantoms can leave a network answering one class): a collapsed model is left out
+    learned = sorted(name for name, row in board["leaderboard"].items() if not row["collapsed"])
     compare = json.loads((repo / "metrics" / "summary" / "compare.json").read_text())
     assert compare["models_compared"] == 2
-    assert compare["ensemble_test_accuracy"] == board["ensemble"]["test_accuracy"]
     runs = runs_in_store(repo)
-    assert set(runs["tags.model"]) == {"compact_cnn", "resnet18", "ensemble"}
+    if len(learned) == 2:
+        assert sorted(board["ensemble"]["members"]) == learned
+        assert compare["ensemble_test_accuracy"] == board["ensemble"]["test_accuracy"]
+        assert set(runs["tags.model"]) == {"compact_cnn", "resnet18", "ensemble"}
+    else:
+        assert board["ensemble"] is None and "no ensemble row" in board["ensemble_note"].lower()
+        assert set(runs["tags.model"]) == {"compact_cnn", "resnet18"}
     assert runs["metrics.test_accuracy"].notna().all()
     assert set(runs["tags.dvc_experiment"].dropna()) == {"res18"}
     # and dvc exp show lists both with their params and metrics
