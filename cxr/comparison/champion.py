@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cxr.comparison.leaderboard import is_collapsed
-from cxr.tracking.runs import ENSEMBLE_MODEL, LOGGED_MODEL_NAME
+from cxr.tracking.runs import ENSEMBLE_MODEL, LOGGED_MODEL_NAME, run_logged_models
 
 CHAMPION_ALIAS = "champion"
 # The test metrics a registry version carries as tags (its run holds them all).
@@ -136,12 +136,7 @@ def best_eligible(
 
 def logged_model_uri(client: MlflowClient, run_id: str, experiment_id: str) -> str | None:
     """The URI of the classifier evaluate logged for run `run_id` (the latest), or None."""
-    models = client.search_logged_models(
-        experiment_ids=[experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND name = '{LOGGED_MODEL_NAME}'",
-        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
-        max_results=1,
-    )
+    models = run_logged_models(client, experiment_id, run_id, LOGGED_MODEL_NAME)
     return models[0].model_uri if models else None
 
 

@@ -14,8 +14,9 @@ import functools
 import io
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -129,7 +130,6 @@ def write_phantom_dataset(
         )
     # Each image has its own generator, so the bytes do not depend on which process draws it
     # or in what order; small datasets stay in this process (a worker takes a second to start).
-    workers = min(workers or available_cores(), len(jobs) // IMAGES_PER_WORKER_START)
     draw = functools.partial(
         _write_one_phantom,
         image_size=image_size,
@@ -138,10 +138,22 @@ def write_phantom_dataset(
         exposure=float(exposure),
         positioning=float(positioning),
     )
-    drawn = map_in_processes(draw, jobs, workers, preload=["cxr.ingestion.phantoms"])
-    for _ in track(drawn, "phantoms", "images", total=len(jobs)):
-        pass
+    write_in_processes(draw, jobs, workers, "cxr.ingestion.phantoms", "phantoms")
     return written
+
+
+def write_in_processes(
+    write: Callable[[Any], Any], jobs: Sequence[Any], workers: int, module: str, what: str
+) -> None:
+    """Run `write` on every job, in up to `workers` processes (0: one per core), with progress.
+
+    Small datasets stay in this process (a worker takes a second to start); `module` is
+    imported in each worker first.
+    """
+    workers = min(workers or available_cores(), len(jobs) // IMAGES_PER_WORKER_START)
+    done = map_in_processes(write, jobs, workers, preload=[module])
+    for _ in track(done, what, "images", total=len(jobs)):
+        pass
 
 
 def _write_one_phantom(

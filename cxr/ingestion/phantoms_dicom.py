@@ -34,14 +34,12 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cxr.core.processes import available_cores, map_in_processes
-from cxr.core.progress import track
 from cxr.core.registry import PHANTOM_CLASSES
 from cxr.ingestion.phantoms import (
-    IMAGES_PER_WORKER_START,
     check_dataset_request,
     draw_phantom,
     write_bytes_atomically,
+    write_in_processes,
 )
 
 # Gray levels of the PNG phantoms: a scanner spreads them over its stored range.
@@ -216,7 +214,6 @@ def write_dicom_phantom_dataset(
     for label in sorted({phantom.label for phantom in planned}):
         (target_dir / label).mkdir(parents=True, exist_ok=True)
     # Each file has its own generators, so its bytes do not depend on which process writes it.
-    workers = min(workers or available_cores(), len(planned) // IMAGES_PER_WORKER_START)
     write = functools.partial(
         _write_one,
         target_dir=target_dir,
@@ -226,9 +223,7 @@ def write_dicom_phantom_dataset(
         exposure=float(exposure),
         positioning=float(positioning),
     )
-    written = map_in_processes(write, planned, workers, preload=["cxr.ingestion.phantoms_dicom"])
-    for _ in track(written, "DICOM phantoms", "images", total=len(planned)):
-        pass
+    write_in_processes(write, planned, workers, "cxr.ingestion.phantoms_dicom", "DICOM phantoms")
     return planned
 
 

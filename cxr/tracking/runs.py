@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow import ActiveRun
 from mlflow.data import get_dataset_source_from_json
 from mlflow.data.pandas_dataset import from_pandas
-from mlflow.entities import RunStatus
+from mlflow.entities import LoggedModel, RunStatus
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
@@ -148,6 +148,19 @@ def reopen_run(
     return open_run(experiment_id, {**tags, "trained_in_run": run_id}, None, cwd)
 
 
+def run_logged_models(
+    client: MlflowClient, experiment_id: str, run_id: str, name: str
+) -> list[LoggedModel]:
+    """The MLflow models named `name` that run `run_id` logged, newest first."""
+    return list(
+        client.search_logged_models(
+            [experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+            order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        )
+    )
+
+
 def clear_earlier_results(run_id: str, artifact_path: str, logged_model: str) -> list[str]:
     """Remove what an earlier evaluation logged to run `run_id`; the ids of the models removed.
 
@@ -165,10 +178,7 @@ def clear_earlier_results(run_id: str, artifact_path: str, logged_model: str) ->
         str(version.source).removeprefix("models:/")
         for version in client.search_model_versions(f"run_id = '{run_id}'")
     }
-    models = client.search_logged_models(
-        [run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND name = '{logged_model}'",
-    )
+    models = run_logged_models(client, run.info.experiment_id, run_id, logged_model)
     removed = []
     for model in models:
         if model.model_id not in registered:
