@@ -84,6 +84,7 @@ def score_model(root: Path, model_name: str, minutes: float) -> dict[str, Any]:
     started = time.perf_counter()
     metrics = train_model(params, run_settings(os.environ), paths, dict(os.environ))
     seconds = time.perf_counter() - started
+    assert metrics is not None, "one process trains and writes (CXR_NUM_PROCESSES unset)"
     predictor = load_models_dir(paths.models_dir)
     test = read_splits(paths)["test"]
     truth = label_indices(test["label"], predictor.class_names)

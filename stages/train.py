@@ -31,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = paths_from_argv(argv, __doc__)
     params = load_params(paths.params)
     metrics = train_model(params, run_settings(os.environ), paths, dict(os.environ))
+    if metrics is None:  # another process of the run (CXR_PROCESS_ID > 0): process 0 writes
+        return 0
     results = {"model": params.model, **metrics}
     write_results(paths.summary("train"), paths.metrics("train"), results, TRAIN_HEADLINE)
     # A scikit-learn baseline is fitted once: it has no epochs to count.

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ CODE_DIRS = ["stages", "cxr"]
 # The offline `dvc plots show` page that .dvc/config names (plots/offline.html).
 SUPPORT_DIRS = ["plots"]
 STAGES = ["ingest", "build", "split", "train", "evaluate", "compare"]
+# The dvc command line of this interpreter's environment.
+DVC = [sys.executable, "-m", "dvc"]
 
 
 def copy_project(target: Path, params: dict[str, Any]) -> None:
@@ -214,3 +216,52 @@ def tree_digest(folder: Path) -> dict[str, str]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
+
+
+def queue_status(clone: Path, env: dict[str, str]) -> str:
+    """`dvc queue status`: one row per task (Queued, Running, Success, Failed) and the workers."""
+    return run([*DVC, "queue", "status"], clone, env)
+
+
+def task_states(status: str) -> list[str]:
+    """The state of each task in `dvc queue status` (its rows end with the state)."""
+    states = ("Queued", "Running", "Success", "Failed")
+    return [row[-1] for row in map(str.split, status.splitlines()) if row and row[-1] in states]
+
+
+def queue_logs(clone: Path, failed: Collection[str] = ()) -> str:
+    """The end of every log the queue wrote (workers and experiments), for a failure message.
+
+    The logs of the `failed` tasks (short ids from `dvc queue status`) come last, so a report
+    that keeps only the end of a long message still shows why they failed.
+    """
+    logs = sorted(
+        clone.glob(".dvc/tmp/exps/**/*.out"),
+        key=lambda log: (log.name[:7] in failed, log.name),
+    )
+    return "".join(f"\n--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}" for log in logs)
+
+
+def failed_tasks(status: str) -> list[str]:
+    """The short ids of the tasks `dvc queue status` shows as Failed."""
+    return [row[0] for row in map(str.split, status.splitlines()) if row and row[-1] == "Failed"]
+
+
+def wait_for_tasks(
+    clone: Path, env: dict[str, str], count: int, timeout: float = 900, interval: float = 2
+) -> str:
+    """Wait until `count` tasks have ended (Success or Failed); the last status.
+
+    Only the tasks are waited for, not the workers: an idle worker waits 10 s for more work,
+    and on some machines one has been seen to stay idle for good (it is stopped afterwards).
+    The status is asked for every `interval` s (each ask starts a dvc process).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        status = queue_status(clone, env)
+        ended = [state for state in task_states(status) if state in ("Success", "Failed")]
+        if len(ended) >= count:
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"tasks not ended after {timeout} s:\n{status}{queue_logs(clone)}")
+        time.sleep(interval)

@@ -199,6 +199,7 @@ def log_scored_run(
     actual: list[str],
     p_covid: list[float],
     first_image: int = 0,
+    with_model: bool = False,
 ) -> str:
     """A log_run whose logged test predictions carry probabilities (p_covid, p_normal); its id.
 
@@ -207,7 +208,8 @@ def log_scored_run(
     probabilities = np.column_stack([p_covid, 1 - np.asarray(p_covid)])
     predicted = [NAMES[index] for index in probabilities.argmax(axis=1)]
     correct = [guess == truth for guess, truth in zip(predicted, actual, strict=True)]
-    run_id, _ = log_run(experiment_id, model, fingerprint, float(np.mean(correct)))
+    accuracy = float(np.mean(correct))
+    run_id, _ = log_run(experiment_id, model, fingerprint, accuracy, with_model=with_model)
     images = range(first_image, first_image + len(actual))
     table = pd.DataFrame(
         {

@@ -73,6 +73,18 @@ TINY_PIPELINE: tuple[dict[str, Any], ...] = (
     },
 )
 
+# TINY_PHANTOMS through the pixel baselines: each experiment's pipeline takes seconds.
+TINY_BASELINES = (
+    TINY_PHANTOMS,
+    {
+        # obvious findings in a narrow pose: pixel baselines learn them from a few dozen images
+        "data": {"synthetic": {"difficulty": 1.0, "positioning": 1.0}},
+        "build": {"cache_size": 32},
+        "train": {"baseline": {"image_size": 16}},
+        "evaluate": {"bootstrap_samples": 20, "gradcam_images": 0},
+    },
+)
+
 
 def tiny_params(
     weights: str | None = None,

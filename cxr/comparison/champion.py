@@ -22,7 +22,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cxr.comparison.leaderboard import is_collapsed
-from cxr.tracking.runs import ENSEMBLE_MODEL, LOGGED_MODEL_NAME, run_logged_models
+from cxr.core.params import is_pooled
+from cxr.core.tables import FoldDesign
+from cxr.tracking.runs import CV_DESIGN_TAG, ENSEMBLE_MODEL, LOGGED_MODEL_NAME, run_logged_models
 
 CHAMPION_ALIAS = "champion"
 # The test metrics a registry version carries as tags (its run holds them all).
@@ -40,14 +42,20 @@ def run_label(run_id: str, run: Run | None) -> str:
 
 
 def update_champion(
-    name: str, board: pd.DataFrame, rank_by: str, fingerprint: str, experiment_id: str
+    name: str,
+    board: pd.DataFrame,
+    rank_by: str,
+    fingerprint: str,
+    experiment_id: str,
+    design: FoldDesign | None = None,
 ) -> dict[str, Any]:
     """Put the champion alias of registered model `name` on the best eligible run of `board`.
 
     `board` is the leaderboard of data `fingerprint` (cxr.comparison.leaderboard), in
     experiment `experiment_id`. A champion scored on other data, or whose run is not in this
-    store, cannot be compared and is kept. Returns `action`, `reason` (one sentence) and the
-    runs, versions and figures behind them.
+    store, cannot be compared and is kept; another fold of the same cross-validation `design`
+    can, by a pooled rank_by (cv_...). Returns `action`, `reason` (one sentence) and the runs,
+    versions and figures behind them.
     """
     client = MlflowClient()
     try:
@@ -73,7 +81,7 @@ def update_champion(
     best = f"the leaderboard's best by {rank_by} ({score:.4f}){skipped}"
     if champion is not None:
         kept = f"kept version {champion.version} ({held_label})"
-        held_score = held.data.metrics.get(rank_by) if held is not None else None
+        held_score = held_figure(held, board, rank_by, design) if held is not None else None
         if held_score is not None:
             status[f"champion_{rank_by}"] = held_score
         if champion.run_id == run_id:
@@ -85,8 +93,21 @@ def update_champion(
                 "cannot be compared with it; move the alias by hand "
                 "(MlflowClient().set_registered_model_alias) if it should win",
             }
-        held_data = held.data.tags.get("data_fingerprint")
-        if held_data != fingerprint:
+        held_tags = held.data.tags
+        # A pooled figure ranks models, not runs: another fold of the same model stays.
+        same_design = (
+            is_pooled(rank_by)
+            and design is not None
+            and held_tags.get(CV_DESIGN_TAG) == design.design
+        )
+        if same_design and held_tags.get("model") == candidate.data.tags.get("model"):
+            return status | {
+                "action": "kept",
+                "reason": f"{kept}: its model is {best}, pooled over the folds of this "
+                "cross-validation design",
+            }
+        held_data = held_tags.get("data_fingerprint")
+        if held_data != fingerprint and not same_design:
             return status | {
                 "action": "kept",
                 "reason": f"{kept}: it was scored on other data (fingerprint "
@@ -106,6 +127,24 @@ def update_champion(
         figure = f"{before:.4f}" if before is not None else f"no {rank_by}"
         reason = f"{promoted}: {best}; version {champion.version} ({held_label}) had {figure}"
     return status | {"action": "promoted", "version": int(version.version), "reason": reason}
+
+
+def held_figure(
+    held: Run, board: pd.DataFrame, rank_by: str, design: FoldDesign | None
+) -> float | None:
+    """The held champion's `rank_by`: its run's metric, or a pooled figure from the board.
+
+    A pooled figure (cv_...) belongs to every fold of the model, not to one run: it is read
+    from the board's row of the champion's model when the champion is a fold of `design`.
+    """
+    if not is_pooled(rank_by):
+        return held.data.metrics.get(rank_by)
+    if design is None or held.data.tags.get(CV_DESIGN_TAG) != design.design:
+        return None
+    if rank_by not in board:
+        return None
+    rows = board[(board["model"] == held.data.tags.get("model")) & board[rank_by].notna()]
+    return float(rows[rank_by].iloc[0]) if len(rows) else None
 
 
 def best_eligible(

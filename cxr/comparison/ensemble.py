@@ -9,7 +9,7 @@ the leaderboard and the champion never take for a single model.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from cxr.comparison.leaderboard import ensemble_name, run_predictions
-from cxr.core.params import EvaluateParams
+from cxr.core.params import CompareParams, EvaluateParams
 from cxr.core.tables import label_indices
 from cxr.evaluation.metrics import Predictions, evaluation_metrics, flat_metrics, prediction_table
 from cxr.tracking.runs import ENSEMBLE_MODEL, PREDICTIONS_ARTIFACT, find_run, log_results, tag_run
@@ -96,13 +96,29 @@ def build_ensemble(
 
     A collapsed model (train's collapse check) adds nothing but its one class: it is left out.
     """
+    return average_top(
+        board, size, lambda run_id: run_predictions(experiment_id, run_id), scoring, seed
+    )
+
+
+def average_top(
+    board: pd.DataFrame,
+    size: int,
+    predictions: Callable[[str], pd.DataFrame | None],
+    scoring: EvaluateParams,
+    seed: int,
+) -> Ensemble | str:
+    """build_ensemble on prediction tables read by `predictions(row's run_id)` (None: none).
+
+    The cross-validated leaderboard passes its pooled tables (cxr.comparison.crossval).
+    """
     if size == 0:
         return "no ensemble row (compare.ensemble_size = 0)"
     learned = board[~board["collapsed"]] if "collapsed" in board else board
     top = learned.head(size)
     if len(top) < 2:
         return f"no ensemble row: {len(top)} model(s) on this data, an ensemble needs 2"
-    tables = {run_id: run_predictions(experiment_id, run_id) for run_id in top["run_id"]}
+    tables = {run_id: predictions(run_id) for run_id in top["run_id"]}
     logged = top["run_id"].map(lambda run_id: has_probabilities(tables[run_id])).astype(bool)
     members, left_out = top[logged], tuple(top.loc[~logged, "model"])
     if len(members) < 2:
@@ -184,6 +200,24 @@ def with_ensemble(board: pd.DataFrame, ensemble: Ensemble, run_id: str) -> pd.Da
         "test_images": ensemble.metrics["test_images"],
     }
     return pd.concat([board, pd.DataFrame([row])], ignore_index=True)
+
+
+def add_ensemble_row(
+    board: pd.DataFrame,
+    settings: CompareParams,
+    experiment_id: str,
+    scoring: EvaluateParams,
+    seed: int,
+    tags: Mapping[str, str],
+) -> tuple[pd.DataFrame, str]:
+    """`board` with the row of its top compare.ensemble_size models, logged with `tags`; the note.
+
+    The note is ensemble_note's: what the row averages, or why there is none.
+    """
+    ensemble = build_ensemble(board, settings.ensemble_size, experiment_id, scoring, seed)
+    if isinstance(ensemble, Ensemble):
+        board = with_ensemble(board, ensemble, log_ensemble(ensemble, experiment_id, tags))
+    return board, ensemble_note(ensemble)
 
 
 def ensemble_note(ensemble: Ensemble | str) -> str:

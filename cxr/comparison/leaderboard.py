@@ -22,8 +22,10 @@ from mlflow.tracking import MlflowClient
 
 from cxr.core.outputs import json_number
 from cxr.core.params import CompareParams, external_metric
+from cxr.core.tables import FoldDesign
 from cxr.evaluation.statistics import INTERVAL_METRICS, mcnemar_exact
 from cxr.tracking.runs import (
+    CV_DESIGN_TAG,
     ENSEMBLE_MODEL,
     LEADERBOARD_MODEL,
     PREDICTIONS_ARTIFACT,
@@ -46,6 +48,8 @@ LEADERBOARD_COLUMNS = {
     MODEL_TAG: "model",
     **{f"metrics.{name}": name for name in METRICS},
     "tags.pretrained": "pretrained",
+    # The Keras backend train ran on (cxr.models.backend); none for a scikit-learn baseline.
+    "tags.keras_backend": "backend",
     # train's collapse check (cxr.training.collapse): a collapsed model is never champion.
     "tags.collapsed": "collapsed",
     "tags.collapse_reason": "collapse_reason",
@@ -53,6 +57,9 @@ LEADERBOARD_COLUMNS = {
     "start_time": "started",
 }
 EXCLUDED_COLUMNS = ("model", "data_fingerprint", "run_id", "reason")
+# Where compare writes the cross-validated leaderboard, in reports/compare/.
+CROSSVAL_MD = "crossval.md"
+CROSSVAL_REPORT = "crossval.json"
 # Why a row has no McNemar p-value against the best model (None in the p column).
 BEST_ITSELF = "the best model itself"
 # Per external dataset (evaluate.external.<name>): what evaluate logged as external_<name>_<key>.
@@ -129,21 +136,35 @@ def leaderboard(
     return board
 
 
-def excluded_runs(runs: pd.DataFrame, fingerprint: str) -> pd.DataFrame:
-    """Evaluated `runs` on other data (latest per model and data), with why they are left out."""
+def excluded_runs(
+    runs: pd.DataFrame, fingerprint: str, design: FoldDesign | None = None
+) -> pd.DataFrame:
+    """Evaluated `runs` on other data (latest per model and data), with why they are left out.
+
+    A fold of a cross-validation design says so: of the current `design` (pooled in the
+    cross-validated leaderboard, cxr.comparison.crossval), or of another one.
+    """
     if runs.empty:
         return pd.DataFrame(columns=list(EXCLUDED_COLUMNS))
-    other = runs.reindex(columns=[MODEL_TAG, "tags.data_fingerprint", "run_id"])
-    other.columns = ["model", "data_fingerprint", "run_id"]
+    tags = [MODEL_TAG, "tags.data_fingerprint", "run_id", f"tags.{CV_DESIGN_TAG}", "tags.fold"]
+    other = runs.reindex(columns=tags)
+    other.columns = ["model", "data_fingerprint", "run_id", "cv_design", "fold"]
     other = other[other["data_fingerprint"] != fingerprint]
     other = other.drop_duplicates(["model", "data_fingerprint"]).reset_index(drop=True)
-    other["reason"] = [
-        f"other data: fingerprint {value} is not the current {fingerprint}"
-        if isinstance(value, str) and value
-        else "no data_fingerprint tag: data unknown"
-        for value in other["data_fingerprint"]
-    ]
-    return other
+    other["reason"] = [exclusion_reason(row, fingerprint, design) for _, row in other.iterrows()]
+    return other[list(EXCLUDED_COLUMNS)]
+
+
+def exclusion_reason(row: pd.Series, fingerprint: str, design: FoldDesign | None) -> str:
+    """Why an excluded_runs row is not on the leaderboard of `fingerprint` (and `design`)."""
+    value, run_design = row["data_fingerprint"], row["cv_design"]
+    if not isinstance(value, str) or not value:
+        return "no data_fingerprint tag: data unknown"
+    if isinstance(run_design, str) and run_design:
+        if design is not None and run_design == design.design:
+            return f"fold {row['fold']} of this cross-validation design: pooled in {CROSSVAL_MD}"
+        return f"other data: fold {row['fold']} of cross-validation design {run_design}"
+    return f"other data: fingerprint {value} is not the current {fingerprint}"
 
 
 def run_predictions(experiment_id: str, run_id: str) -> pd.DataFrame | None:
@@ -178,13 +199,19 @@ def mcnemar_with_notes(
     experiment_id: str, board: pd.DataFrame
 ) -> list[tuple[float | None, str | None]]:
     """Per row (McNemar p against the best, None), or (None, why there is no p-value)."""
-    if board.empty:
-        return []
     tables = {run_id: run_predictions(experiment_id, run_id) for run_id in board["run_id"]}
-    best = tables[board["run_id"].iloc[0]]
+    return mcnemar_of_tables([tables[run_id] for run_id in board["run_id"]])
+
+
+def mcnemar_of_tables(
+    tables: Sequence[pd.DataFrame | None],
+) -> list[tuple[float | None, str | None]]:
+    """mcnemar_with_notes of rows whose prediction tables (None: not logged) are `tables`."""
+    if not tables:
+        return []
+    best = tables[0]
     pairs: list[tuple[float | None, str | None]] = [(None, BEST_ITSELF)]
-    for run_id in board["run_id"].iloc[1:]:
-        other = tables[run_id]
+    for other in tables[1:]:
         p = paired_mcnemar(best, other)
         if p is not None:
             pairs.append((p, None))
@@ -211,8 +238,14 @@ def with_mcnemar(board: pd.DataFrame, experiment_id: str, significance: float) -
 
     `mcnemar_note` says why a row has none (the best model itself, no paired predictions).
     """
+    return with_p_values(board, mcnemar_with_notes(experiment_id, board), significance)
+
+
+def with_p_values(
+    board: pd.DataFrame, pairs: Sequence[tuple[float | None, str | None]], significance: float
+) -> pd.DataFrame:
+    """`board` with the (p, note) `pairs` of mcnemar_with_notes as columns, and significance."""
     board = board.copy()
-    pairs = mcnemar_with_notes(experiment_id, board)
     # object columns: a float column would turn a missing p into NaN, which JSON cannot hold.
     board["mcnemar_p"] = pd.Series([p for p, _ in pairs], index=board.index, dtype=object)
     board["mcnemar_note"] = pd.Series([note for _, note in pairs], index=board.index, dtype=object)
@@ -262,7 +295,7 @@ def draw_leaderboard(board: pd.DataFrame, rank_by: str, fingerprint: str) -> Any
     return figure
 
 
-def _with_interval(board: pd.DataFrame, name: str) -> list[str]:
+def interval_cells(board: pd.DataFrame, name: str) -> list[str]:
     """`0.850 [0.760, 0.920]`, or the value alone when no interval was logged."""
     cells = []
     for _, row in board.iterrows():
@@ -296,7 +329,7 @@ def markdown_table(
 
     external_cells: dict[str, list[str]] = {}
     for name in external:
-        external_cells[f"{name} accuracy [95% CI]"] = _with_interval(
+        external_cells[f"{name} accuracy [95% CI]"] = interval_cells(
             board, external_metric(name, "accuracy")
         )
         external_cells[f"{name} drop"] = number(external_metric(name, "accuracy_drop"), 3)
@@ -309,9 +342,9 @@ def markdown_table(
                 f"**{model_label(row)}** *" if row["best"] else model_label(row)
                 for _, row in board.iterrows()
             ],
-            "accuracy [95% CI]": _with_interval(board, "test_accuracy"),
-            "macro F1 [95% CI]": _with_interval(board, "test_f1_macro"),
-            "ROC AUC [95% CI]": _with_interval(board, "test_roc_auc_ovr"),
+            "accuracy [95% CI]": interval_cells(board, "test_accuracy"),
+            "macro F1 [95% CI]": interval_cells(board, "test_f1_macro"),
+            "ROC AUC [95% CI]": interval_cells(board, "test_roc_auc_ovr"),
             "balanced acc.": number("test_balanced_accuracy", 3),
             "covid sensitivity": number("test_covid_sensitivity", 3),
             "parameters": [
@@ -320,6 +353,7 @@ def markdown_table(
             "train s": number("train_seconds", 1),
             "images/s": number("inference_images_per_second", 1),
             "pretrained": board["pretrained"].fillna("").astype(str),
+            "backend": board["backend"].fillna("").astype(str),
             "McNemar p vs best": [
                 p_value(value) for value in board.get("mcnemar_p", [None] * len(board))
             ],
@@ -391,6 +425,7 @@ def board_entry(row: pd.Series, external: Sequence[str] = ()) -> dict[str, Any]:
     entry["mcnemar_p_vs_best_note"] = note if isinstance(note, str) else None
     entry["significant"] = bool(row["significant"])
     entry["pretrained"] = None if pd.isna(row["pretrained"]) else row["pretrained"] == "true"
+    entry["backend"] = None if pd.isna(row["backend"]) else str(row["backend"])
     entry["collapsed"] = is_collapsed(row)
     reason = row.get("collapse_reason")
     entry["collapse_reason"] = reason if isinstance(reason, str) and reason else None
@@ -432,6 +467,14 @@ def leaderboard_json(
         "excluded": excluded.astype(object).where(excluded.notna(), None).to_dict(orient="records"),
         "champion": champion,
     }
+
+
+def board_line(board: pd.DataFrame) -> str:
+    """What compare prints about the leaderboard: how many models, the ensemble, the best."""
+    single = board[board["model"] != ENSEMBLE_MODEL]
+    best = f"best {single['model'].iloc[0]}" if len(single) else "no evaluated runs yet"
+    averaged = ", with an ensemble row" if len(single) < len(board) else ""
+    return f"{len(single)} model(s) on this data{averaged}, {best}"
 
 
 def compare_metrics(report: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,8 +17,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-# Top-level modules of the project's dependencies: a Python that finds them all runs the stage.
-REQUIRED_MODULES = ("yaml", "numpy", "pandas", "sklearn", "mlflow", "tensorflow", "keras", "PIL")
+# Top-level modules of the project's dependencies: a Python that finds them all runs the stage,
+# with the module of the Keras backend it runs (KERAS_BACKEND, TensorFlow by default).
+REQUIRED_MODULES = ("yaml", "numpy", "pandas", "sklearn", "mlflow", "keras", "PIL")
 # Set on the re-executed process, so a venv that is itself incomplete fails instead of looping.
 REEXEC_VARIABLE = "CXR_REEXECUTED"
 VENV_PYTHON = Path(".venv") / "bin" / "python"
@@ -28,9 +29,19 @@ class MissingPackagesError(SystemExit):
     """The running Python lacks the project's packages and no .venv can take over."""
 
 
-def missing_modules(modules: Sequence[str] = REQUIRED_MODULES) -> list[str]:
-    """The modules of `modules` this Python cannot import (found without importing them)."""
-    return [name for name in modules if importlib.util.find_spec(name) is None]
+def required_modules(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """REQUIRED_MODULES and the Keras backend's: tensorflow, or jax under KERAS_BACKEND=jax."""
+    backend = environ.get("KERAS_BACKEND", "").strip() or "tensorflow"
+    return (*REQUIRED_MODULES, backend)
+
+
+def missing_modules(modules: Sequence[str] | None = None) -> list[str]:
+    """The modules of `modules` (default: required_modules) this Python cannot import.
+
+    Found without importing them.
+    """
+    wanted = required_modules(os.environ) if modules is None else modules
+    return [name for name in wanted if importlib.util.find_spec(name) is None]
 
 
 def find_project_python(start: Path) -> Path | None:

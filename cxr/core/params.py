@@ -538,6 +538,14 @@ EXTERNAL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 # compare.rank_by: the internal test metrics, or external_<name>_<one of these>.
 RANK_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc_ovr", "test_balanced_accuracy")
 EXTERNAL_RANK_METRICS = ("accuracy", "f1_macro", "roc_auc_ovr", "balanced_accuracy")
+# compare.rank_by: a test metric pooled over every fold of a cross-validation design.
+POOLED_PREFIX = "cv_"
+POOLED_RANK_METRICS = tuple(f"{POOLED_PREFIX}{name}" for name in RANK_METRICS)
+
+
+def is_pooled(rank_by: str) -> bool:
+    """Whether compare.rank_by names a figure pooled over the folds of a cross-validation."""
+    return rank_by.startswith(POOLED_PREFIX)
 
 
 def external_metric(dataset: str, metric: str) -> str:
@@ -689,8 +697,9 @@ class SplitParams(Section):
     )
     fold: int = Field(
         ge=0,
-        description="the test fold when folds > 0 (0 .. folds - 1); queue them all with "
-        "dvc exp run --queue -S split.folds=5 -S split.fold=0,1,2,3,4",
+        description="the test fold when folds > 0 (0 .. folds - 1); sweep them all with "
+        "dvc exp run --queue -S split.folds=5 -S 'split.fold=range(0,5)' (and dvc queue "
+        "start): compare pools the folds into the cross-validated leaderboard",
     )
 
     @property
@@ -917,11 +926,13 @@ class TrainParams(Section):
         gt=0.0, lt=1.0, description="ReduceLROnPlateau: the rate is multiplied by this"
     )
     mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = Field(
-        description="auto = float16 compute when every GPU has compute capability >= 7.0; "
-        "float16 or bfloat16 forced (also on a CPU); off; the output layer stays float32"
+        description="auto = float16 compute when every GPU has compute capability >= 7.0 "
+        "(under KERAS_BACKEND=jax bfloat16 from 8.0, Ampere); float16 or bfloat16 forced "
+        "(also on a CPU); off; the output layer stays float32"
     )
     deterministic: bool = Field(
-        description="seeds and TensorFlow op determinism: same params, same metrics (on a CPU)"
+        description="seeds and op determinism (TensorFlow's, or XLA's deterministic GPU ops "
+        "under JAX): same params, same metrics (on a CPU)"
     )
     schedule: Literal["constant", "cosine", "adaptive"] = Field(
         description="the rate schedule: constant (+ ReduceLROnPlateau), cosine (train.cosine) "
@@ -937,7 +948,8 @@ class TrainParams(Section):
         "pretrained and without augmentation"
     )
     jit_compile: Literal["auto", "on", "off"] = Field(
-        description="XLA: auto = on with exactly one GPU (keras skips it where a layer cannot)"
+        description="XLA: auto = on with exactly one GPU (keras skips it where a layer cannot); "
+        "under KERAS_BACKEND=jax always on unless off (off: eager steps, for debugging)"
     )
     baseline: BaselineParams = Field(description="model pixel_logreg, pixel_svm or pixel_rf")
     head: HeadParams = Field(
@@ -1029,11 +1041,12 @@ class CompareParams(Section):
     """The leaderboard across models, and the registry's champion."""
 
     rank_by: str = Field(
-        description="the leaderboard's order: a test metric, or external_<name>_<metric> of "
-        "an evaluate.external dataset",
+        description="the leaderboard's order, which the champion follows: a test metric, "
+        "external_<name>_<metric> of an evaluate.external dataset, or cv_<test metric> pooled "
+        "over every fold of the cross-validation design (split.folds > 0)",
         json_schema_extra={
-            "allowed": f"one of {', '.join(RANK_METRICS)}, or external_<name>_<metric> with "
-            f"<metric> one of {', '.join(EXTERNAL_RANK_METRICS)}"
+            "allowed": f"one of {', '.join(RANK_METRICS + POOLED_RANK_METRICS)}, or "
+            f"external_<name>_<metric> with <metric> one of {', '.join(EXTERNAL_RANK_METRICS)}"
         },
     )
     significance: float = Field(
@@ -1056,9 +1069,10 @@ class CompareParams(Section):
     def _rankable(cls, rank_by: str) -> str:
         # Which external names exist is checked with evaluate.external, in Params.
         external = rf"external_{EXTERNAL_NAME_PATTERN}_({'|'.join(EXTERNAL_RANK_METRICS)})"
-        if rank_by not in RANK_METRICS and not re.fullmatch(external, rank_by):
+        known = RANK_METRICS + POOLED_RANK_METRICS
+        if rank_by not in known and not re.fullmatch(external, rank_by):
             raise ValueError(
-                f"must be one of {', '.join(RANK_METRICS)}, or external_<name>_<metric> with "
+                f"must be one of {', '.join(known)}, or external_<name>_<metric> with "
                 f"<metric> one of {', '.join(EXTERNAL_RANK_METRICS)}"
             )
         return rank_by
@@ -1111,7 +1125,15 @@ class Params(Section):
     @model_validator(mode="after")
     def _rank_by_a_known_dataset(self) -> Params:
         rank_by = self.compare.rank_by
-        if rank_by in RANK_METRICS:
+        if rank_by in POOLED_RANK_METRICS and not self.split.folds:
+            raise CrossKeyError(
+                "compare.rank_by",
+                rank_by,
+                "pools the folds of a cross-validation, and split.folds = 0 is one split; "
+                "sweep the folds (dvc exp run --queue -S split.folds=5 -S "
+                f"'split.fold=range(0,5)') or rank by {rank_by.removeprefix(POOLED_PREFIX)}",
+            )
+        if rank_by in RANK_METRICS + POOLED_RANK_METRICS:
             return self
         names = sorted(self.evaluate.external)
         if not any(
@@ -1236,7 +1258,8 @@ class RunSettings(BaseModel):
         default=0,
         ge=0,
         description="processes decoding images in build and external@<name> (the same pixels "
-        "for any number); 0 = every available core",
+        "for any number), and under KERAS_BACKEND=jax the threads reading streamed training "
+        "batches ahead (the same batches); 0 = every available core",
     )
     memory_cache_mb: float = Field(
         default=128.0,
@@ -1260,6 +1283,25 @@ class RunSettings(BaseModel):
         ge=1,
         description="images per prediction batch in evaluate and external@<name> (the "
         "predictions do not depend on it)",
+    )
+    coordinator_address: str = Field(
+        default="",
+        description="train one model in several processes (KERAS_BACKEND=jax, each host runs "
+        "the same train command): host:port where process 0 listens, the same for every "
+        "process (docs/scaling.md#scaling-out); empty: one process",
+        json_schema_extra={"allowed": "host:port, e.g. 10.0.0.1:8476"},
+    )
+    num_processes: int = Field(
+        default=1,
+        ge=1,
+        description="processes training one model together (with CXR_COORDINATOR_ADDRESS); "
+        "every device of every process trains on its share of each batch",
+    )
+    process_id: int = Field(
+        default=0,
+        ge=0,
+        description="this process's rank, 0 .. CXR_NUM_PROCESSES - 1, a different one on each "
+        "host; process 0 alone writes models/, the metrics and the MLflow run",
     )
 
     @field_validator("resume", mode="before")

@@ -80,6 +80,11 @@ class ProjectPaths:
         return self.split_dir / f"{split}.parquet"
 
     @property
+    def fold_design(self) -> Path:
+        """Which cross-validation design and fold the split tables are (JSON, beside them)."""
+        return self.split_dir / "cv_design.json"
+
+    @property
     def models_dir(self) -> Path:
         """The trained model and its run record."""
         return self.root / "models"

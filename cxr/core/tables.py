@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -106,6 +109,34 @@ def data_fingerprint(splits: dict[str, pd.DataFrame]) -> str:
         for path, label, content in rows.itertuples(index=False):
             digest.update(f"{split}\t{path}\t{label}\t{content}\n".encode())
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class FoldDesign:
+    """One fold of a K-fold cross-validation design, as the split stage dealt it."""
+
+    design: str  # the design's fingerprint: the same for its K folds, unlike the data's
+    folds: int  # K
+    fold: int  # the test fold, 0 .. K - 1
+
+
+def fold_design_json(design: str | None, folds: int, fold: int) -> dict[str, Any]:
+    """What split writes to data/processed/cv_design.json (design None: no cross-validation)."""
+    return {"cv_design": design, "folds": folds, "fold": fold}
+
+
+def read_fold_design(paths: ProjectPaths) -> FoldDesign | None:
+    """The cross-validation fold of the split tables; None without one (split.folds = 0).
+
+    Split tables written before the file existed have none: they are a single split.
+    """
+    path = paths.fold_design
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if not payload.get("cv_design"):
+        return None
+    return FoldDesign(str(payload["cv_design"]), int(payload["folds"]), int(payload["fold"]))
 
 
 def label_counts(labels: pd.Series) -> dict[str, int]:

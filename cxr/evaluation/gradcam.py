@@ -1,4 +1,7 @@
-"""Grad-CAM: where in the image the backbone's feature map drove a class score."""
+"""Grad-CAM: where in the image the backbone's feature map drove a class score.
+
+Written in keras.ops; only the gradient itself is the backend's own (feature_gradients).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +15,10 @@ matplotlib.use("Agg")  # stages run headless
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
-import tensorflow as tf
 
 from cxr.core.outputs import save_figure
 from cxr.models import layer_names
+from cxr.models.backend import JAX, TENSORFLOW, keras_backend
 from cxr.models.classifier import ensemble_members
 
 SKIPPED_LAYERS = (layer_names.AUGMENTATION,)  # random layers are identities at inference
@@ -55,16 +58,44 @@ def check_explainable(model: Any) -> None:
         backbone_split(explained)
 
 
-def _class_scores(head: list[Any], features: tf.Tensor) -> tf.Tensor:
+def _class_scores(head: list[Any], features: Any) -> Any:
     """The head's output before its softmax, so confident predictions still have gradients."""
+    ops = keras.ops
     scores = features
     for layer in head[:-1]:
         scores = layer(scores, training=False)
     last = head[-1]
     if isinstance(last, keras.layers.Dense):
-        logits = tf.matmul(tf.cast(scores, tf.float32), tf.cast(last.kernel, tf.float32))
-        return logits + tf.cast(last.bias, tf.float32) if last.use_bias else logits
-    return tf.cast(last(scores, training=False), tf.float32)
+        logits = ops.matmul(ops.cast(scores, "float32"), ops.cast(last.kernel, "float32"))
+        return logits + ops.cast(last.bias, "float32") if last.use_bias else logits
+    return ops.cast(last(scores, training=False), "float32")
+
+
+def feature_gradients(head: list[Any], features: Any, chosen: np.ndarray) -> Any:
+    """d(score of class chosen[i]) / d(features[i]) for every image i, by the backend's autodiff.
+
+    Each image's score depends on its own features only, so the gradient of their sum gives
+    every image's at once.
+    """
+    ops = keras.ops
+    backend = keras_backend()
+
+    def total_score(features: Any) -> Any:
+        scores = _class_scores(head, features)
+        return ops.sum(ops.take_along_axis(scores, ops.convert_to_tensor(chosen[:, None]), 1))
+
+    if backend == JAX:
+        import jax
+
+        return jax.grad(total_score)(features)
+    if backend == TENSORFLOW:
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            total = total_score(features)
+        return tape.gradient(total, features)
+    raise NotImplementedError(f"Grad-CAM has no gradient for the {backend} backend")
 
 
 def gradcam_heatmaps(
@@ -83,24 +114,22 @@ def gradcam_heatmaps(
         peak = mean.max(axis=(1, 2), keepdims=True) if len(mean) else 1.0
         return (mean / np.where(peak > 0, peak, 1.0)).astype(np.float32)
     before, backbone, head = backbone_split(model)
+    ops = keras.ops
     size = images.shape[1:3]
     maps = []
     for start in range(0, len(images), batch_size):
-        batch = tf.convert_to_tensor(images[start : start + batch_size], dtype=tf.float32)
-        chosen = tf.constant(np.asarray(class_indices[start : start + batch_size], np.int32))
-        with tf.GradientTape() as tape:
-            inputs = batch
-            for layer in before:
-                inputs = layer(inputs, training=False)
-            features = backbone(inputs, training=False)
-            tape.watch(features)
-            score = tf.gather(_class_scores(head, features), chosen, batch_dims=1)
-        gradients = tf.cast(tape.gradient(score, features), tf.float32)
-        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(features, tf.float32), axis=-1))
-        cam = tf.image.resize(cam[..., tf.newaxis], size, method="bilinear")[..., 0]
-        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-        maps.append((cam / tf.where(peak > 0, peak, 1.0)).numpy())
+        inputs = ops.convert_to_tensor(images[start : start + batch_size], dtype="float32")
+        chosen = np.asarray(class_indices[start : start + batch_size], np.int32)
+        for layer in before:
+            inputs = layer(inputs, training=False)
+        features = backbone(inputs, training=False)
+        gradients = ops.cast(feature_gradients(head, features, chosen), "float32")
+        weights = ops.mean(gradients, axis=(1, 2), keepdims=True)
+        cam = ops.relu(ops.sum(weights * ops.cast(features, "float32"), axis=-1))
+        cam = ops.image.resize(cam[..., None], size, interpolation="bilinear")[..., 0]
+        cam = ops.convert_to_numpy(cam)
+        peak = cam.max(axis=(1, 2), keepdims=True)
+        maps.append((cam / np.where(peak > 0, peak, 1.0)).astype(np.float32))
     return np.concatenate(maps) if maps else np.zeros((0, *size), np.float32)
 
 

@@ -148,26 +148,38 @@ def score_predictions(
 
 
 def confidence_intervals(
-    true: np.ndarray, probabilities: np.ndarray, samples: int, seed: int
+    true: np.ndarray,
+    probabilities: np.ndarray,
+    samples: int,
+    seed: int,
+    screening: int | None = None,
 ) -> dict[str, list[float | None]]:
-    """Bootstrap 95% intervals of accuracy, macro F1 and AUC over the test images (None: off)."""
+    """Bootstrap 95% intervals of accuracy, macro F1 and AUC over the test images (None: off).
+
+    With `screening`, the index of SCREENING_CLASS, also of its sensitivity
+    (test_covid_sensitivity), from the same resamples.
+    """
+    names = (*INTERVAL_METRICS, *(["test_covid_sensitivity"] if screening is not None else []))
     if samples == 0:
-        return {name: [None, None] for name in INTERVAL_METRICS}
+        return {name: [None, None] for name in names}
     predicted = probabilities.argmax(axis=1)
     class_count = probabilities.shape[1]
 
     def statistic(indices: np.ndarray) -> np.ndarray:
         auc = one_vs_rest_auc(true[indices], probabilities[indices], class_count)
-        return np.array(
-            [
-                accuracy_score(true[indices], predicted[indices]),
-                macro_f1(true[indices], predicted[indices]),
-                np.nan if auc is None else auc,
-            ]
-        )
+        figures = [
+            accuracy_score(true[indices], predicted[indices]),
+            macro_f1(true[indices], predicted[indices]),
+            np.nan if auc is None else auc,
+        ]
+        if screening is not None:
+            rates = sensitivity_specificity(true[indices], predicted[indices], class_count)
+            sensitivity = rates[screening][0]
+            figures.append(np.nan if sensitivity is None else sensitivity)
+        return np.array(figures)
 
     lows, highs = bootstrap_intervals(statistic, len(true), samples, seed)
-    return named_intervals(INTERVAL_METRICS, lows, highs)
+    return named_intervals(names, lows, highs)
 
 
 def evaluation_metrics(
@@ -176,7 +188,9 @@ def evaluation_metrics(
     """Scores, their bootstrap intervals (also as <name>_ci_low / _ci_high) and the ECE."""
     true, probabilities = predictions.true, predictions.probabilities
     metrics = score_predictions(true, probabilities, predictions.class_names)
-    intervals = confidence_intervals(true, probabilities, bootstrap_samples, seed)
+    names = list(predictions.class_names)
+    screening = names.index(SCREENING_CLASS) if SCREENING_CLASS in names else None
+    intervals = confidence_intervals(true, probabilities, bootstrap_samples, seed, screening)
     metrics["confidence_intervals"] = intervals
     for name, (low, high) in intervals.items():
         metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = low, high

@@ -6,17 +6,21 @@ Layer names are a contract training, Grad-CAM and serving rely on: cxr.models.la
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import keras
 
 from cxr.core.errors import PipelineError
-from cxr.core.params import AugmentParams, HeadParams
 from cxr.core.registry import BACKBONES, googlenet_aux_problem
 from cxr.models import layer_names
 from cxr.models.architectures import GOOGLENET_AUX_TAPS, googlenet_auxiliary_classifier
 from cxr.models.backbones import load_backbone, preprocess_images
+from cxr.models.backend import keep_tensorflow_out, let_xla_compile
 from cxr.models.layer_names import GOOGLENET_AUX_OUTPUTS
+
+if TYPE_CHECKING:  # at run time only classifier_parameters needs them: building needs no pydantic
+    from cxr.core.params import AugmentParams, HeadParams
 
 # The paper weights each auxiliary loss by 0.3 and discards the classifiers at inference.
 GOOGLENET_AUX_LOSS_WEIGHT = 0.3
@@ -73,7 +77,9 @@ def build_augmentation(augment: AugmentParams, seed: int) -> keras.Sequential | 
         ),
     ]
     layers = [make(seed + index) for index, (on, make) in enumerate(wanted) if on]
-    return keras.Sequential(layers, name=layer_names.AUGMENTATION) if layers else None
+    if not layers:
+        return None
+    return let_xla_compile(keras.Sequential(layers, name=layer_names.AUGMENTATION))
 
 
 def build_head(features: Any, head: HeadParams, class_count: int, seed: int) -> Any:
@@ -140,6 +146,17 @@ def build_classifier(
     outputs = build_head(features, head, len(class_names), seed)
     model = keras.Model(inputs, outputs, name=f"cxr_{model_name}")
     return model, backbone, pretrained
+
+
+def load_classifier(path: Path) -> keras.Model:
+    """A saved classifier, to predict with on this process's backend (this module's layers).
+
+    A .keras file holds no backend: a model saved on one loads and predicts on the other. It
+    is not compiled: it only predicts, and its predictions then take XLA wherever the backend
+    can (training's compile settings would fix that choice when it loads).
+    """
+    keep_tensorflow_out()
+    return let_xla_compile(keras.models.load_model(path, compile=False))
 
 
 def average_members(members: Sequence[keras.Model], model_name: str) -> keras.Model:
@@ -216,6 +233,8 @@ def auxiliary_targets(images: Any, labels: Any) -> tuple[Any, dict[str, Any]]:
 
 def classifier_parameters(backbone_name: str, image_size: int, class_count: int) -> int:
     """Parameters of backbone `backbone_name` plus a softmax on its average-pooled features."""
+    from cxr.core.params import AugmentParams, HeadParams
+
     head = HeadParams(
         pooling="avg", dense_units=[], batch_norm=False, dropout=0.0, l2=0.0, googlenet_aux=False
     )

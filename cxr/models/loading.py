@@ -100,11 +100,9 @@ def load_model_file(path: Path, kind: str) -> Any:
     if not path.is_file():
         raise PipelineError(f"{path}: missing; run the train stage first")
     if kind == "keras":
-        import keras
+        from cxr.models.classifier import load_classifier
 
-        import cxr.models.classifier  # noqa: F401  registers the custom layers the saved model uses
-
-        return keras.models.load_model(path)
+        return load_classifier(path)
     import joblib
 
     return joblib.load(path)

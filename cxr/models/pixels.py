@@ -1,4 +1,7 @@
-"""Pixels for the model: rows of the build's pixel cache and the one resize path to its size."""
+"""Pixels for the model: rows of the build's pixel cache and the one resize path to its size.
+
+Plain numpy, so every Keras backend (and a process without TensorFlow) resizes alike.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import tensorflow as tf
 
 from cxr.core.errors import PipelineError
 
 # Cache rows gathered and resized at once: bounds the memory beyond the resized split itself.
 GATHER_CHUNK = 512
+# Images resized at once: bounds the float32 working copies.
+RESIZE_CHUNK = 32
 
 
 def load_split_pixels(
@@ -114,19 +118,67 @@ def _read_rows(handle: BufferedReader, pixels: np.memmap, rows: np.ndarray) -> n
 
 
 def resize_batch(images: np.ndarray, image_size: int) -> np.ndarray:
-    """Area-resize uint8 (N, H, W, 1) to (N, image_size, image_size, 1) uint8; as-is when equal.
+    """Area-resize uint8 (N, H, W, C) to (N, image_size, image_size, C) uint8; as-is when equal.
 
     Train, evaluate and predict all reach the model's size through this one function, so a new
-    image is resized exactly as the training images were.
+    image is resized exactly as the training images were. The bytes are those of
+    TensorFlow's `tf.image.resize(method="area")`, rounded half to even (what this function
+    returned before it was numpy; tests/models/test_pixels.py compares them).
     """
     if images.shape[1:3] == (image_size, image_size):
         return images
-    resized = [
-        tf.image.resize(images[start : start + 512], (image_size, image_size), method="area")
-        for start in range(0, len(images), 512)
-    ]
-    stacked = tf.concat(resized, axis=0) if resized else tf.zeros((0, image_size, image_size, 1))
-    return tf.cast(tf.clip_by_value(tf.round(stacked), 0, 255), tf.uint8).numpy()
+    count, height, width, channels = images.shape
+    rows_in, row_weights, row_scale = _area_taps(height, image_size)
+    columns_in, column_weights, column_scale = _area_taps(width, image_size)
+    # TensorFlow's kernel, float32 step by step in its order: per input row, the weighted sum
+    # of the columns each output column covers; per output row, the weighted sum of those
+    # rows; times 1 / (row scale * column scale), that product rounded to float32 first.
+    normaliser = np.float32(1.0 / float(np.float32(row_scale * column_scale)))
+    result = np.empty((count, image_size, image_size, channels), dtype=np.uint8)
+    for start in range(0, count, RESIZE_CHUNK):
+        planes = np.moveaxis(images[start : start + RESIZE_CHUNK], 3, 1).astype(np.float32)
+        across = _weighted_taps(planes, columns_in, column_weights, axis=3)
+        down = _weighted_taps(across, rows_in, row_weights[:, np.newaxis, :], axis=2)
+        down *= normaliser
+        np.clip(np.round(down, out=down), 0, 255, out=down)
+        result[start : start + len(planes)] = np.moveaxis(down, 1, 3).astype(np.uint8)
+    return result
+
+
+def _area_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """Per output pixel on one axis: the input pixels it covers (out, taps), their weights, scale.
+
+    The weight is the covered fraction of each input pixel times nothing else (the scale is
+    applied once at the end); taps past an output pixel's last input pixel weigh 0.
+    """
+    scale = np.float32(size_in) / np.float32(size_out)
+    first = np.arange(size_out).astype(np.float32) * scale
+    last = np.arange(1, size_out + 1).astype(np.float32) * scale
+    start = np.floor(first).astype(np.int64)
+    end = np.ceil(last).astype(np.int64)
+    index = start[:, np.newaxis] + np.arange(int((end - start).max()))
+    pixel = index.astype(np.float32)
+    low, high, one = first[:, np.newaxis], last[:, np.newaxis], np.float32(1)
+    weights = np.where(
+        pixel < low,
+        np.where(pixel + one > high, scale, pixel + one - low),
+        np.where(pixel + one > high, high - pixel, one),
+    ).astype(np.float32)
+    weights = np.where(index < end[:, np.newaxis], weights, np.float32(0)).astype(np.float32)
+    return np.minimum(index, size_in - 1), weights, scale
+
+
+def _weighted_taps(
+    planes: np.ndarray, index: np.ndarray, weights: np.ndarray, axis: int
+) -> np.ndarray:
+    """Sum over taps k of planes taken at index[:, k] along `axis` times weights[:, k], in order."""
+    total = np.take(planes, index[:, 0], axis=axis)
+    total *= weights[..., 0]
+    for tap in range(1, index.shape[1]):
+        term = np.take(planes, index[:, tap], axis=axis)
+        term *= weights[..., tap]
+        total += term
+    return total
 
 
 def open_pixel_cache(cache: Path) -> np.memmap:

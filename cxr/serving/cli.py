@@ -10,7 +10,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxr.core.quiet import quiet_process
 
     quiet_process()
-    # Imported here, after quieting: importing predict imports TensorFlow.
+    # Imported here, after quieting: importing predict imports Keras (and TensorFlow, its default
+    # backend).
     from cxr.serving.predict import main as predict_main
 
     return predict_main(argv)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,14 @@ from PIL import Image
 
 from cxr.images.decoding import PILLOW_MAX_PIXELS, UnusableImage, decode_bytes, read_file
 from cxr.images.dicom import window_text
+from cxr.models.backend import BACKEND_PACKAGES, TENSORFLOW, keras_backend
 from cxr.models.loading import Predictor, predictor_from_record
 from cxr.models.run_record import RunRecord
 from cxr.tracking.runs import LOGGED_MODEL_NAME
 
+# The Keras backend's own packages (tensorflow, or jax and jaxlib) are added to these.
 REQUIREMENTS = (
     "mlflow",
-    "tensorflow",
     "keras",
     "scikit-learn",
     "numpy",
@@ -62,10 +65,13 @@ REQUIREMENTS_OPTIONAL = (
 class ImageClassifier(PythonModel):  # type: ignore[misc]
     """Raw image files in, class and probabilities out (see the module docstring)."""
 
-    def __init__(self, record: RunRecord, max_pixels: int = PILLOW_MAX_PIXELS) -> None:
+    def __init__(
+        self, record: RunRecord, max_pixels: int = PILLOW_MAX_PIXELS, backend: str = TENSORFLOW
+    ) -> None:
         # Pickled as plain JSON values, so the logged model does not depend on the class layout.
         self.record = record.to_json()
         self.max_pixels = max_pixels
+        self.keras_backend = backend  # whose packages the logged requirements pin
         self.predictor: Predictor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -73,7 +79,13 @@ class ImageClassifier(PythonModel):  # type: ignore[misc]
         return {**self.__dict__, "predictor": None}
 
     def load_context(self, context: Any) -> None:
-        """Load the Keras or scikit-learn model from the `model` artifact."""
+        """Load the Keras or scikit-learn model from the `model` artifact.
+
+        A serving process that has not chosen a backend (KERAS_BACKEND) and not imported Keras
+        yet runs the one whose packages the model's requirements install.
+        """
+        if "keras" not in sys.modules:
+            os.environ.setdefault("KERAS_BACKEND", getattr(self, "keras_backend", TENSORFLOW))
         record = RunRecord.from_json(self.record, "mlflow model")
         self.predictor = predictor_from_record(
             record, Path(context.artifacts["model"]), "mlflow model"
@@ -165,10 +177,10 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def pinned_requirements() -> list[str]:
+def pinned_requirements(backend: str = TENSORFLOW) -> list[str]:
     """Exact pins of what the model needs at serving time, from this environment."""
     pins = []
-    for package in (*REQUIREMENTS, *REQUIREMENTS_OPTIONAL):
+    for package in (*REQUIREMENTS, *BACKEND_PACKAGES[backend], *REQUIREMENTS_OPTIONAL):
         try:
             pins.append(f"{package}=={importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
@@ -180,7 +192,8 @@ def log_classifier(
     models_dir: Path, record: RunRecord, example_image: np.ndarray, max_pixels: int
 ) -> str:
     """Log models/ as a pyfunc in the active run (name `classifier`); return its model URI."""
-    classifier = ImageClassifier(record, max_pixels)
+    backend = keras_backend() if record.kind == "keras" else TENSORFLOW
+    classifier = ImageClassifier(record, max_pixels, backend)
     # The whole cxr package travels with the model, so it is served without this checkout.
     package_dir = Path(__file__).resolve().parents[1]
     info = mlflow.pyfunc.log_model(
@@ -190,11 +203,12 @@ def log_classifier(
         code_paths=[str(package_dir)],
         signature=signature(list(record.class_names)),
         input_example=pd.DataFrame({"image": [png_bytes(example_image)]}),
-        pip_requirements=pinned_requirements(),
+        pip_requirements=pinned_requirements(backend),
         metadata={
             "class_names": list(record.class_names),
             "kind": record.kind,
             "model": record.model,
+            "keras_backend": backend,
             "preprocessing": (
                 f"decode to 8-bit gray (cxr.images.decoding.decode_bytes, EXIF applied, 16-bit "
                 f"scaled, DICOM through window {window_text(record.dicom_window)}), Lanczos "

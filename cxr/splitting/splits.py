@@ -11,6 +11,8 @@ copies across the given splits kept as asked.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -201,6 +203,26 @@ def fold_units(units: pd.Series, folds: int, fold: int, seed: int) -> tuple[pd.I
     return pd.Index(ids[rest]), pd.Index(ids[held_out])
 
 
+def cross_validation_design(images: pd.DataFrame, split: SplitParams, seed: int) -> str | None:
+    """A short hash of a K-fold design: its folds test every image once; None when folds = 0.
+
+    The image pool (path, label, content and the unit each image is dealt with), the seed and
+    every split param but split.fold: the K runs of one design share it, while their data
+    fingerprints differ by which fold is test. `images` holds every image with its unit.
+    """
+    if not split.folds:
+        return None
+    digest = hashlib.sha256()
+    settings = split.model_dump(mode="json", exclude={"fold"})
+    digest.update(json.dumps({"seed": seed, "split": settings}, sort_keys=True).encode())
+    # A unit named by its first path: the same grouping gives the same names, whatever ids.
+    unit = images.groupby("unit")["path"].transform("min")
+    rows = images.assign(unit=unit)[["path", "label", "sha256", "unit"]].sort_values("path")
+    for row in rows.itertuples(index=False):
+        digest.update(("\t".join(map(str, row)) + "\n").encode())
+    return digest.hexdigest()[:16]
+
+
 def fresh_split(images: pd.DataFrame, split: SplitParams, seed: int) -> pd.Series:
     """Split name per image: stratified over units, ignoring any split the source gave.
 
@@ -353,8 +375,11 @@ def warn_thin_classes(
 
 def split_with_report(
     images: pd.DataFrame, split: SplitParams, seed: int, warnings: DataWarnings
-) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """The train, val and test tables (with a `unit` column) and the duplicates found; warns."""
+) -> tuple[dict[str, pd.DataFrame], dict[str, int], str | None]:
+    """The split tables (with a `unit` column), the duplicates found and the design; warns.
+
+    The design is cross_validation_design's: None unless split.folds is set.
+    """
     check_copy_labels(images)
     units, found = leakage_units(images, split.near_duplicate_distance, warnings)
     images = images.assign(unit=units)
@@ -380,7 +405,7 @@ def split_with_report(
         tables["train"] = undersample(tables["train"], seed, warnings)
     hints = split_hints(split, source_splits, found["dropped"])
     warn_thin_classes(tables, images["label"].value_counts(), hints, warnings)
-    return tables, found
+    return tables, found, cross_validation_design(images, split, seed)
 
 
 def split_images(

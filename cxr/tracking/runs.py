@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from cxr.core.paths import ProjectPaths, workspace_root
 from cxr.core.processes import owner_alive, owner_token
+from cxr.core.tables import FoldDesign
 
 # Where evaluate logs its results in a run; compare reads the test predictions back from there.
 EVALUATE_ARTIFACTS = "evaluate"
@@ -35,6 +36,9 @@ LEADERBOARD_MODEL = "leaderboard"
 # later train can tell a run left RUNNING by a killed process from one still in progress.
 WORKSPACE_TAG = "workspace"
 OWNER_TAG = "owner"
+# A fold run's cross-validation design (cxr.core.tables.FoldDesign) and its test fold.
+CV_DESIGN_TAG = "cv_design"
+FOLD_TAG = "fold"
 # The split tables a training run logs as its MLflow datasets, by name, with their context.
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
@@ -51,9 +55,17 @@ def git_commit(cwd: Path) -> str:
 
 
 def run_tags(
-    model: str, data_fingerprint: str, cwd: Path, environ: Mapping[str, str]
+    model: str,
+    data_fingerprint: str,
+    cwd: Path,
+    environ: Mapping[str, str],
+    design: FoldDesign | None = None,
 ) -> dict[str, str]:
-    """Tags that let compare and a person find the run: model, data, code and DVC experiment."""
+    """Tags that let compare and a person find the run: model, data, code and DVC experiment.
+
+    A fold of a cross-validation `design` adds cv_design, folds and fold: compare pools the runs
+    of one design, whose data fingerprints differ by the test fold.
+    """
     commit = git_commit(cwd)
     tags = {
         "model": model,
@@ -61,6 +73,12 @@ def run_tags(
         "git_commit": commit,
         "mlflow.source.git.commit": commit,
     }
+    if design is not None:
+        tags |= {
+            CV_DESIGN_TAG: design.design,
+            "folds": str(design.folds),
+            FOLD_TAG: str(design.fold),
+        }
     experiment_name = environ.get("DVC_EXP_NAME")
     if experiment_name:
         tags["dvc_experiment"] = experiment_name

@@ -13,17 +13,21 @@ import keras
 import numpy as np
 
 from cxr.models import layer_names
-from cxr.training.inputs import Pixels, StreamedPixels, array_dataset
+from cxr.training.inputs import ONE_DEVICE, Pixels, Shards, predict_images
 
 
-def use_cached_features(cache_features: str, pretrained: bool, model: keras.Model) -> bool:
+def use_cached_features(
+    cache_features: str, pretrained: bool, model: keras.Model, processes: int = 1
+) -> bool:
     """Whether the frozen phase fits the head on cached features (train.cache_features).
 
     auto: when the backbone is pretrained (so frozen) and the model has no augmentation;
     on: also with augmentation, which the frozen phase then skips (warned); off: never.
-    A backbone trained from scratch has no frozen phase, so nothing is cached.
+    A backbone trained from scratch has no frozen phase, so nothing is cached; nor does a run
+    over several processes: their predictions span processes, and no one process can hold
+    the features (the frozen phase then runs through the frozen backbone, same head).
     """
-    if cache_features == "off" or not pretrained:
+    if cache_features == "off" or not pretrained or processes > 1:
         return False
     augmented = any(layer.name == layer_names.AUGMENTATION for layer in model.layers)
     if augmented and cache_features == "on":
@@ -45,12 +49,8 @@ def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     return extractor, head
 
 
-def extract_features(extractor: keras.Model, images: Pixels, batch_size: int) -> np.ndarray:
+def extract_features(
+    extractor: keras.Model, images: Pixels, batch_size: int, shards: Shards = ONE_DEVICE
+) -> np.ndarray:
     """The extractor's output for every image, in order, as float32."""
-    if isinstance(images, StreamedPixels):
-        labels = np.zeros(len(images), dtype=np.int64)  # unused: predict reads the images only
-        batches = array_dataset(images, labels.tolist(), batch_size, None)
-        features = extractor.predict(batches.map(lambda pixels, _: pixels), verbose=0)
-    else:
-        features = extractor.predict(images, batch_size=batch_size, verbose=0)
-    return np.asarray(features, dtype=np.float32)
+    return np.asarray(predict_images(extractor, images, batch_size, shards), dtype=np.float32)

@@ -19,7 +19,6 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from mlflow.keras import MlflowCallback
 from sklearn.metrics import accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
@@ -30,16 +29,29 @@ from cxr.core.paths import MODEL_FILES
 from cxr.models import layer_names
 from cxr.models.classifier import (
     GOOGLENET_AUX_LOSS_WEIGHT,
-    auxiliary_targets,
     average_members,
     build_classifier,
     googlenet_training_model,
+    load_classifier,
     unfreeze_top_layers,
 )
 from cxr.models.layer_names import GOOGLENET_AUX_OUTPUTS
-from cxr.training.devices import AcceleratorPlan, Accelerators, build_info
+from cxr.training.devices import (
+    AcceleratorPlan,
+    Accelerators,
+    build_info,
+    outside_distribution,
+)
 from cxr.training.features import extract_features, split_at_features, use_cached_features
-from cxr.training.inputs import TrainingData, array_dataset
+from cxr.training.inputs import (
+    ONE_DEVICE,
+    Shards,
+    TrainingData,
+    fit_batches,
+    fit_class_weight,
+    follow_epochs,
+    predict_images,
+)
 from cxr.training.result import FitResult
 from cxr.training.resume import completed_epochs
 from cxr.training.schedules import (
@@ -91,11 +103,9 @@ class Phase:
     epochs: int
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and TensorFlow; optionally make TensorFlow ops deterministic."""
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and Keras (op determinism is set up with the devices)."""
     keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
 
 
 def compile_model(
@@ -108,6 +118,7 @@ def compile_model(
     label_smoothing: float = 0.0,
     one_hot: bool = False,
     ema_momentum: float = 0.0,
+    weighted: bool = False,
 ) -> None:
     """Adam or AdamW and cross-entropy: on class indices, or on (smoothed, mixed) one-hot targets.
 
@@ -118,17 +129,22 @@ def compile_model(
     one-hot labels (phase_batches does it). With GoogLeNet's auxiliary classifiers each output
     gets the loss, the auxiliary ones weighted as in the paper, and accuracy is measured on the
     main output only.
+
+    With `weighted` (batches padded for several devices, cxr.training.inputs.ArrayBatches)
+    accuracy counts each row by its sample weight, so padded rows count for nothing; with
+    train.class_weight the train accuracy is then class-weighted too (val accuracy never is).
     """
     loss: Any = "sparse_categorical_crossentropy"
     if one_hot or label_smoothing > 0:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    options: dict[str, Any] = {"loss": loss, "metrics": ["accuracy"]}
+    metrics = "weighted_metrics" if weighted else "metrics"
+    options: dict[str, Any] = {"loss": loss, metrics: ["accuracy"]}
     if auxiliary:
         weights = {name: GOOGLENET_AUX_LOSS_WEIGHT for name in GOOGLENET_AUX_OUTPUTS}
         options = {
             "loss": {name: loss for name in model.output_names},
             "loss_weights": {**weights, layer_names.PREDICTIONS: 1.0},
-            "metrics": {layer_names.PREDICTIONS: ["accuracy"]},
+            metrics: {layer_names.PREDICTIONS: ["accuracy"]},
         }
     average = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum > 0 else {}
     if optimizer == "adamw":
@@ -141,23 +157,6 @@ def compile_model(
 def one_hot_targets(train: TrainParams) -> bool:
     """Whether the loss needs one-hot targets: smoothed ones, or the blends MixUp makes."""
     return train.label_smoothing > 0 or train.mixup > 0
-
-
-def mixup_batches(batches: tf.data.Dataset, alpha: float, seed: int) -> tf.data.Dataset:
-    """Each batch blended with a shuffled copy of itself, images and one-hot targets alike.
-
-    keras.layers.MixUp draws one Beta(alpha, alpha) weight per image; the images become float32
-    (the model rescales whatever it is given, as it does uint8).
-    """
-    mix = keras.layers.MixUp(alpha=alpha, seed=seed)
-
-    def blend(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        mixed = mix({"images": tf.cast(images, tf.float32), "labels": labels}, training=True)
-        return mixed["images"], mixed["labels"]
-
-    # One batch at a time: the layer's seed generator is a variable that each call advances, so
-    # parallel calls would draw the weights in a varying order and break determinism.
-    return batches.map(blend)
 
 
 def class_weights(mode: str, labels: np.ndarray, class_count: int) -> dict[int, float] | None:
@@ -254,34 +253,34 @@ def phase_batches(
     seed: int,
     one_hot: bool = False,
     mixup: float = 0.0,
-) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    class_weight: dict[int, float] | None = None,
+    shards: Shards = ONE_DEVICE,
+) -> tuple[Any, Any]:
     """Train (shuffled) and val batches: images, or the frozen backbone's features when cached.
 
     Labels are class indices, or one-hot rows when `one_hot` (for label smoothing and MixUp).
     With `mixup` > 0 the train images (not cached features, not val) are MixUp blends.
+    cxr.training.inputs makes them for the backend (tf.data, or ArrayBatches split by `shards`).
     """
     inputs = (data.train_images, data.val_images)
     if cached:
         extractor, _ = split_at_features(model)
         inputs = (
-            extract_features(extractor, data.train_images, batch_size),
-            extract_features(extractor, data.val_images, batch_size),
+            extract_features(extractor, data.train_images, batch_size, shards),
+            extract_features(extractor, data.val_images, batch_size, shards),
         )
-    train_batches = array_dataset(inputs[0], data.train_labels.tolist(), batch_size, seed)
-    val_batches = array_dataset(inputs[1], data.val_labels.tolist(), batch_size, None)
-    if one_hot:
-        depth = len(data.class_names)
-
-        def encode(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return images, tf.one_hot(labels, depth)
-
-        train_batches, val_batches = train_batches.map(encode), val_batches.map(encode)
-    if mixup > 0 and not cached:
-        if not one_hot:
-            raise ValueError("MixUp blends one-hot targets: call phase_batches with one_hot=True")
-        train_batches = mixup_batches(train_batches, mixup, seed)
-    if auxiliary:
-        return train_batches.map(auxiliary_targets), val_batches.map(auxiliary_targets)
+    if mixup > 0 and not one_hot:
+        raise ValueError("MixUp blends one-hot targets: call phase_batches with one_hot=True")
+    depth = len(data.class_names) if one_hot else 0
+    train_batches = fit_batches(
+        inputs[0], data.train_labels, batch_size, seed, depth=depth,
+        mixup=0.0 if cached else mixup, auxiliary=auxiliary, class_weight=class_weight,
+        shards=shards,
+    )  # fmt: skip
+    val_batches = fit_batches(
+        inputs[1], data.val_labels, batch_size, None, depth=depth, auxiliary=auxiliary,
+        shards=shards,
+    )  # fmt: skip
     return train_batches, val_batches
 
 
@@ -328,26 +327,25 @@ def fit_phase(
     compile_model(
         fitted, rate, plan.jit_compile, auxiliary,
         train.optimizer, train.weight_decay, train.label_smoothing, one_hot, train.ema_momentum,
+        weighted=plan.replicas > 1,  # the batches' padding rows weigh 0 (ArrayBatches)
     )  # fmt: skip
+    weights = class_weights(train.class_weight, data.train_labels, model.output_shape[-1])
     train_batches, val_batches = phase_batches(
-        model, data, cached, auxiliary, train.batch_size, params.seed, one_hot, train.mixup
-    )
+        model, data, cached, auxiliary, train.batch_size, params.seed, one_hot, train.mixup,
+        weights, batch_shards(plan),
+    )  # fmt: skip
     already = completed_epochs(work, phase.name, phase.first_epoch)
-    # A resumed phase must see the shuffles the interrupted one would have: every pass over the
-    # dataset draws the next order, and keras opens two passes per epoch (it opens the next one
-    # when an epoch ends), so those already drawn are drawn again here and dropped. The resume
-    # test in tests/stages/test_train.py checks this against an uninterrupted run.
-    for _ in range(2 * already):
-        iter(train_batches)
+    # A resumed phase must see the shuffles the interrupted one would have.
+    in_step = follow_epochs(train_batches, phase.first_epoch, already)
     history = fitted.fit(
         train_batches,
         validation_data=val_batches,
-        shuffle=False,  # array_dataset shuffles
+        shuffle=False,  # the batches are shuffled already
         initial_epoch=phase.first_epoch,
         epochs=phase.first_epoch + phase.epochs,
-        class_weight=class_weights(train.class_weight, data.train_labels, model.output_shape[-1]),
+        class_weight=fit_class_weight(train_batches, weights),
         verbose=2,
-        callbacks=phase_callbacks(train, phase, model, work, extra),
+        callbacks=[*in_step, *phase_callbacks(train, phase, model, work, extra)],
     )
     if (work / PHASE_WEIGHTS_FILE).exists():
         model.load_weights(work / PHASE_WEIGHTS_FILE)
@@ -359,13 +357,18 @@ def fit_phase(
     return epochs_run
 
 
+def batch_shards(plan: AcceleratorPlan) -> Shards:
+    """How each batch is split between this plan's processes and devices (JAX)."""
+    return Shards(plan.process_id, plan.processes, plan.replicas)
+
+
 def fit_phases(
     model: keras.Model,
     backbone: keras.Model,
     pretrained: bool,
     params: Params,
     data: TrainingData,
-    plan: AcceleratorPlan,
+    accelerators: Accelerators,
     work: Path,
     extra: Sequence[keras.callbacks.Callback],
     member: int = 0,
@@ -381,9 +384,11 @@ def fit_phases(
     # Freezing random weights would only train the head on noise features, so a backbone
     # without pretrained weights trains end to end in a single phase.
     backbone.trainable = not pretrained
-    cached = use_cached_features(train.cache_features, pretrained, model)
+    plan = accelerators.plan
+    cached = use_cached_features(train.cache_features, pretrained, model, plan.processes)
     if train.time_budget_minutes > 0:
-        extra = [*extra, TimeBudget(train.time_budget_minutes)]
+        # Every process stops when process 0's clock says so: they run one fit together.
+        extra = [*extra, TimeBudget(train.time_budget_minutes, agree=accelerators.agree)]
     first = Phase(
         f"{prefix}{'frozen' if pretrained else 'scratch'}",
         train.learning_rate,
@@ -422,30 +427,31 @@ def fit_keras(
     `accelerators` must have been set up before the data was loaded (setup_accelerators).
     """
     train = params.train
-    plan, strategy = accelerators.plan, accelerators.strategy
-    extra = [EpochMetricsCallback(), *extra]  # the per-epoch curves, in the active MLflow run
+    plan = accelerators.plan
+    if accelerators.writes_outputs:  # the per-epoch curves, in the active MLflow run
+        extra = [EpochMetricsCallback(), *extra]
     members: list[keras.Model] = []
     member_epochs: list[int] = []
     train_seconds = 0.0
     for member in range(train.members):
         # Member k is the run params `seed` = member_seed(seed, k) would give alone, on this split.
         member_params = params.model_copy(update={"seed": member_seed(params.seed, member)})
-        seed_everything(member_params.seed, train.deterministic)
-        with strategy.scope():
+        seed_everything(member_params.seed)
+        with accelerators.scope():
             model, backbone, pretrained = build_classifier(
                 params.model, train.image_size, data.class_names, train.weights, train.head,
                 train.augment, member_params.seed,
             )  # fmt: skip
             started = time.perf_counter()
             ran, cached = fit_phases(
-                model, backbone, pretrained, member_params, data, plan, work, extra,
+                model, backbone, pretrained, member_params, data, accelerators, work, extra,
                 member, sum(member_epochs),
             )  # fmt: skip
             train_seconds += time.perf_counter() - started
         members.append(model)
         member_epochs.append(ran)
     if len(members) > 1:
-        with strategy.scope():
+        with accelerators.scope():
             model = average_members(members, params.model)
     model_file = out_dir / MODEL_FILES["keras"]
     model.save(model_file)
@@ -468,10 +474,8 @@ def fit_keras(
     # ensemble's own validation accuracy.
     val_predicted = np.zeros(0, dtype=np.int64)
     if len(data.val_labels):
-        val_batches = array_dataset(
-            data.val_images, data.val_labels.tolist(), train.batch_size, None
-        )
-        val_predicted = np.argmax(model.predict(val_batches, verbose=0), axis=1)
+        answers = saved_model_answers(model, model_file, data, accelerators, train.batch_size)
+        val_predicted = np.argmax(answers, axis=1)
     if len(members) > 1:
         history = history.assign(member=member_of_epoch)
         metrics["ensemble_val_accuracy"] = float(accuracy_score(data.val_labels, val_predicted))
@@ -482,6 +486,29 @@ def fit_keras(
         "strategy": plan.strategy,
         "mixed_precision": plan.precision,
         "jit_compile": str(plan.jit_compile).lower(),
-        **build_info(gpu_used=not plan.device.startswith("CPU")),
+        **build_info(gpu_used=not plan.device.startswith("CPU"), backend=plan.backend),
     }
     return FitResult("keras", train.image_size, model_file, metrics, history, tags, val_predicted)
+
+
+def saved_model_answers(
+    model: keras.Model,
+    model_file: Path,
+    data: TrainingData,
+    accelerators: Accelerators,
+    batch_size: int,
+) -> np.ndarray:
+    """The fitted model's class probabilities on the validation images.
+
+    A model trained by several processes holds arrays that span them, which no one process can
+    read back; each reads the model it saved instead, on its own devices.
+    """
+    plan = accelerators.plan
+    if plan.processes > 1:
+        with outside_distribution():
+            local = load_classifier(model_file)
+            return predict_images(local, data.val_images, batch_size)
+    if plan.replicas == 1:  # one device, or TensorFlow (the model keeps its strategy)
+        return predict_images(model, data.val_images, batch_size)
+    with accelerators.scope():  # keras.distribution splits each batch between the devices
+        return predict_images(model, data.val_images, batch_size, batch_shards(plan))

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
 import mlflow
 
+from cxr.core.errors import PipelineError
 from cxr.core.outputs import staged_dir, write_table
 from cxr.core.params import Params, RunSettings, flatten_params
 from cxr.core.paths import ProjectPaths
+from cxr.core.processes import available_cores
 from cxr.core.registry import is_baseline
+from cxr.core.tables import read_fold_design
 from cxr.models.run_record import RunRecord, write_run_record
 from cxr.tracking.runs import end_abandoned_runs, log_split_datasets, run_tags
 from cxr.tracking.store import use_experiment
 from cxr.training.collapse import collapse_reason, collapse_tags
-from cxr.training.devices import setup_accelerators
-from cxr.training.inputs import load_training_data
+from cxr.training.devices import Accelerators, Cluster, setup_accelerators
+from cxr.training.inputs import TrainingData, load_training_data
 from cxr.training.keras_fit import fit_keras
 from cxr.training.result import FitResult
 from cxr.training.resume import fresh_backup_dir, interrupted_run, start_resumable_run
@@ -32,24 +37,47 @@ def train_model(
     paths: ProjectPaths,
     environ: Mapping[str, str],
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Fit `params.model` on the train split; write models/ and the history; return the metrics.
 
-    `runtime` says how: the memory cache's size, and whether to resume an interrupted run.
-    models/ (model file and run record) appears only when the whole run succeeded.
+    `runtime` says how: the memory cache's size, whether to resume an interrupted run, and the
+    processes that train together (JAX). models/ (model file and run record) appears only when
+    the whole run succeeded. Of several processes only process 0 writes anything and returns
+    the metrics; the others return None (train_share).
     """
     baseline = is_baseline(params.model)
     image_size = params.train.baseline.image_size if baseline else params.train.image_size
-    # Devices first: logical CPU devices can only be set up before TensorFlow runs, and
-    # loading the pixels already runs it (resizing).
+    cluster = Cluster(runtime.coordinator_address, runtime.num_processes, runtime.process_id)
+    if cluster.processes > 1 and runtime.resume:
+        raise PipelineError(
+            f"CXR_RESUME = 1 with CXR_NUM_PROCESSES = {cluster.processes}: a run of several "
+            "processes cannot be resumed (only process 0 keeps a backup); unset CXR_RESUME"
+        )
+    if cluster.processes > 1 and baseline and cluster.process_id > 0:
+        print(f"train: {params.model} fits in one process; process 0 fits it")
+        return None
+    # Devices first: logical CPU devices and JAX's cluster can only be set up before the
+    # backend runs anything.
     accelerators = None
     if not baseline:
         train = params.train
-        accelerators = setup_accelerators(train.mixed_precision, train.jit_compile, environ)
+        accelerators = setup_accelerators(
+            train.mixed_precision, train.jit_compile, environ, cluster, train.deterministic
+        )
     memory = None if baseline else runtime.memory_cache_mb  # baselines fit on arrays
-    data = load_training_data(paths, image_size, memory)
+    readers = runtime.workers or available_cores()
+    data = load_training_data(paths, image_size, memory, readers)
+    if accelerators is not None:
+        # What decides the fit: the same seed, model, train params and data on every host.
+        fitted = params.model_dump_json(include={"seed", "model", "train"})
+        accelerators.check_same(
+            "params (seed, model, train) or data", f"{fitted} {data.fingerprint}"
+        )
+        if not accelerators.writes_outputs:
+            train_share(params, data, accelerators)
+            return None
     experiment_id = use_experiment(params.mlflow_experiment, paths.root, environ)
-    tags = run_tags(params.model, data.fingerprint, paths.root, environ)
+    tags = run_tags(params.model, data.fingerprint, paths.root, environ, read_fold_design(paths))
     work = fresh_backup_dir(paths, params, data.fingerprint, runtime.resume)
     # A baseline fits in one go; only Keras runs keep per-epoch state to resume from.
     resumed = interrupted_run(work) if runtime.resume and not baseline else None
@@ -87,9 +115,31 @@ def train_model(
         collapsed = collapse_reason(data.val_labels, result.val_predicted, data.class_names)
         mlflow.set_tags(collapse_tags(collapsed))
     shutil.rmtree(work, ignore_errors=True)  # a finished run has nothing to resume
+    if accelerators is not None:
+        accelerators.wait_for_writer()
     if collapsed is not None:
         print(f"warning: train: {params.model} collapsed: {collapsed}", file=sys.stderr)
     return result.metrics | {"collapsed": collapsed is not None, "collapse_reason": collapsed}
+
+
+def train_share(params: Params, data: TrainingData, accelerators: Accelerators) -> None:
+    """Process k > 0 of a run: the same fit as process 0, its files in a temporary folder.
+
+    Every process runs every step of the fit (each is a collective), writing its checkpoints
+    where process 0 writes its own; here they go to a folder outside the workspace, deleted at
+    the end, and no MLflow run is opened. Then it waits for process 0 to have written the run.
+    """
+    plan = accelerators.plan
+    with tempfile.TemporaryDirectory(prefix="cxr-train-share-") as scratch:
+        work, out_dir = Path(scratch) / "work", Path(scratch) / "models"
+        work.mkdir()
+        out_dir.mkdir()
+        fit_keras(params, data, accelerators, work, out_dir)
+    accelerators.wait_for_writer()
+    print(
+        f"train: process {plan.process_id} of {plan.processes} trained its share of "
+        f"{params.model}; process 0 wrote the model, the metrics and the MLflow run"
+    )
 
 
 def log_fit(result: FitResult, paths: ProjectPaths) -> None:

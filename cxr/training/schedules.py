@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +137,20 @@ class TimeBudget(keras.callbacks.Callback):
 
     One instance serves every phase of a run: the clock starts with the first phase, so the
     budget covers frozen and fine-tuning epochs together. The best checkpoint is restored after
-    the stop as after any other.
+    the stop as after any other. `agree` turns this process's decision into the one every
+    process of a run acts on (cxr.training.devices.Accelerators.agree: process 0's clock).
     """
 
-    def __init__(self, minutes: float, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        minutes: float,
+        clock: Any = time.monotonic,
+        agree: Callable[[bool], bool] = bool,
+    ) -> None:
         super().__init__()
         self.seconds = minutes * 60
         self.clock = clock
+        self.agree = agree
         self.started: float | None = None
         self.stopped_epoch: int | None = None
 
@@ -154,7 +161,8 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         """Stop once the budget is spent."""
-        if self.started is not None and self.clock() - self.started >= self.seconds:
+        spent = self.started is not None and self.clock() - self.started >= self.seconds
+        if self.agree(spent):
             self.model.stop_training = True
             self.stopped_epoch = epoch
 

@@ -298,3 +298,29 @@ def test_a_run_without_a_data_tag_is_excluded_with_null_data_in_the_report(tmp_p
         }
     ]
     assert json.loads(json.dumps(report, allow_nan=False)) == report
+
+
+def test_the_keras_backend_each_model_trained_on_is_a_column(tmp_path, store):
+    # given a model trained on JAX, one on TensorFlow and a baseline (no Keras backend)
+    experiment_id = use_experiment("cxr-backends", tmp_path, store)
+    on_jax, _ = log_run(experiment_id, "resnet18", "data-a", 0.90)
+    on_tf, _ = log_run(experiment_id, "vgg16", "data-a", 0.80)
+    log_run(experiment_id, "pixel_logreg", "data-a", 0.60)
+    MlflowClient().set_tag(on_jax, "keras_backend", "jax")
+    MlflowClient().set_tag(on_tf, "keras_backend", "tensorflow")
+    # when the leaderboard is built
+    board = with_mcnemar(
+        leaderboard(evaluated_runs(experiment_id), "data-a", "test_accuracy"), experiment_id, 0.05
+    )
+    # then the Markdown and the JSON name each backend, none for the baseline
+    table = markdown_table(board)
+    assert "| backend " in table.splitlines()[0]
+    rows = {line.split("|")[1].strip(" *"): line for line in table.splitlines()[2:]}
+    assert "| jax " in rows["resnet18"] and "| tensorflow " in rows["vgg16"]
+    entries = leaderboard_json(board, excluded_runs(evaluated_runs(experiment_id), "data-a"),
+                               "data-a", {}, "")["leaderboard"]  # fmt: skip
+    assert [entries[name]["backend"] for name in ("resnet18", "vgg16", "pixel_logreg")] == [
+        "jax",
+        "tensorflow",
+        None,
+    ]

@@ -18,6 +18,7 @@ from cxr.core.interpreter import (
     find_project_python,
     missing_modules,
     reexec_command,
+    required_modules,
 )
 
 
@@ -35,6 +36,20 @@ def test_this_python_has_every_module_the_stages_need() -> None:
     # Then nothing, and a module that does not exist is named
     assert missing_modules() == []
     assert missing_modules(("yaml", "no_such_module_cxr")) == ["no_such_module_cxr"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "backend", "absent"),
+    [({}, "tensorflow", "jax"), ({"KERAS_BACKEND": "jax"}, "jax", "tensorflow")],
+)
+def test_a_stage_needs_the_module_of_its_keras_backend_only(
+    environ: dict[str, str], backend: str, absent: str
+) -> None:
+    # Given KERAS_BACKEND unset or jax, When the required modules are listed
+    modules = required_modules(environ)
+    # Then the backend's module is one of them and the other backend's is not (a machine with
+    # JAX and no TensorFlow runs the stages on JAX)
+    assert backend in modules and absent not in modules and "keras" in modules
 
 
 def test_the_venv_is_found_in_the_working_directory_or_above(tmp_path: Path) -> None:

@@ -510,6 +510,20 @@ def test_rank_by_may_name_an_external_dataset_metric(valid_params_dict: dict[str
     assert "external_<name>_<metric>" in _params_error(valid_params_dict)
 
 
+def test_rank_by_a_pooled_figure_needs_folds(valid_params_dict: dict[str, Any]) -> None:
+    # Given compare ranking by the macro F1 pooled over the folds of a cross-validation
+    valid_params_dict["compare"]["rank_by"] = "cv_test_f1_macro"
+
+    # When the params hold one split, then loading stops naming the sweep and the fix
+    message = _params_error(valid_params_dict)
+    assert "compare.rank_by = 'cv_test_f1_macro': pools the folds of a cross-validation" in message
+    assert "split.fold=range(0,5)" in message and "rank by test_f1_macro" in message
+
+    # Then with split.folds set it loads
+    valid_params_dict["split"]["folds"] = 5
+    assert parse_params(valid_params_dict).compare.rank_by == "cv_test_f1_macro"
+
+
 def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
     """`model` and every section model below it."""
     found = [model]
@@ -592,11 +606,13 @@ def test_a_bad_run_setting_is_one_line_naming_the_variable(
 
 
 def test_run_settings_are_frozen_and_complete() -> None:
-    # Given the run settings, then they cannot change once read, and each replaced a param
+    # Given the run settings, then they cannot change once read, and each replaced a param but
+    # the cluster of a run over several processes, which never was one
     settings = run_settings({})
     with pytest.raises(ValueError):
         settings.workers = 2  # type: ignore[misc]
-    assert sorted(MOVED_TO_ENVIRONMENT.values()) == sorted(RunSettings.model_fields)
+    cluster = ["coordinator_address", "num_processes", "process_id"]
+    assert sorted([*MOVED_TO_ENVIRONMENT.values(), *cluster]) == sorted(RunSettings.model_fields)
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,14 @@ def test_evaluation_metrics_join_scores_intervals_and_calibration(predictions):
         expected_calibration_error(probabilities.max(axis=1), scored.correct, 5)
     )
     assert evaluation_metrics(scored, 0, 5, 3)["test_accuracy_ci_low"] is None
+    # the covid sensitivity has an interval from the same resamples, holding the estimate
+    low, high = metrics["test_covid_sensitivity_ci_low"], metrics["test_covid_sensitivity_ci_high"]
+    assert low <= metrics["test_covid_sensitivity"] <= high and low < high
+    without = confidence_intervals(true, probabilities, samples=50, seed=3)
+    assert without["test_accuracy"] == metrics["confidence_intervals"]["test_accuracy"]
+    # and a model without a covid class has none
+    other = Predictions(true, probabilities, ("a", "b", "c"))
+    assert "test_covid_sensitivity_ci_low" not in evaluation_metrics(other, 50, 5, 3)
 
 
 def test_curve_tables_are_scikit_learns_one_vs_rest_curves(predictions):

@@ -10,6 +10,7 @@ import pytest
 from cxr.core.errors import PipelineError
 from cxr.models.pixels import (
     GATHER_CHUNK,
+    RESIZE_CHUNK,
     CachedImages,
     load_split_pixels,
     open_pixel_cache,
@@ -92,3 +93,23 @@ def test_cached_images_larger_than_the_cache_is_the_same_one_line_error(tmp_path
     _cache(tmp_path / "pixels.npy", 3, 16)
     with pytest.raises(PipelineError, match="train.image_size = 32 is larger than build"):
         CachedImages(tmp_path / "pixels.npy", [0, 1], 32)
+
+
+@pytest.mark.parametrize(
+    ("side", "size", "channels"),
+    [(256, 224, 1), (256, 64, 1), (40, 32, 1), (100, 37, 1), (32, 48, 1), (33, 7, 3)],
+)
+def test_resize_batch_gives_the_bytes_of_tensorflows_area_resize(
+    side: int, size: int, channels: int
+) -> None:
+    # Given random images, and TensorFlow's area resize (what resize_batch called before it was
+    # numpy, and what every model trained until then saw), rounded half to even
+    tf = pytest.importorskip("tensorflow")
+    images = np.random.default_rng(side + size).integers(
+        0, 256, (RESIZE_CHUNK + 5, side, side, channels), dtype=np.uint8
+    )
+    resized = tf.image.resize(images, (size, size), method="area")
+    expected = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
+
+    # When numpy resizes them (down, up, odd ratios, several chunks), Then every byte is the same
+    np.testing.assert_array_equal(resize_batch(images, size), expected)

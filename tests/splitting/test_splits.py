@@ -23,7 +23,7 @@ def _split_warned(
     """Split, returning the tables, duplicates found, printed warning lines and their counts."""
     stream = io.StringIO()
     warnings = DataWarnings(stream)
-    tables, found = split_with_report(images, params, seed, warnings)
+    tables, found, _ = split_with_report(images, params, seed, warnings)
     return tables, found, stream.getvalue().splitlines(), warnings.to_metrics()
 
 
@@ -552,6 +552,31 @@ def test_the_same_seed_deals_the_same_folds() -> None:
     # Then the same seed gives the same test fold, another seed another
     assert list(first["test"]["path"]) == list(again["test"]["path"])
     assert list(first["test"]["path"]) != list(other["test"]["path"])
+
+
+def test_the_folds_of_one_design_share_its_fingerprint_and_only_they_do() -> None:
+    # Given patients with three images each
+    images = images_table(COUNTS)
+    images["group"] = images["label"] + "-patient-" + (images.index // 3).astype(str)
+
+    def design(params: SplitParams, seed: int = 3, table: pd.DataFrame = images) -> str | None:
+        return split_with_report(table, params, seed, DataWarnings(io.StringIO()))[2]
+
+    # When the five folds of one 5-fold design are split
+    five = {design(split_params(folds=5, fold=fold)) for fold in range(5)}
+    # Then they share one design, a 16-digit fingerprint
+    assert len(five) == 1 and len(next(iter(five)) or "") == 16
+    # and another seed, K, grouping, image pool or split param is another design
+    others = {
+        design(split_params(folds=5), seed=4),
+        design(split_params(folds=4)),
+        design(split_params(folds=5), table=images.assign(group="")),
+        design(split_params(folds=5), table=images.iloc[1:]),
+        design(split_params(val=0.1, folds=5)),
+    }
+    assert len(others) == 5 and not others & five
+    # and a single split (folds = 0) has none
+    assert design(split_params()) is None
 
 
 def test_folds_over_a_given_test_split_fail_naming_resplit() -> None:

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -7,9 +8,10 @@ from evaluation_fixtures import log_run, log_scored_run
 from mlflow.tracking import MlflowClient
 
 from cxr.comparison.champion import CHAMPION_ALIAS
+from cxr.core.outputs import write_json
 from cxr.core.params import CompareParams, EvaluateParams
 from cxr.core.paths import ProjectPaths
-from cxr.core.tables import data_fingerprint
+from cxr.core.tables import data_fingerprint, fold_design_json
 from cxr.tracking.store import use_experiment
 from stages.compare import compare, main
 
@@ -68,7 +70,16 @@ def test_compare_stage_writes_metrics_markdown_chart_and_promotes(tmp_path, stor
         "ensemble_test_accuracy": None,
         "champion_action": "promoted",
         "champion_version": 1,
+        # one split, no cross-validation design: no pooled leaderboard
+        "cv_design": None,
+        "cv_models_pooled": 0,
+        "cv_best_model": None,
+        "cv_best_test_accuracy": None,
+        "cv_best_test_f1_macro": None,
+        "cv_ensemble_test_accuracy": None,
     }
+    crossval = (paths.reports("compare") / "crossval.md").read_text()
+    assert crossval.startswith("No cross-validation: the split tables are one split")
     # ... and the report the whole leaderboard
     report = json.loads((paths.reports("compare") / "leaderboard.json").read_text())
     assert report["best_model"] == "efficientnetb0" and report["models"] == 2
@@ -177,3 +188,93 @@ def test_compare_adds_the_ensemble_row_and_logs_it_once(tmp_path, store):
     assert tags["data_fingerprint"] == fingerprint
     assert tags["ensemble_members"] == ",".join(sorted(members))
     assert runs[0].data.metrics["test_accuracy"] == 1.0
+
+
+def write_fold(paths: ProjectPaths, design: str, folds: int, fold: int) -> str:
+    """Split tables of fold `fold` of a cross-validation design, as split writes them."""
+    shutil.rmtree(paths.split_dir, ignore_errors=True)
+    paths.split_dir.mkdir(parents=True)
+    splits = {}
+    for split in ("train", "val", "test"):
+        table = pd.DataFrame(
+            {"path": [f"{split}-{fold}.png"], "label": ["covid"], "sha256": [f"{split}{fold}"]}
+        )
+        table.to_parquet(paths.split_table(split))
+        splits[split] = table
+    write_json(paths.fold_design, fold_design_json(design, folds, fold))
+    return data_fingerprint(splits)
+
+
+def test_compare_on_a_fold_pools_its_design_and_the_champion_follows_the_pooled_figure(
+    tmp_path, store, capsys, small_params_dict, write_params
+):
+    # given two models on the three folds of a design, the worse pooled one best on fold 1
+    paths = ProjectPaths(tmp_path)
+    fingerprints = [write_fold(paths, "d1", 3, fold) for fold in range(3)]
+    experiment_id = use_experiment("cxr-stage-cv", tmp_path, store)
+    actual = ["covid", "covid", "normal", "normal"]
+    p_covid = {
+        "vgg16": [[0.9, 0.8, 0.2, 0.1], [0.9, 0.4, 0.3, 0.6], [0.8, 0.7, 0.4, 0.1]],
+        "resnet50": [[0.9, 0.4, 0.7, 0.2], [0.9, 0.8, 0.2, 0.1], [0.7, 0.3, 0.6, 0.6]],
+    }
+    runs: dict[str, list[str]] = {}
+    for model, folds in p_covid.items():
+        for fold, probabilities in enumerate(folds):
+            run_id = log_scored_run(
+                experiment_id, model, fingerprints[fold], actual, probabilities, 4 * fold, True
+            )
+            for key, value in {"cv_design": "d1", "folds": "3", "fold": str(fold)}.items():
+                MlflowClient().set_tag(run_id, key, value)
+            runs.setdefault(model, []).append(run_id)
+    params = CompareParams(
+        rank_by="cv_test_accuracy", significance=0.05, registered_model="cxr-cv", ensemble_size=2
+    )
+    # when compare runs in the workspace of fold 1
+    write_fold(paths, "d1", 3, 1)
+    board = compare(params, SCORING, 42, "cxr-stage-cv", paths, store)
+    # then fold 1's board is ranked by each model's pooled accuracy: vgg16 (10/12) first,
+    # though resnet50 (7/12 pooled) is better on fold 1 alone
+    assert board["model"].tolist()[:2] == ["vgg16", "resnet50"]
+    assert board["cv_test_accuracy"].iloc[0] == pytest.approx(10 / 12)
+    # the pooled leaderboard is written beside it, and its headline
+    pooled = json.loads((paths.reports("compare") / "crossval.json").read_text())
+    assert pooled["cv_design"] == "d1" and pooled["best_model"] == "vgg16"
+    assert pooled["leaderboard"]["vgg16"]["run_ids"] == runs["vgg16"]
+    assert pooled["leaderboard"]["resnet50"]["test_images"] == 12
+    assert pooled["ensemble"]["members"] == ["vgg16", "resnet50"]
+    metrics = json.loads(paths.summary("compare").read_text())
+    assert metrics["cv_best_model"] == "vgg16" and metrics["cv_models_pooled"] == 2
+    # the other folds' runs are named as folds of this design, not other data
+    report = json.loads((paths.reports("compare") / "leaderboard.json").read_text())
+    assert {row["reason"] for row in report["excluded"]} == {
+        f"fold {fold} of this cross-validation design: pooled in crossval.md" for fold in (0, 2)
+    }
+    # and the champion is vgg16's run of this fold
+    champion = MlflowClient().get_model_version_by_alias("cxr-cv", CHAMPION_ALIAS)
+    assert champion.run_id == runs["vgg16"][1]
+    # the leaderboard run in MLflow holds the pooled leaderboard too
+    client = MlflowClient()
+    boards = client.get_experiment_by_name("cxr-stage-cv-leaderboard").experiment_id
+    [logged] = client.search_runs([boards], "tags.model = 'leaderboard'")
+    files = {artifact.path for artifact in client.list_artifacts(logged.info.run_id)}
+    assert {"crossval.md", "crossval.json"} <= files and logged.data.tags["cv_design"] == "d1"
+    assert logged.data.metrics["cv_best_test_accuracy"] == pytest.approx(10 / 12)
+    # when the stage then runs in fold 2's workspace, vgg16 stays champion: the same model of
+    # the same design, not a new promotion per fold
+    write_fold(paths, "d1", 3, 2)
+    small_params_dict["mlflow_experiment"] = "cxr-stage-cv"
+    small_params_dict["split"] |= {"folds": 3, "fold": 2}
+    small_params_dict["evaluate"]["bootstrap_samples"] = 50
+    small_params_dict["compare"] = params.model_dump()
+    write_params(tmp_path, small_params_dict)
+    assert main(["--root", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        MlflowClient().get_model_version_by_alias("cxr-cv", CHAMPION_ALIAS).run_id
+        == (runs["vgg16"][1])
+    )
+    assert "pooled over the folds of this cross-validation design" in printed
+    assert (
+        "compare: cross-validation design d1 (3 folds): 2 model(s) pooled, best vgg16 at "
+        "test_accuracy 0.833 ["
+    ) in printed

@@ -176,6 +176,8 @@ def test_outputs_match_the_paths_module(pipeline):
         rel(paths.reports("compare") / "leaderboard.md"),
         rel(paths.reports("compare") / "leaderboard.json"),
         rel(paths.reports("compare") / "leaderboard.png"),
+        rel(paths.reports("compare") / "crossval.md"),
+        rel(paths.reports("compare") / "crossval.json"),
         rel(paths.metrics("compare")),
         rel(paths.summary("compare")),
         rel(paths.metrics("external")),

@@ -14,7 +14,7 @@ from split_fixtures import BALANCED_COUNTS, COUNTS, images_table, split_params
 from cxr.core.errors import PipelineError
 from cxr.core.outputs import read_json, write_table
 from cxr.core.paths import SPLITS, ProjectPaths
-from cxr.core.tables import class_names, data_fingerprint, read_splits
+from cxr.core.tables import class_names, data_fingerprint, read_fold_design, read_splits
 from cxr.core.warnings import DataWarnings
 from cxr.splitting.splits import split_images
 from stages.split import main, run_split
@@ -31,10 +31,13 @@ def test_run_split_writes_the_tables_counts_and_warnings(tmp_path: Path) -> None
 
     # Then the three split tables and the split metrics are written
     assert sorted(path.name for path in paths.split_dir.iterdir()) == [
+        "cv_design.json",
         "test.parquet",
         "train.parquet",
         "val.parquet",
     ]
+    # with no cross-validation design: one split
+    assert read_fold_design(paths) is None
     written = read_splits(paths)
     for name in SPLITS:
         pd.testing.assert_frame_equal(written[name], tables[name])
@@ -79,6 +82,25 @@ def test_run_split_of_a_clean_table_counts_no_warnings(tmp_path: Path) -> None:
     metrics = read_json(paths.summary("split"))
     assert metrics["warnings"] == {}
     assert metrics["duplicates"]["largest_unit"] == 1
+
+
+def test_run_split_of_a_fold_names_its_design_and_fold(tmp_path: Path) -> None:
+    # Given a checkout with an images table
+    paths = ProjectPaths(tmp_path)
+    write_table(paths.images_table, images_table(BALANCED_COUNTS))
+
+    # When folds 1 and 2 of a 3-fold design are split in turn
+    designs = []
+    for fold in (1, 2):
+        run_split(split_params(folds=3, fold=fold), 0, paths, DataWarnings(io.StringIO()))
+        designs.append(read_fold_design(paths))
+
+    # Then each names its own fold of the one design
+    first, second = designs
+    assert first is not None and second is not None
+    assert (first.folds, first.fold, second.fold) == (3, 1, 2)
+    assert first.design == second.design
+    assert read_json(paths.fold_design) == {"cv_design": second.design, "folds": 3, "fold": 2}
 
 
 def test_run_split_without_images_table_says_to_run_dvc_repro(tmp_path: Path) -> None:

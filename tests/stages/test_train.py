@@ -372,6 +372,21 @@ def test_a_bad_run_setting_stops_train_before_writing(prepared, tmp_path, capsys
     assert not (root / "models").exists()
 
 
+def test_a_run_of_several_processes_cannot_resume(prepared, tmp_path, capsys, monkeypatch):
+    # given the run settings of process 0 of 2 (JAX's cluster) and CXR_RESUME
+    for name, value in [
+        ("CXR_COORDINATOR_ADDRESS", "127.0.0.1:1"),
+        ("CXR_NUM_PROCESSES", "2"),
+        ("CXR_RESUME", "1"),
+    ]:
+        monkeypatch.setenv(name, value)
+    root = fresh_copy(prepared, tmp_path, tiny_params())
+    # when train runs, then it stops at once in one line: only process 0 keeps a backup
+    assert train.main(["--root", str(root)]) == 2
+    assert "CXR_RESUME = 1 with CXR_NUM_PROCESSES = 2: a run of several" in capsys.readouterr().err
+    assert not (root / "models").exists()
+
+
 @pytest.mark.slow
 def test_adamw_label_smoothing_and_a_time_budget_reach_the_fit(prepared, tmp_path):
     # given AdamW with weight decay, smoothed targets and a budget that one epoch exhausts

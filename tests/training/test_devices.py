@@ -1,4 +1,4 @@
-"""Tests for the accelerator plan (stages/devices.py); no TensorFlow needed."""
+"""Tests for the accelerator plan (cxr/training/devices.py): pure planning, no backend runs."""
 
 from __future__ import annotations
 
@@ -7,17 +7,21 @@ import json
 import pytest
 
 from cxr.core.errors import PipelineError
+from cxr.core.params import run_settings
 from cxr.training.devices import (
     CPU_DEVICES_VARIABLE,
     ONEDNN_VARIABLE,
     AcceleratorPlan,
+    Cluster,
     Gpu,
     avoid_empty_replica_batches,
+    check_cluster,
     plan_accelerators,
     setup_accelerators,
 )
 
 ONE_GPU = [Gpu("NVIDIA H100", (9, 0))]
+VOLTA = [Gpu("Tesla V100", (7, 0))]
 TWO_GPUS = [Gpu("NVIDIA A100", (8, 0)), Gpu("NVIDIA A100", (8, 0))]
 OLD_GPU = [Gpu("Tesla P100", (6, 0))]
 
@@ -196,12 +200,99 @@ def test_onednn_is_switched_off_only_when_mirroring_over_cpu_devices(
     assert environ.get(ONEDNN_VARIABLE) == ("0" if switched else before.get(ONEDNN_VARIABLE))
 
 
-def test_several_workers_are_refused_with_the_keras_issue() -> None:
+def test_several_workers_are_refused_with_the_keras_issue_and_the_jax_way() -> None:
     # Given a TF_CONFIG with two workers
     # When train sets up its accelerators
     with pytest.raises(PipelineError) as error:
         setup_accelerators("auto", "auto", _tf_config(2))
 
-    # Then it stops before TensorFlow runs anything, naming the workers and the Keras issue
-    assert str(error.value).startswith("TF_CONFIG names 2 workers: ")
-    assert "keras-team/keras#20585" in str(error.value)
+    # Then it stops before TensorFlow runs anything, naming the workers, the Keras issue and
+    # the way that works: JAX with the cluster's run settings
+    message = str(error.value)
+    assert message.startswith("TF_CONFIG names 2 workers: ")
+    assert "keras-team/keras#20585" in message and "KERAS_BACKEND=jax" in message
+    assert "CXR_COORDINATOR_ADDRESS" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("devices", "expected"), [(1, "default"), (2, "data_parallel")])
+def test_jax_trains_data_parallel_over_every_device_it_sees(devices: int, expected: str) -> None:
+    # Given JAX seeing one or two CPU devices (XLA_FLAGS or CXR_CPU_DEVICES)
+    # When the accelerators are planned
+    plan = plan_accelerators([], "auto", "auto", {}, backend="jax", devices=devices)
+
+    # Then two are trained over with keras.distribution, each batch split between them, and
+    # XLA is on: JAX compiles every step, on a CPU too
+    assert (plan.strategy, plan.replicas) == (expected, devices)
+    assert plan.device == ("CPU (2 devices)" if devices == 2 else "CPU")
+    assert plan.jit_compile is True and plan.precision == "float32"
+    assert (
+        plan.backend == "jax"
+        and plan_accelerators([], "auto", "off", {}, "jax").jit_compile is False
+    )
+
+
+@pytest.mark.parametrize(
+    ("gpus", "expected"),
+    [(ONE_GPU, "mixed_bfloat16"), (VOLTA, "mixed_float16"), ([*ONE_GPU, *VOLTA], "mixed_float16")],
+)
+def test_jax_mixed_precision_auto_is_bfloat16_from_ampere_on(
+    gpus: list[Gpu], expected: str
+) -> None:
+    # Given Hopper, Volta or both, When planned for JAX with mixed precision on auto
+    plan = plan_accelerators(gpus, "auto", "auto", {}, backend="jax", devices=len(gpus))
+    # Then bfloat16 where every GPU has it (no loss scaling), float16 from Volta on
+    assert plan.precision == expected
+    # (TensorFlow keeps float16 on every tensor-core GPU)
+    assert plan_accelerators(ONE_GPU, "auto", "auto", {}).precision == "mixed_float16"
+
+
+def test_a_cluster_of_processes_is_named_in_the_device_and_the_plan() -> None:
+    # Given two processes with one CPU device each, When planned as process 1
+    cluster = Cluster("127.0.0.1:1234", processes=2, process_id=1)
+    plan = plan_accelerators([], "auto", "auto", {}, backend="jax", devices=2, cluster=cluster)
+    # Then the batches are split over both devices, and the device text names the processes
+    assert (plan.strategy, plan.replicas, plan.processes, plan.process_id) == (
+        "data_parallel",
+        2,
+        2,
+        1,
+    )
+    assert plan.device == "CPU (2 devices), 2 processes"
+
+
+@pytest.mark.parametrize(
+    ("cluster", "backend", "problem"),
+    [
+        (Cluster("h:1", 2, 0), "tensorflow", "CXR_NUM_PROCESSES = 2: training one model"),
+        (Cluster("", 2, 0), "jax", "without CXR_COORDINATOR_ADDRESS"),
+        (Cluster("h:1", 2, 2), "jax", "CXR_PROCESS_ID = 2: one of 0 .. 1"),
+    ],
+)
+def test_a_cluster_that_cannot_run_is_a_one_line_error(
+    cluster: Cluster, backend: str, problem: str
+) -> None:
+    # Given several processes on TensorFlow, without a coordinator, or with a rank too high
+    with pytest.raises(PipelineError) as error:
+        check_cluster(cluster, backend)
+    # Then one line says which setting and what to do
+    assert problem in str(error.value) and "\n" not in str(error.value)
+    check_cluster(Cluster("h:1", 2, 1), "jax")  # a valid one passes
+    check_cluster(Cluster(), "tensorflow")  # as does one process anywhere
+
+
+def test_the_cluster_comes_from_the_run_settings() -> None:
+    # Given the environment of process 1 of 2
+    environ = {
+        "CXR_COORDINATOR_ADDRESS": "10.0.0.1:8476",
+        "CXR_NUM_PROCESSES": "2",
+        "CXR_PROCESS_ID": "1",
+    }
+    # When read, Then the run settings hold them; a count of 0 is a one-line error
+    runtime = run_settings(environ)
+    assert (runtime.coordinator_address, runtime.num_processes, runtime.process_id) == (
+        "10.0.0.1:8476",
+        2,
+        1,
+    )
+    with pytest.raises(PipelineError, match=r"CXR_NUM_PROCESSES = '0': allowed: integer >= 1"):
+        run_settings({"CXR_NUM_PROCESSES": "0"})

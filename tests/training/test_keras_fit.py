@@ -1,50 +1,13 @@
-"""MixUp on the training batches (cxr.training.keras_fit.mixup_batches, phase_batches)."""
+"""Targets and callbacks of a Keras fit (cxr/training/keras_fit.py)."""
 
 from __future__ import annotations
 
 import keras
-import numpy as np
 import pytest
-import tensorflow as tf
 from training_fixtures import tiny_params
 
 from cxr.core.params import parse_params
-from cxr.training.keras_fit import Phase, mixup_batches, one_hot_targets, phase_callbacks
-
-
-def batches(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
-    """One batch of uint8 images and one-hot labels, as phase_batches hands them on."""
-    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(len(images))
-
-
-def test_mixup_blends_each_image_and_its_target_with_one_weight():
-    # given 8 images that are each one constant grey and their one-hot classes
-    greys = np.arange(8, dtype=np.uint8) * 30
-    images = np.broadcast_to(greys[:, None, None, None], (8, 4, 4, 1)).copy()
-    labels = np.eye(2, dtype=np.float32)[np.arange(8) % 2]
-    # when the batch goes through MixUp
-    mixed_images, mixed_labels = next(iter(mixup_batches(batches(images, labels), 0.4, seed=3)))
-    mixed_images, mixed_labels = mixed_images.numpy(), mixed_labels.numpy()
-    # then every image stays one grey inside the range of the batch, targets still sum to 1,
-    # and some images really are blends (a weight strictly between 0 and 1)
-    assert mixed_images.dtype == np.float32 and mixed_images.shape == images.shape
-    assert np.allclose(mixed_images, mixed_images[:, :1, :1, :])
-    assert mixed_images.min() >= 0 and mixed_images.max() <= greys.max()
-    assert np.allclose(mixed_labels.sum(axis=1), 1.0)
-    assert ((mixed_labels > 0.01) & (mixed_labels < 0.99)).any()
-    assert not np.allclose(mixed_images, images)
-
-
-def test_mixup_draws_the_same_blends_for_the_same_seed():
-    # given the same batch and seed twice
-    images = np.random.default_rng(0).integers(0, 255, (6, 4, 4, 1), dtype=np.uint8)
-    labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
-    # when each is mixed in a fresh pipeline
-    first = next(iter(mixup_batches(batches(images, labels), 0.2, seed=5)))
-    second = next(iter(mixup_batches(batches(images, labels), 0.2, seed=5)))
-    # then the blends are identical
-    assert np.array_equal(first[0].numpy(), second[0].numpy())
-    assert np.array_equal(first[1].numpy(), second[1].numpy())
+from cxr.training.keras_fit import Phase, one_hot_targets, phase_callbacks
 
 
 @pytest.mark.parametrize(

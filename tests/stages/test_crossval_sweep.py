@@ -1,0 +1,126 @@
+"""A cross-validation sweep through DVC's queue: compare pools the folds of one design.
+
+As README's main workflow runs it: one queued experiment per model and fold, `dvc queue start`,
+then compare in any fold of the design finds every model's fold runs and, once a model has them
+all, scores each image once on their pooled test predictions.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from dvc_project import (
+    DVC,
+    clean_env,
+    copy_project,
+    failed_tasks,
+    git_repo,
+    kill_processes_in,
+    queue_logs,
+    run,
+    stages_run,
+    task_states,
+    wait_for_tasks,
+)
+from training_fixtures import TINY_BASELINES, tiny_params
+
+pytestmark = pytest.mark.slow
+
+MODELS = ("pixel_logreg", "pixel_rf")
+# 30 phantoms a class, so each fold trains on enough of them for both baselines to learn (on
+# TINY_PHANTOMS' 44 the forest is no better than the largest class on some folds); a few trees:
+# the forest fits in a moment.
+COUNTS = {"covid": 30, "normal": 30, "viral_pneumonia": 30}
+SWEEP = {"data": {"synthetic": {"counts": COUNTS}}, "train": {"baseline": {"trees": 30}}}
+FOLDS = 3
+IMAGES = sum(COUNTS.values())
+
+
+def queued(output: str) -> dict[tuple[str, int], str]:
+    """The experiment `dvc exp run --queue` queued per (model, fold), from its output."""
+    pairs = re.findall(
+        r"'model=(\w+)', 'split\.folds=\d+', 'split\.fold=(\d+)'\]\}'\.\s+"
+        r"Queued experiment '([\w-]+)'",
+        output,
+    )
+    return {(model, int(fold)): name for model, fold, name in pairs}
+
+
+def test_a_queued_fold_sweep_gives_the_pooled_leaderboard(tmp_path: Path) -> None:
+    # Given a project on tiny phantoms in a git repo
+    repo = tmp_path / "project"
+    params = tiny_params(changes=(*TINY_BASELINES, SWEEP))
+    copy_project(repo, {**params, "model": MODELS[0]})
+    env = {**clean_env(), "CXR_WORKERS": "1"}
+    git_repo(repo, env)
+
+    # When both models on every fold of a 3-fold design are queued with DVC's sweep syntax,
+    # pixel_rf's fold 2 left out, and the queue runs them two at a time
+    output = run(
+        [*DVC, "exp", "run", "--queue", "-S", f"model={','.join(MODELS)}"]
+        + ["-S", f"split.folds={FOLDS}", "-S", f"split.fold=range(0,{FOLDS})"],
+        repo,
+        env,
+    )
+    experiments = queued(output)
+    assert sorted(experiments) == sorted((model, fold) for model in MODELS for fold in range(FOLDS))
+    run([*DVC, "queue", "remove", experiments["pixel_rf", 2]], repo, env)
+    try:
+        run([*DVC, "queue", "start", "-j", "2"], repo, env)
+        status = wait_for_tasks(repo, env, len(experiments) - 1)
+    finally:
+        kill_processes_in(tmp_path)  # idle workers: nothing the test started outlives it
+    assert task_states(status) == ["Success"] * 5, (
+        f"{status}{queue_logs(repo, failed_tasks(status))}"
+    )
+
+    # Then compare run again on any fold of the design (here pixel_rf's fold 1, applied; every
+    # other stage is up to date) pools pixel_logreg and lists pixel_rf with its missing fold
+    run([*DVC, "exp", "apply", experiments["pixel_rf", 1]], repo, env)
+    printed = run([*DVC, "repro", "compare"], repo, env)
+    assert stages_run(printed) == ["compare"]
+    reports = repo / "reports" / "compare"
+    pooled = json.loads((reports / "crossval.json").read_text())
+    assert pooled["folds"] == FOLDS and pooled["fold"] == 1 and pooled["models"] == 1
+    assert pooled["leaderboard"]["pixel_logreg"]["test_images"] == IMAGES
+    assert pooled["incomplete"] == [
+        {
+            "model": "pixel_rf",
+            "folds": [0, 1],
+            "missing_folds": [2],
+            "reason": "missing fold(s) 2: run them to pool this model",
+        }
+    ]
+    assert "not pooled: pixel_rf (missing fold(s) 2)" in printed
+
+    # When pixel_rf's fold 2 runs too, then its compare prints and writes the pooled leaderboard
+    # of both models and their ensemble, each image of the collection scored once per model
+    printed = run(
+        [*DVC, "exp", "run", "-S", "model=pixel_rf", "-S", f"split.folds={FOLDS}"]
+        + ["-S", "split.fold=2"],
+        repo,
+        env,
+    )
+    pooled = json.loads((reports / "crossval.json").read_text())
+    assert pooled["models"] == 2 and pooled["incomplete"] == []
+    assert f"compare: cross-validation design {pooled['cv_design']} (3 folds): 2 model(s)" in (
+        printed
+    )
+    for model in MODELS:
+        entry = pooled["leaderboard"][model]
+        assert entry["test_images"] == IMAGES and len(set(entry["run_ids"])) == FOLDS
+        low, high = entry["test_accuracy_ci_low"], entry["test_accuracy_ci_high"]
+        assert low <= entry["test_accuracy"] <= high
+        assert entry["fold_std_test_accuracy"] is not None and not entry["collapsed"]
+    assert pooled["ensemble"]["members"] == list(pooled["leaderboard"])
+    assert pooled["ensemble"]["test_images"] == IMAGES
+    worse = [model for model in MODELS if model != pooled["best_model"]]
+    assert pooled["leaderboard"][worse[0]]["mcnemar_p_vs_best"] is not None
+    markdown = (reports / "crossval.md").read_text()
+    assert f"design `{pooled['cv_design']}` (3 folds; this workspace holds fold 2)" in markdown
+    # and the single-split leaderboard of fold 2 names the other folds' runs as such
+    board = json.loads((reports / "leaderboard.json").read_text())
+    assert {row["reason"] for row in board["excluded"]} == {
+        f"fold {fold} of this cross-validation design: pooled in crossval.md" for fold in (0, 1)
+    }
