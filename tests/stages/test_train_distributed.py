@@ -67,6 +67,22 @@ def start_train(root: Path, env: dict[str, str], log: Path) -> subprocess.Popen[
         )
 
 
+def start_cluster(
+    hosts: list[Path], port: int, logs: Path
+) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    """Start train on each host as process <rank> of one JAX run on 127.0.0.1:`port`."""
+    processes = []
+    for rank, root in enumerate(hosts):
+        cluster = {
+            "CXR_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "CXR_NUM_PROCESSES": str(len(hosts)),
+            "CXR_PROCESS_ID": str(rank),
+        }
+        log = logs / f"process{rank}.log"
+        processes.append((start_train(root, stage_env(KERAS_BACKEND="jax", **cluster), log), log))
+    return processes
+
+
 def finish(process: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> str:
     """Wait for a train process; fail with its log unless it succeeded."""
     try:
@@ -218,15 +234,7 @@ def test_two_jax_processes_train_one_model_and_only_process_0_writes(
     (port,) = free_ports(1)
 
     # When the same command starts on each host, as process 0 and process 1 of 2 on 127.0.0.1
-    processes = []
-    for rank, root in enumerate(hosts):
-        cluster = {
-            "CXR_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-            "CXR_NUM_PROCESSES": "2",
-            "CXR_PROCESS_ID": str(rank),
-        }
-        log = tmp_path / f"process{rank}.log"
-        processes.append((start_train(root, stage_env(KERAS_BACKEND="jax", **cluster), log), log))
+    processes = start_cluster(hosts, port, tmp_path)
     outputs = [finish(process, log) for process, log in processes]
     logs = [tmp_path / "alone.log", tmp_path / "reseeded.log"]
     singles = [
@@ -280,15 +288,7 @@ def test_processes_with_different_params_stop_before_training(prepared: Path, tm
     (port,) = free_ports(1)
 
     # When both start as one run of two processes
-    processes = []
-    for rank, root in enumerate(hosts):
-        cluster = {
-            "CXR_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-            "CXR_NUM_PROCESSES": "2",
-            "CXR_PROCESS_ID": str(rank),
-        }
-        log = tmp_path / f"process{rank}.log"
-        processes.append((start_train(root, stage_env(KERAS_BACKEND="jax", **cluster), log), log))
+    processes = start_cluster(hosts, port, tmp_path)
 
     # Then each stops with one line saying so, and nothing was trained or written
     for process, log in processes:
