@@ -1,4 +1,4 @@
-"""The seven DVC stages, one module each (`python3 -m stages.<name>`); the code is in cxr/."""
+"""The DVC stages, one module each (`python3 -m stages.<name>`); the code is in cxr/."""
 
 import sys
 

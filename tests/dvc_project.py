@@ -24,7 +24,7 @@ PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gi
 CODE_DIRS = ["stages", "cxr"]
 # The offline `dvc plots show` page that .dvc/config names (plots/offline.html).
 SUPPORT_DIRS = ["plots"]
-STAGES = ["ingest", "build", "split", "train", "evaluate", "compare"]
+STAGES = ["ingest", "build", "split", "pretrain", "train", "evaluate", "compare"]
 # The dvc command line of this interpreter's environment.
 DVC = [sys.executable, "-m", "dvc"]
 

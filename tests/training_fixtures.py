@@ -155,3 +155,26 @@ def fresh_copy(prepared: Path, target: Path, params: dict[str, Any]) -> Path:
     shutil.copytree(prepared, root)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
+
+
+# Self-supervised pre-training of compact_cnn at 32 px on the 33 train and val images of the
+# prepared project (write_prepared_project): seconds an epoch.
+TINY_PRETRAINING: dict[str, Any] = {
+    "enabled": True,
+    "epochs": 4,
+    "batch_size": 8,
+    "learning_rate": 0.002,
+    "temperature": 0.5,
+    "projection_units": 16,
+}
+
+
+def tiny_pretrain_params(**pretrain: Any) -> dict[str, Any]:
+    """tiny_params for compact_cnn (one epoch, no weights), pre-trained as TINY_PRETRAINING says.
+
+    The keyword arguments replace pretrain keys after TINY_PRETRAINING's.
+    """
+    params = tiny_params("none", epochs=1, fine_tune_epochs=0)
+    params["model"] = "compact_cnn"
+    params["pretrain"].update({**TINY_PRETRAINING, **pretrain})
+    return params

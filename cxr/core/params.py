@@ -723,6 +723,93 @@ class SplitParams(Section):
         return self
 
 
+class ContrastiveAugmentParams(Section):
+    """The random views pre-training compares: each image is drawn twice through these layers."""
+
+    crop_area: float = Field(
+        gt=0.0,
+        le=1.0,
+        description="smallest share of the image a random crop keeps, zoomed back to the full "
+        "side (keras-io's min_area, 0.25 there on photographs); 1 = no crop",
+    )
+    rotation: float = Field(
+        ge=0.0, le=0.5, description="random rotation, fraction of a full turn (0.03: up to 11 deg)"
+    )
+    translation: float = Field(
+        ge=0.0, le=0.5, description="random shift, fraction of the image side"
+    )
+    horizontal_flip: bool = Field(
+        description="random left-right flip (the heart then sits on either side)"
+    )
+    contrast: float = Field(ge=0.0, lt=1.0, description="random contrast factor")
+    brightness: float = Field(
+        ge=0.0, le=1.0, description="random brightness shift, fraction of the 0-255 range"
+    )
+
+
+class PretrainParams(Section):
+    """Self-supervised pre-training of the backbone on unlabelled images (stage pretrain)."""
+
+    enabled: bool = Field(
+        description="pre-train the backbone without labels (SimCLR-style contrastive learning) "
+        "and start train from those weights; false = the stage writes only "
+        "pretrained/pretrain.json saying so; a baseline model is never pre-trained"
+    )
+    epochs: int = Field(ge=1, description="passes over the pre-training images")
+    batch_size: int = Field(
+        ge=2,
+        description="images per batch; every other image of the batch is a negative, so larger "
+        "is better; the last partial batch of an epoch is dropped",
+    )
+    learning_rate: float = Field(
+        gt=0.0, description="AdamW's rate, decayed by a cosine to 0 over all epochs"
+    )
+    weight_decay: float = Field(ge=0.0, lt=1.0, description="AdamW's decoupled weight decay")
+    temperature: float = Field(
+        gt=0.0,
+        le=10.0,
+        description="NT-Xent temperature: cosine similarities are divided by it before the "
+        "softmax (lower = harder negatives)",
+    )
+    projection_units: int = Field(
+        ge=1,
+        description="output width of the projection head (two Dense layers on the pooled "
+        "features), used only by the loss and not kept",
+    )
+    positives: Literal["group", "self"] = Field(
+        description="the positive pair: group = an image and another image of its group "
+        "(patient / study / paper, the split's group column; MICLe, Azizi et al. 2021), or the "
+        "image itself when its group has one image; self = two views of one image (SimCLR)"
+    )
+    images: Literal["train_val", "all"] = Field(
+        description="the source's images it learns from, labels unused: train_val = the train "
+        "and val splits (the test split is never seen); all = every decoded image, test "
+        "included (transductive: the test images shape the features, so the test figures "
+        "are no longer those of unseen images)"
+    )
+    extra_folders: list[str] = Field(
+        description="folders of unlabelled images added to the pre-training images, e.g. a "
+        "hospital's unlabelled studies; every file under them (hidden ones skipped) decoded as "
+        "build decodes (any format build reads, build.resize, build.dicom.window); relative "
+        "paths are relative to the checkout; DVC sees this list, not the folders' content; "
+        "[] = none",
+        json_schema_extra={"allowed": "list of folder paths"},
+    )
+    augment: ContrastiveAugmentParams = Field(
+        description="the random views, both drawn by the same layers; no colour jitter beyond "
+        "brightness and contrast (the images are gray)"
+    )
+
+    @field_validator("extra_folders")
+    @classmethod
+    def _distinct_folders(cls, folders: list[str]) -> list[str]:
+        if any(not folder.strip() for folder in folders):
+            raise ValueError("holds an empty path; give each folder's path, or [] for none")
+        if len(set(folders)) < len(folders):
+            raise ValueError("names a folder twice")
+        return folders
+
+
 class HeadParams(Section):
     """Classification head on the backbone: pool, then hidden Dense layers, then softmax.
 
@@ -903,7 +990,8 @@ class TrainParams(Section):
         min_length=1,
         description="backbone weights: auto (ImageNet when cached in ~/.keras/models or "
         "downloadable, else from scratch with a warning), imagenet (an error if unavailable), "
-        "none, or a weights file",
+        "none, or a weights file; with pretrain.enabled only auto or none, and the backbone "
+        "starts from the pre-trained encoder instead",
         json_schema_extra={
             "allowed": f"{', '.join(WEIGHT_CHOICES)} or a .h5 / .keras weights file path"
         },
@@ -1104,6 +1192,9 @@ class Params(Section):
         description="build: every image decoded once into the pixel cache; exploration plots"
     )
     split: SplitParams = Field(description="split: leakage-safe train / val / test")
+    pretrain: PretrainParams = Field(
+        description="pretrain: the backbone pre-trained on unlabelled images (off by default)"
+    )
     train: TrainParams = Field(description="train: one model fitted on the train split")
     evaluate: EvaluateParams = Field(
         description="evaluate: the trained model scored on the test split, and on external "
@@ -1170,6 +1261,24 @@ class Params(Section):
             problem = googlenet_aux_problem(self.model, self.train.image_size)
             if problem is not None:
                 raise CrossKeyError("train.head.googlenet_aux", True, problem)
+        return self
+
+    @model_validator(mode="after")
+    def _pretraining_initialises_the_backbone(self) -> Params:
+        # Pre-trained weights and ImageNet (or a file's) cannot both start the backbone.
+        weights = self.train.weights
+        if (
+            self.pretrain.enabled
+            and not is_baseline(self.model)
+            and weights not in ("auto", "none")
+        ):
+            raise CrossKeyError(
+                "pretrain.enabled",
+                True,
+                f"train.weights = {weights!r} would start the backbone too; set train.weights "
+                "to auto or none (train then starts from the pre-trained encoder), or "
+                "pretrain.enabled to false",
+            )
         return self
 
 

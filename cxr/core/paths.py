@@ -11,6 +11,9 @@ SPLITS = ("train", "val", "test")
 # Files of models/: the run record and the model file of each kind (keras or sklearn).
 RUN_RECORD_FILE = "run.json"
 MODEL_FILES: dict[str, str] = {"keras": "model.keras", "sklearn": "model.joblib"}
+# Files of pretrained/: what the pretrain stage did, and the backbone weights it left.
+PRETRAIN_RECORD_FILE = "pretrain.json"
+ENCODER_WEIGHTS_FILE = "encoder.weights.h5"
 
 
 def workspace_root(cwd: Path) -> Path:
@@ -83,6 +86,11 @@ class ProjectPaths:
     def fold_design(self) -> Path:
         """Which cross-validation design and fold the split tables are (JSON, beside them)."""
         return self.split_dir / "cv_design.json"
+
+    @property
+    def pretrained_dir(self) -> Path:
+        """The self-supervised pre-training's record and backbone weights (stage pretrain)."""
+        return self.root / "pretrained"
 
     @property
     def models_dir(self) -> Path:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import balanced_accuracy_score
 
 from cxr.core.errors import PipelineError
 from cxr.core.tables import label_indices
 from cxr.evaluation.metrics import (
-    SCREENING_CLASS,
     Predictions,
     evaluation_metrics,
     score_predictions,
-    sensitivity_specificity,
 )
-from cxr.evaluation.statistics import bootstrap_intervals, named_intervals
 
 # The figures compared between the internal test split and an external dataset.
 SCORED = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_ovr", "covid_sensitivity")
@@ -68,28 +63,6 @@ def class_note(shared: Sequence[str], model_classes: Sequence[str]) -> str:
     )
 
 
-def rate_intervals(predictions: Predictions, samples: int, seed: int) -> dict[str, list[Any]]:
-    """Bootstrap 95% intervals of balanced accuracy and covid sensitivity (None: undefined, off)."""
-    names = list(predictions.class_names)
-    keys = ("balanced_accuracy", "covid_sensitivity")
-    if samples == 0:
-        return {key: [None, None] for key in keys}
-    true, predicted = predictions.true, predictions.predicted
-    covid = names.index(SCREENING_CLASS) if SCREENING_CLASS in names else None
-
-    def statistic(indices: np.ndarray) -> np.ndarray:
-        with warnings.catch_warnings():
-            # A resample may miss a class; sklearn warns, the interval takes it as it is.
-            warnings.simplefilter("ignore", UserWarning)
-            balanced = balanced_accuracy_score(true[indices], predicted[indices])
-        rates = sensitivity_specificity(true[indices], predicted[indices], len(names))
-        sensitivity = None if covid is None else rates[covid][0]
-        return np.array([balanced, np.nan if sensitivity is None else sensitivity])
-
-    lows, highs = bootstrap_intervals(statistic, len(true), samples, seed)
-    return named_intervals(keys, lows, highs)
-
-
 def external_scores(
     predictions: Predictions, samples: int, calibration_bins: int, seed: int
 ) -> dict[str, Any]:
@@ -98,9 +71,10 @@ def external_scores(
     intervals = {
         key.removeprefix("test_"): value
         for key, value in scores.pop("confidence_intervals").items()
-    } | rate_intervals(predictions, samples, seed)
+    }
     metrics = {key.removeprefix("test_"): value for key, value in scores.items()}
     metrics.setdefault("covid_sensitivity", None)
+    intervals.setdefault("covid_sensitivity", [None, None])
     for key, (low, high) in intervals.items():
         metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = low, high
     return metrics | {"confidence_intervals": intervals}

@@ -26,15 +26,29 @@ def preprocess_images(name: str, rgb: Any) -> Any:
     return getattr(keras.applications, application).preprocess_input(rgb)
 
 
-def load_backbone(name: str, image_size: int, weights: str) -> tuple[keras.Model, bool]:
+def load_backbone(
+    name: str, image_size: int, weights: str, init_weights: Path | None = None
+) -> tuple[keras.Model, bool]:
     """Build backbone `name` without its top; return it and whether it carries pretrained weights.
 
     `weights` is auto (ImageNet when cached or downloadable, else random with a warning; always
     random for a backbone built here), imagenet (fail if unavailable), none, or a path to a
-    weights file.
+    weights file. `init_weights` (the pretrain stage's encoder) replaces it: the backbone starts
+    from those weights and is returned as not pretrained, so it trains end to end as from
+    scratch; the weights only initialise it.
     """
     spec = backbone_spec(name)
     check_image_size(name, image_size)
+    if init_weights is not None:
+        backbone, _ = load_backbone(name, image_size, "none")
+        try:
+            backbone.load_weights(init_weights)
+        except ValueError as error:
+            raise PipelineError(
+                f"{init_weights}: not weights of {name} at {image_size} px "
+                f"({str(error).splitlines()[0]}); run `dvc repro pretrain`"
+            ) from None
+        return backbone, False
     path = None if weights in WEIGHT_CHOICES else Path(weights)
     if path is not None and not path.is_file():
         raise PipelineError(

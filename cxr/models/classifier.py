@@ -128,11 +128,15 @@ def build_classifier(
     head: HeadParams,
     augment: AugmentParams,
     seed: int,
+    init_weights: Path | None = None,
 ) -> tuple[keras.Model, keras.Model, bool]:
-    """Build the classifier; return it, its backbone and whether the backbone is pretrained."""
+    """Build the classifier; return it, its backbone and whether the backbone is pretrained.
+
+    `init_weights`: the pretrain stage's encoder, which the backbone starts from (load_backbone).
+    """
     if head.googlenet_aux:
         check_googlenet_aux(model_name, image_size)
-    backbone, pretrained = load_backbone(model_name, image_size, weights)
+    backbone, pretrained = load_backbone(model_name, image_size, weights, init_weights)
     backbone.name = layer_names.BACKBONE  # a stable name lets fine-tuning and Grad-CAM find it
     if not pretrained:
         adapt_batchnorm_for_scratch(backbone)

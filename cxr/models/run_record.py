@@ -33,6 +33,8 @@ class RunRecord:
     data_fingerprint: str
     # build.dicom.window: how a DICOM file's values became gray (a name or (centre, width)).
     dicom_window: DicomWindow = "auto"
+    # The MLflow run of the self-supervised pre-training the backbone started from; '' = none.
+    pretrain_run_id: str = ""
 
     @property
     def model_file(self) -> str:
@@ -81,6 +83,7 @@ class RunRecord:
                 resize=str(payload.get("resize", "stretch")),
                 data_fingerprint=str(payload.get("data_fingerprint", "")),
                 dicom_window=window,
+                pretrain_run_id=str(payload.get("pretrain_run_id", "")),
             )
         except KeyError as missing:
             raise PipelineError(f"{source}: run record without {missing}; re-run train") from None

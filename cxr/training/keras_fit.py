@@ -36,6 +36,7 @@ from cxr.models.classifier import (
     unfreeze_top_layers,
 )
 from cxr.models.layer_names import GOOGLENET_AUX_OUTPUTS
+from cxr.models.pretrain_record import SELF_SUPERVISED
 from cxr.training.devices import (
     AcceleratorPlan,
     Accelerators,
@@ -421,10 +422,13 @@ def fit_keras(
     work: Path,
     out_dir: Path,
     extra: Sequence[keras.callbacks.Callback] = (),
+    init_weights: Path | None = None,
 ) -> FitResult:
     """Build and fit the Keras classifier `params.model`; save it as <out_dir>/model.keras.
 
     `accelerators` must have been set up before the data was loaded (setup_accelerators).
+    `init_weights` (the pretrain stage's encoder) starts every member's backbone, which then
+    trains as from scratch.
     """
     train = params.train
     plan = accelerators.plan
@@ -440,7 +444,7 @@ def fit_keras(
         with accelerators.scope():
             model, backbone, pretrained = build_classifier(
                 params.model, train.image_size, data.class_names, train.weights, train.head,
-                train.augment, member_params.seed,
+                train.augment, member_params.seed, init_weights,
             )  # fmt: skip
             started = time.perf_counter()
             ran, cached = fit_phases(
@@ -481,6 +485,10 @@ def fit_keras(
         metrics["ensemble_val_accuracy"] = float(accuracy_score(data.val_labels, val_predicted))
     tags = {
         "pretrained": str(pretrained).lower(),
+        # where the backbone's weights came from: the pretrain stage, ImageNet or a file, none
+        "backbone_init": (
+            SELF_SUPERVISED if init_weights else "pretrained" if pretrained else "random"
+        ),
         "cached_features": str(cached).lower(),
         "device": plan.device,
         "strategy": plan.strategy,

@@ -19,6 +19,7 @@ from cxr.core.paths import ProjectPaths
 from cxr.core.processes import available_cores
 from cxr.core.registry import is_baseline
 from cxr.core.tables import read_fold_design
+from cxr.models.pretrain_record import PretrainedEncoder, pretrained_encoder
 from cxr.models.run_record import RunRecord, write_run_record
 from cxr.tracking.runs import end_abandoned_runs, log_split_datasets, run_tags
 from cxr.tracking.store import use_experiment
@@ -67,6 +68,13 @@ def train_model(
     memory = None if baseline else runtime.memory_cache_mb  # baselines fit on arrays
     readers = runtime.workers or available_cores()
     data = load_training_data(paths, image_size, memory, readers)
+    encoder = None
+    if params.pretrain.enabled and not baseline:
+        # The backbone starts from the pretrain stage's encoder, refused when stale.
+        encoder = pretrained_encoder(
+            paths.pretrained_dir, params.model, image_size, data.fingerprint
+        )
+    init_weights = encoder.weights if encoder is not None else None
     if accelerators is not None:
         # What decides the fit: the same seed, model, train params and data on every host.
         fitted = params.model_dump_json(include={"seed", "model", "train"})
@@ -74,7 +82,7 @@ def train_model(
             "params (seed, model, train) or data", f"{fitted} {data.fingerprint}"
         )
         if not accelerators.writes_outputs:
-            train_share(params, data, accelerators)
+            train_share(params, data, accelerators, init_weights)
             return None
     experiment_id = use_experiment(params.mlflow_experiment, paths.root, environ)
     tags = run_tags(params.model, data.fingerprint, paths.root, environ, read_fold_design(paths))
@@ -97,7 +105,9 @@ def train_model(
         if accelerators is None:
             result = fit_baseline(params, data, staging)
         else:
-            result = fit_keras(params, data, accelerators, work, staging, extra_callbacks)
+            result = fit_keras(
+                params, data, accelerators, work, staging, extra_callbacks, init_weights
+            )
         record = RunRecord(
             run_id=run.info.run_id,
             experiment_id=experiment_id,
@@ -109,9 +119,10 @@ def train_model(
             resize=params.build.resize,
             dicom_window=params.build.dicom.decoding_window,
             data_fingerprint=data.fingerprint,
+            pretrain_run_id=encoder.run_id if encoder is not None else "",
         )
         write_run_record(staging, record)
-        log_fit(result, paths)
+        log_fit(result, paths, encoder)
         collapsed = collapse_reason(data.val_labels, result.val_predicted, data.class_names)
         mlflow.set_tags(collapse_tags(collapsed))
     shutil.rmtree(work, ignore_errors=True)  # a finished run has nothing to resume
@@ -122,7 +133,12 @@ def train_model(
     return result.metrics | {"collapsed": collapsed is not None, "collapse_reason": collapsed}
 
 
-def train_share(params: Params, data: TrainingData, accelerators: Accelerators) -> None:
+def train_share(
+    params: Params,
+    data: TrainingData,
+    accelerators: Accelerators,
+    init_weights: Path | None = None,
+) -> None:
     """Process k > 0 of a run: the same fit as process 0, its files in a temporary folder.
 
     Every process runs every step of the fit (each is a collective), writing its checkpoints
@@ -134,7 +150,7 @@ def train_share(params: Params, data: TrainingData, accelerators: Accelerators) 
         work, out_dir = Path(scratch) / "work", Path(scratch) / "models"
         work.mkdir()
         out_dir.mkdir()
-        fit_keras(params, data, accelerators, work, out_dir)
+        fit_keras(params, data, accelerators, work, out_dir, init_weights=init_weights)
     accelerators.wait_for_writer()
     print(
         f"train: process {plan.process_id} of {plan.processes} trained its share of "
@@ -142,9 +158,15 @@ def train_share(params: Params, data: TrainingData, accelerators: Accelerators) 
     )
 
 
-def log_fit(result: FitResult, paths: ProjectPaths) -> None:
-    """Write the epoch history; log tags, metrics, the model file and the history to MLflow."""
-    mlflow.set_tags({"kind": result.kind, **result.tags})
+def log_fit(
+    result: FitResult, paths: ProjectPaths, encoder: PretrainedEncoder | None = None
+) -> None:
+    """Write the epoch history; log tags, metrics, the model file and the history to MLflow.
+
+    A backbone started from a pre-training (`encoder`) names its MLflow run: pretrain_run_id.
+    """
+    pretraining = {"pretrain_run_id": encoder.run_id} if encoder is not None else {}
+    mlflow.set_tags({"kind": result.kind, **result.tags, **pretraining})
     # None is a figure that does not exist (best_val_loss of a diverged run): not logged.
     numbers = {key: float(value) for key, value in result.metrics.items() if value is not None}
     mlflow.log_metrics(numbers)

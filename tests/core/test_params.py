@@ -324,6 +324,14 @@ def test_flatten_params_gives_dotted_keys(valid_params_dict: dict[str, Any]) -> 
             {"model": "googlenet", "train": {"image_size": 64, "head": {"googlenet_aux": True}}},
             "train.head.googlenet_aux = True: GoogLeNet's auxiliary classifiers need",
         ),
+        (
+            {"pretrain": {"enabled": True}, "train": {"weights": "imagenet"}},
+            "pretrain.enabled = True: train.weights = 'imagenet' would start the backbone too",
+        ),
+        (
+            {"pretrain": {"enabled": True}, "train": {"weights": "backbone.weights.h5"}},
+            "pretrain.enabled = True: train.weights = 'backbone.weights.h5' would start",
+        ),
     ],
 )
 def test_cross_key_problems_stop_loading_in_one_line(
@@ -351,6 +359,42 @@ def test_cross_key_problems_stop_loading_in_one_line(
     # Then one line names the key, its value and the fix
     assert "\n" not in str(error.value)
     assert str(error.value).startswith(f"params.yaml: {message}")
+
+
+@pytest.mark.parametrize(
+    ("pretrain", "expected"),
+    [
+        (
+            {"extra_folders": ["a", "a"]},
+            "pretrain.extra_folders = ['a', 'a']: names a folder twice",
+        ),
+        ({"extra_folders": [" "]}, "pretrain.extra_folders = [' ']: holds an empty path"),
+        ({"positives": "patient"}, "pretrain.positives = 'patient': Input should be 'group'"),
+        ({"batch_size": 1}, "pretrain.batch_size = 1: Input should be greater than or equal to 2"),
+        ({"augment": {"crop_area": 0.0}}, "pretrain.augment.crop_area = 0.0"),
+    ],
+)
+def test_bad_pretraining_params_are_one_line_errors(
+    valid_params_dict: dict[str, Any], pretrain: dict[str, Any], expected: str
+) -> None:
+    # Given a bad pretrain value
+    for key, value in pretrain.items():
+        section = valid_params_dict["pretrain"]
+        section[key] = {**section[key], **value} if isinstance(value, dict) else value
+    # Then loading stops in one line naming it
+    assert _params_error(valid_params_dict).startswith(f"params.yaml: {expected}")
+
+
+def test_pretraining_a_baseline_or_with_auto_weights_loads(
+    valid_params_dict: dict[str, Any],
+) -> None:
+    # Given pre-training on, with train.weights auto (the encoder replaces ImageNet)
+    valid_params_dict["pretrain"].update(enabled=True, extra_folders=["../unlabelled"])
+    assert parse_params(valid_params_dict).pretrain.enabled
+    # and a baseline with ImageNet weights asked for (it has no backbone: the stage skips it)
+    valid_params_dict.update(model="pixel_logreg")
+    valid_params_dict["train"]["weights"] = "imagenet"
+    assert parse_params(valid_params_dict).model == "pixel_logreg"
 
 
 def test_loading_params_imports_no_model_or_numeric_libraries(project_root: Path) -> None:

@@ -17,7 +17,16 @@ from cxr.core.paths import ExternalDataPaths, ProjectPaths
 
 # The stages of dvc.yaml in order, one module of stages/ each: `external` is one stage per
 # external dataset (foreach over evaluate.external).
-PIPELINE_STAGES = ["ingest", "build", "split", "train", "evaluate", "external", "compare"]
+PIPELINE_STAGES = [
+    "ingest",
+    "build",
+    "split",
+    "pretrain",
+    "train",
+    "evaluate",
+    "external",
+    "compare",
+]
 EXTERNAL_CMD = "python3 -m stages.external ${key}"
 # The library's packages, bottom to top: each imports only packages of a lower rank.
 STACK = {
@@ -148,6 +157,7 @@ def test_outputs_match_the_paths_module(pipeline):
         rel(paths.summary("build")),
     }
     assert declared("split") == {rel(paths.split_dir), rel(paths.summary("split"))}
+    assert declared("pretrain") == {rel(paths.pretrained_dir)}
     assert declared("train") == {
         rel(paths.models_dir),
         rel(paths.metrics("train")),
@@ -214,3 +224,18 @@ def test_the_external_stage_reads_only_its_own_dataset_and_runs_before_compare(p
     # ... and compare depends on the folder of their metrics, which exists with no dataset
     assert "metrics/external" in stages["compare"]["deps"]
     assert (ROOT / "metrics" / "external" / ".gitkeep").is_file()
+
+
+def test_train_starts_from_what_pretrain_wrote_and_reads_only_its_switch(pipeline):
+    # given the pretrain stage, then train depends on its output and on pretrain.enabled alone
+    # (a pre-training param changes train through pretrained/, which pretrain rewrites)
+    stages = pipeline["stages"]
+    assert "pretrained" in stages["train"]["deps"]
+    assert [key for key in stages["train"]["params"] if key.startswith("pretrain")] == [
+        "pretrain.enabled"
+    ]
+    # and pretrain runs after split, on the split tables and the pixel cache
+    assert (
+        list(stages).index("split") < list(stages).index("pretrain") < list(stages).index("train")
+    )
+    assert {"data/processed", "data/interim/pixels.npy"} <= set(stages["pretrain"]["deps"])

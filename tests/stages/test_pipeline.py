@@ -122,7 +122,7 @@ def test_a_change_to_model_code_makes_train_stale_but_not_the_data_stages(projec
     ]
 
 
-def test_experiment_with_another_backbone_reruns_only_train_evaluate_compare(project):
+def test_experiment_with_another_backbone_reruns_only_pretrain_train_evaluate_compare(project):
     repo, env = project
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-q", "-m", "baseline"], repo, env)
@@ -132,8 +132,8 @@ def test_experiment_with_another_backbone_reruns_only_train_evaluate_compare(pro
         repo,
         env,
     )
-    # then only the stages that depend on it re-run
-    assert stages_run(output) == ["train", "evaluate", "compare"]
+    # then only the stages that depend on it re-run (pretrain, off, rewrites its record)
+    assert stages_run(output) == ["pretrain", "train", "evaluate", "compare"]
     # and the leaderboard and MLflow hold both backbones, the experiment's run tagged with its name
     board = json.loads((repo / "reports" / "compare" / "leaderboard.json").read_text())
     assert set(board["leaderboard"]) == {"compact_cnn", "resnet18"}
@@ -292,7 +292,7 @@ def test_a_baseline_experiment_and_every_json_written_stay_strict_json(project):
         repo,
         env,
     )
-    assert stages_run(output) == ["train", "evaluate", "compare"]
+    assert stages_run(output) == ["pretrain", "train", "evaluate", "compare"]
     # then the leaderboard ranks it with the others, and the best model's McNemar p-value
     # against itself is null with the reason, not NaN
     board = json.loads((repo / "reports" / "compare" / "leaderboard.json").read_text())
@@ -311,7 +311,8 @@ def test_a_baseline_experiment_and_every_json_written_stay_strict_json(project):
     expected = {
         "reports/compare/leaderboard.json",
         "models/run.json",
-        *(f"metrics/summary/{stage}.json" for stage in STAGES),
+        "pretrained/pretrain.json",
+        *(f"metrics/summary/{stage}.json" for stage in STAGES if stage != "pretrain"),
         *(f"metrics/{stage}.json" for stage in ("train", "evaluate", "compare")),
     }
     assert expected <= set(written), expected - set(written)
