@@ -21,8 +21,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 repro: install
 	$(RUN) dvc repro
 
-# One worker per core, at most four (pytest-xdist): the suite is mostly single-threaded waits on
-# dvc and MLflow subprocesses, so two workers on two cores take ~0.8x the time of one.
+# One worker per core, at most four (pytest-xdist): much of the suite waits on dvc and MLflow
+# subprocesses, so two workers keep two cores busy (docs/development.md has the timings).
 test: install
 	$(RUN) python -m pytest -n auto --maxprocesses 4
 

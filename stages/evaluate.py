@@ -12,7 +12,7 @@ from cxr.core.errors import report_errors
 from cxr.core.outputs import staged_dir, write_results, write_table
 from cxr.core.params import EvaluateParams, load_params, run_settings
 from cxr.core.paths import ProjectPaths, paths_from_argv
-from cxr.core.tables import read_table
+from cxr.core.tables import read_fold_design, read_table
 from cxr.evaluation.figures import draw_evaluation_figures, write_plots_data
 from cxr.evaluation.metrics import (
     evaluation_line,
@@ -29,6 +29,7 @@ from cxr.tracking.runs import (
     LOGGED_MODEL_NAME,
     PREDICTIONS_ARTIFACT,
     clear_earlier_results,
+    design_tags,
     log_results,
     reopen_run,
     tag_run,
@@ -80,7 +81,12 @@ def evaluate(
         if by_source is not None:
             write_table(figures_dir / "per_source.csv", by_source)
         experiment_id = use_experiment(experiment, paths.root, environ)
-        linked = {"model": record.model, "data_fingerprint": record.data_fingerprint}
+        # A new run (the train run is not in this store) is pooled like its fold's train run.
+        linked = {
+            "model": record.model,
+            "data_fingerprint": record.data_fingerprint,
+            **design_tags(read_fold_design(paths)),
+        }
         with reopen_run(record.run_id, experiment_id, linked, paths.root) as run:
             tag_run({"tta": str(settings.tta).lower(), "gradcam": metrics["gradcam"]})
             # Evaluated before (evaluate params or code changed, or `dvc repro -f`): replace.

@@ -48,6 +48,9 @@ LEADERBOARD_COLUMNS = {
     MODEL_TAG: "model",
     **{f"metrics.{name}": name for name in METRICS},
     "tags.pretrained": "pretrained",
+    # How the backbone started: random, pretrained (ImageNet or a file) or self_supervised (the
+    # pretrain stage); runs logged before the tag have only `pretrained`.
+    "tags.backbone_init": "backbone_init",
     # The Keras backend train ran on (cxr.models.backend); none for a scikit-learn baseline.
     "tags.keras_backend": "backend",
     # train's collapse check (cxr.training.collapse): a collapsed model is never champion.
@@ -352,7 +355,7 @@ def markdown_table(
             ],
             "train s": number("train_seconds", 1),
             "images/s": number("inference_images_per_second", 1),
-            "pretrained": board["pretrained"].fillna("").astype(str),
+            "init": [backbone_init(row) or "" for _, row in board.iterrows()],
             "backend": board["backend"].fillna("").astype(str),
             "McNemar p vs best": [
                 p_value(value) for value in board.get("mcnemar_p", [None] * len(board))
@@ -425,11 +428,23 @@ def board_entry(row: pd.Series, external: Sequence[str] = ()) -> dict[str, Any]:
     entry["mcnemar_p_vs_best_note"] = note if isinstance(note, str) else None
     entry["significant"] = bool(row["significant"])
     entry["pretrained"] = None if pd.isna(row["pretrained"]) else row["pretrained"] == "true"
+    entry["backbone_init"] = backbone_init(row)
     entry["backend"] = None if pd.isna(row["backend"]) else str(row["backend"])
     entry["collapsed"] = is_collapsed(row)
     reason = row.get("collapse_reason")
     entry["collapse_reason"] = reason if isinstance(reason, str) and reason else None
     return entry | {"run_id": row["run_id"]}
+
+
+def backbone_init(row: pd.Series) -> str | None:
+    """How a run's backbone started (random, pretrained, self_supervised); None for a baseline."""
+    init = row.get("backbone_init")
+    if isinstance(init, str) and init:
+        return init
+    pretrained = row.get("pretrained")
+    if not isinstance(pretrained, str) or not pretrained:
+        return None
+    return "pretrained" if pretrained == "true" else "random"
 
 
 def ensemble_entry(row: pd.Series) -> dict[str, Any]:

@@ -73,16 +73,18 @@ def run_tags(
         "git_commit": commit,
         "mlflow.source.git.commit": commit,
     }
-    if design is not None:
-        tags |= {
-            CV_DESIGN_TAG: design.design,
-            "folds": str(design.folds),
-            FOLD_TAG: str(design.fold),
-        }
+    tags |= design_tags(design)
     experiment_name = environ.get("DVC_EXP_NAME")
     if experiment_name:
         tags["dvc_experiment"] = experiment_name
     return {**tags, **owner_tags(cwd)}
+
+
+def design_tags(design: FoldDesign | None) -> dict[str, str]:
+    """The tags of a fold of cross-validation `design`: cv_design, folds, fold (none without)."""
+    if design is None:
+        return {}
+    return {CV_DESIGN_TAG: design.design, "folds": str(design.folds), FOLD_TAG: str(design.fold)}
 
 
 def run_name(tags: Mapping[str, str]) -> str | None:

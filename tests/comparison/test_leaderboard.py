@@ -324,3 +324,30 @@ def test_the_keras_backend_each_model_trained_on_is_a_column(tmp_path, store):
         "tensorflow",
         None,
     ]
+
+
+def test_how_each_backbone_started_is_a_column(tmp_path, store):
+    # given a backbone from the pretrain stage's weights, one tagged before backbone_init
+    # existed (pretrained false) and a baseline with neither tag
+    experiment_id = use_experiment("cxr-init", tmp_path, store)
+    self_supervised, _ = log_run(experiment_id, "resnet18", "data-a", 0.90)
+    log_run(experiment_id, "vgg16", "data-a", 0.80)
+    baseline, _ = log_run(experiment_id, "pixel_logreg", "data-a", 0.60)
+    MlflowClient().set_tag(self_supervised, "backbone_init", "self_supervised")
+    MlflowClient().delete_tag(baseline, "pretrained")
+    # when the leaderboard is built
+    board = with_mcnemar(
+        leaderboard(evaluated_runs(experiment_id), "data-a", "test_accuracy"), experiment_id, 0.05
+    )
+    # then the Markdown's init column and the JSON say how each started, nothing for the baseline
+    table = markdown_table(board)
+    rows = {line.split("|")[1].strip(" *"): line for line in table.splitlines()[2:]}
+    assert "| init " in table.splitlines()[0]
+    assert "| self_supervised " in rows["resnet18"] and "| random " in rows["vgg16"]
+    entries = leaderboard_json(board, excluded_runs(evaluated_runs(experiment_id), "data-a"),
+                               "data-a", {}, "")["leaderboard"]  # fmt: skip
+    assert [entries[name]["backbone_init"] for name in ("resnet18", "vgg16", "pixel_logreg")] == [
+        "self_supervised",
+        "random",
+        None,
+    ]

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from cxr.core.errors import PipelineError
 from cxr.core.params import EvaluateParams
+from cxr.core.tables import fold_design_json
 from cxr.evaluation.tta import tta_views
 from cxr.models.loading import load_models_dir
 from cxr.models.pixels import load_split_pixels
@@ -92,8 +93,10 @@ def test_evaluate_stage_continues_the_train_run_and_writes_everything(tmp_path, 
 
 
 def test_evaluate_a_scikit_learn_model_says_grad_cam_is_unavailable(tmp_path, store, capsys):
-    # given a scikit-learn model whose train run (1...1) is not in this store
+    # given a scikit-learn model of fold 1 of a 3-fold design whose train run (1...1) is not in
+    # this store
     paths = write_project(tmp_path, epochs=1)
+    paths.fold_design.write_text(json.dumps(fold_design_json("d3sign", 3, 1)), encoding="utf-8")
     pixels = np.load(paths.pixel_cache)
     train = pd.read_parquet(paths.split_table("train"))
     labels = train["label"].map({"covid": 0, "normal": 1}).to_numpy()
@@ -111,6 +114,12 @@ def test_evaluate_a_scikit_learn_model_says_grad_cam_is_unavailable(tmp_path, st
     assert linked.info.run_id != "1" * 32
     assert linked.data.tags["trained_in_run"] == "1" * 32
     assert linked.data.tags["model"] == "pixel_logreg" and "backbone" not in linked.data.tags
+    # and with its fold's tags, so compare pools it with the design's other folds
+    assert {key: linked.data.tags[key] for key in ("cv_design", "folds", "fold")} == {
+        "cv_design": "d3sign",
+        "folds": "3",
+        "fold": "1",
+    }
     assert linked.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
 
 
