@@ -108,6 +108,7 @@ def pooled_row(model: str, runs: pd.DataFrame, metrics: dict[str, Any]) -> dict[
         "test_images": metrics["test_images"],
         **{f"fold_mean_{name}": figures(name).mean() for name in POOLED_METRICS},
         **{f"fold_std_{name}": figures(name).std() for name in POOLED_METRICS},
+        "depth": figures("depth").mean(),
         "parameters": figures("parameters").mean(),
         "train_seconds": figures("train_seconds").sum(min_count=len(runs)),
         "inference_images_per_second": figures("inference_images_per_second").mean(),

@@ -40,6 +40,7 @@ METRICS = (
     *(f"{name}_ci_{end}" for name in INTERVAL_METRICS for end in ("low", "high")),
     "test_balanced_accuracy",
     "test_covid_sensitivity",
+    "depth",
     "parameters",
     "train_seconds",
     "inference_images_per_second",
@@ -350,6 +351,7 @@ def markdown_table(
             "ROC AUC [95% CI]": interval_cells(board, "test_roc_auc_ovr"),
             "balanced acc.": number("test_balanced_accuracy", 3),
             "covid sensitivity": number("test_covid_sensitivity", 3),
+            "depth": number("depth", 0),
             "parameters": [
                 "" if pd.isna(value) else f"{int(value):,}" for value in board["parameters"]
             ],
@@ -423,6 +425,8 @@ def board_entry(row: pd.Series, external: Sequence[str] = ()) -> dict[str, Any]:
             for name in external
         }
     entry["parameters"] = None if pd.isna(row["parameters"]) else int(row["parameters"])
+    depth = row.get("depth")
+    entry["depth"] = None if depth is None or pd.isna(depth) else int(depth)
     entry["mcnemar_p_vs_best"] = json_number(row.get("mcnemar_p"))
     note = row.get("mcnemar_note")
     entry["mcnemar_p_vs_best_note"] = note if isinstance(note, str) else None

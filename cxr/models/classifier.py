@@ -235,6 +235,21 @@ def auxiliary_targets(images: Any, labels: Any) -> tuple[Any, dict[str, Any]]:
     return images, {name: labels for name in (layer_names.PREDICTIONS, *GOOGLENET_AUX_OUTPUTS)}
 
 
+def weight_layers(model: Any) -> int:
+    """The convolution and dense layers of `model`, nested models included: its depth.
+
+    What the papers count (VGG16's 13 convolutions and 3 dense layers), over every branch: a
+    ResNet's projection shortcuts and a head's hidden layers count too.
+    """
+    count = 0
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            count += weight_layers(layer)
+        elif any(hasattr(layer, kernel) for kernel in ("kernel", "depthwise_kernel")):
+            count += 1
+    return count
+
+
 def classifier_parameters(backbone_name: str, image_size: int, class_count: int) -> int:
     """Parameters of backbone `backbone_name` plus a softmax on its average-pooled features."""
     from cxr.core.params import AugmentParams, HeadParams

@@ -34,6 +34,7 @@ from cxr.models.classifier import (
     googlenet_training_model,
     load_classifier,
     unfreeze_top_layers,
+    weight_layers,
 )
 from cxr.models.layer_names import GOOGLENET_AUX_OUTPUTS
 from cxr.models.pretrain_record import SELF_SUPERVISED
@@ -466,6 +467,7 @@ def fit_keras(
     metrics = {
         "pretrained": pretrained,
         "parameters": int(model.count_params()),
+        "depth": weight_layers(members[0]),  # of one network: a seed ensemble's are alike
         "epochs_run": sum(member_epochs),
         "train_seconds": round(train_seconds, 2),
         # A seed ensemble's: the mean over its members of each one's best epoch; None (null in

@@ -334,6 +334,7 @@ def test_how_each_backbone_started_is_a_column(tmp_path, store):
     log_run(experiment_id, "vgg16", "data-a", 0.80)
     baseline, _ = log_run(experiment_id, "pixel_logreg", "data-a", 0.60)
     MlflowClient().set_tag(self_supervised, "backbone_init", "self_supervised")
+    MlflowClient().log_metric(self_supervised, "depth", 22)
     MlflowClient().delete_tag(baseline, "pretrained")
     # when the leaderboard is built
     board = with_mcnemar(
@@ -342,10 +343,12 @@ def test_how_each_backbone_started_is_a_column(tmp_path, store):
     # then the Markdown's init column and the JSON say how each started, nothing for the baseline
     table = markdown_table(board)
     rows = {line.split("|")[1].strip(" *"): line for line in table.splitlines()[2:]}
-    assert "| init " in table.splitlines()[0]
+    assert "| init " in table.splitlines()[0] and "| depth " in table.splitlines()[0]
+    assert "| 22 " in rows["resnet18"]
     assert "| self_supervised " in rows["resnet18"] and "| random " in rows["vgg16"]
     entries = leaderboard_json(board, excluded_runs(evaluated_runs(experiment_id), "data-a"),
                                "data-a", {}, "")["leaderboard"]  # fmt: skip
+    assert entries["resnet18"]["depth"] == 22 and entries["vgg16"]["depth"] is None
     assert [entries[name]["backbone_init"] for name in ("resnet18", "vgg16", "pixel_logreg")] == [
         "self_supervised",
         "random",

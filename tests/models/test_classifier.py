@@ -15,6 +15,7 @@ from cxr.models.classifier import (
     build_classifier,
     classifier_parameters,
     unfreeze_top_layers,
+    weight_layers,
 )
 
 HEAD = HeadParams(
@@ -319,3 +320,16 @@ def test_scratch_backbone_gets_fast_batchnorm_statistics():
 def test_parameter_count_for_the_model_table():
     # backbone + a softmax on 1280 average-pooled MobileNetV2 features
     assert classifier_parameters("mobilenetv2", 64, 3) == 2_257_984 + 1280 * 3 + 3
+
+
+def test_depth_counts_the_convolutions_and_dense_layers_of_backbone_and_head():
+    # given VGG16 (13 convolutions) with no hidden head layer, and with two
+    for hidden, depth in (([], 14), ([16, 8], 16)):
+        model, _, _ = build_classifier(
+            "vgg16", 32, CLASSES, "none", head(dense_units=hidden), NO_AUGMENT, 0
+        )
+        # then its depth is those plus the head's dense layers, the softmax included
+        assert weight_layers(model) == depth
+    # and depthwise convolutions count as layers too (MobileNetV2: 52 convolutions + softmax)
+    model, _, _ = build_classifier("mobilenetv2", 32, CLASSES, "none", head(), NO_AUGMENT, 0)
+    assert weight_layers(model) == 53

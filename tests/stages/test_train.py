@@ -10,7 +10,7 @@ from training_fixtures import fresh_copy, tiny_params, write_prepared_project
 
 from cxr.core.params import RunSettings, parse_params
 from cxr.core.paths import ProjectPaths
-from cxr.models.classifier import ensemble_members
+from cxr.models.classifier import ensemble_members, weight_layers
 from cxr.models.pixels import load_split_pixels
 from cxr.models.run_record import read_run_record
 from cxr.training.inputs import StreamedPixels, array_dataset, in_memory, load_training_data
@@ -525,6 +525,7 @@ def test_a_seed_ensemble_saves_the_mean_of_members_that_each_equal_a_run_with_th
     predicted = ensemble.predict(data.val_images, verbose=0).argmax(axis=1)
     assert metrics["ensemble_val_accuracy"] == pytest.approx(np.mean(predicted == data.val_labels))
     assert metrics["parameters"] == 2 * single.count_params()
+    assert metrics["depth"] == weight_layers(single)  # of one network, not of the two side by side
     # and one MLflow run holds the curves of both, at their epochs
     record = read_run_record(paths.models_dir)
     steps = mlflow.tracking.MlflowClient().get_metric_history(record.run_id, "val_loss")
