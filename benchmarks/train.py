@@ -37,7 +37,7 @@ from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
 from cxr.core.params import load_params, run_settings  # noqa: E402
 from cxr.core.paths import ProjectPaths  # noqa: E402
-from cxr.core.registry import is_baseline  # noqa: E402
+from cxr.core.registry import is_baseline, training_rate  # noqa: E402
 from cxr.core.tables import label_indices, read_splits  # noqa: E402
 from cxr.models.classifier import build_classifier  # noqa: E402
 from cxr.models.loading import load_models_dir  # noqa: E402
@@ -139,7 +139,7 @@ def throughput(root: Path, model_name: str, epochs: int) -> dict[str, float]:
 
     # (a) the same model and steps, fed by array_dataset or by one batch already in memory
     model, _ = fresh("none")
-    compile_model(model, train_params.learning_rate, jit_compile=False)
+    compile_model(model, training_rate(train_params.learning_rate, "adam"), jit_compile=False)
     pipeline = array_dataset(data.train_images, data.train_labels.tolist(), batch, params.seed)
     first = in_memory(data.train_images)[:batch]  # streamed: read whole, once, for this only
     resident_batch = tf.data.Dataset.from_tensors(
@@ -158,14 +158,14 @@ def throughput(root: Path, model_name: str, epochs: int) -> dict[str, float]:
         backbone.save_weights(weights_file)
         model, backbone = fresh(str(weights_file))
     backbone.trainable = False
-    compile_model(model, train_params.learning_rate, jit_compile=False)
+    compile_model(model, training_rate(train_params.learning_rate, "adam"), jit_compile=False)
     batches = array_dataset(data.train_images, data.train_labels.tolist(), batch, params.seed)
     results["frozen_end_to_end_images_per_s"] = images_per_second(model, batches, count, epochs)
     extractor, head = split_at_features(model)
     started = time.perf_counter()
     features = extract_features(extractor, data.train_images, batch)  # streams when streamed
     results["feature_extraction_seconds"] = time.perf_counter() - started
-    compile_model(head, train_params.learning_rate, jit_compile=False)
+    compile_model(head, training_rate(train_params.learning_rate, "adam"), jit_compile=False)
     cached = array_dataset(features, data.train_labels.tolist(), batch, params.seed)
     results["frozen_cached_images_per_s"] = images_per_second(head, cached, count, epochs)
     results["cached_speedup"] = (

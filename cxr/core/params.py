@@ -940,14 +940,21 @@ class TrainParams(Section):
     epochs: int = Field(
         ge=1, description="frozen-backbone phase, or all epochs when training from scratch"
     )
-    learning_rate: float = Field(gt=0.0, description="the optimizer's rate in that phase")
-    optimizer: Literal["adam", "adamw"] = Field(
-        description="adam, or adamw (decoupled weight decay)"
+    learning_rate: float | Literal["auto"] = Field(
+        description="the optimizer's rate in that phase: auto = 0.001 with adam or adamw, 0.01 "
+        "with sgd",
+        json_schema_extra={"allowed": "auto or a number > 0"},
+    )
+    optimizer: Literal["auto", "adam", "adamw", "sgd"] = Field(
+        description="adam, adamw (decoupled weight decay) or sgd (Nesterov momentum 0.9, "
+        "decoupled weight decay); auto = adamw, except sgd for the backbones that measured "
+        "better with it from scratch (cxr/core/registry.py SCRATCH_OPTIMIZERS: mobilenetv2); "
+        "train logs the one it used as the MLflow tag optimizer"
     )
     weight_decay: float = Field(
         ge=0.0,
         lt=1.0,
-        description="AdamW's decoupled weight decay (an error with adam); 0 = none",
+        description="decoupled weight decay of adamw or sgd (an error with adam); 0 = none",
     )
     label_smoothing: float = Field(
         ge=0.0,
@@ -1048,13 +1055,22 @@ class TrainParams(Section):
         "default, by measurement (README, The default recipe)"
     )
 
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _auto_or_positive_rate(cls, rate: Any) -> Any:
+        number = isinstance(rate, float | int) and not isinstance(rate, bool)
+        if rate != "auto" and not (number and math.isfinite(rate) and rate > 0):
+            raise ValueError("must be auto or a number > 0, e.g. 0.001")
+        return rate
+
     @model_validator(mode="after")
     def _decay_needs_adamw(self) -> TrainParams:
         if self.optimizer == "adam" and self.weight_decay > 0:
             raise CrossKeyError(
                 "train.weight_decay",
                 self.weight_decay,
-                "needs train.optimizer: adamw (decoupled decay); set it, or weight_decay: 0",
+                "needs train.optimizer: adamw or sgd (decoupled decay); set one, or "
+                "weight_decay: 0",
             )
         return self
 

@@ -45,6 +45,7 @@ LIBRARY_NOISE = re.compile(
     | \d{4}/\d\d/\d\d\ [\d:]+\ WARNING\ mlflow\.pyfunc:\ Passing\ a\ Python\ object
     | Successfully\ registered\ model\ '                          # compare prints the champion
     | Created\ version\ '\d+'\ of\ model\ '
+    | Registered\ model\ '[^']*'\ already\ exists\.\ Creating\ a\ new\ version
     )""",
     re.VERBOSE,
 )

@@ -107,6 +107,31 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+# train.optimizer: auto trains a backbone from scratch with adamw, except those listed here,
+# each by a measurement in docs/measurements.md ("An optimizer per backbone"): with adamw
+# MobileNetV2 memorises a few hundred phantoms and predicts one class on the rest; SGD with
+# Nesterov momentum generalises. A pretrained backbone (head, then fine-tuning) keeps adamw.
+SCRATCH_OPTIMIZERS: dict[str, str] = {"mobilenetv2": "sgd"}
+DEFAULT_OPTIMIZER = "adamw"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+# train.learning_rate: auto, each optimizer's usual rate for these networks.
+OPTIMIZER_RATES: dict[str, float] = {"adam": 0.001, "adamw": 0.001, "sgd": 0.01}
+
+
+def training_optimizer(setting: str, model: str, pretrained: bool) -> str:
+    """The optimizer train.optimizer = `setting` means for `model` (auto: SCRATCH_OPTIMIZERS)."""
+    if setting != "auto":
+        return setting
+    if pretrained:
+        return DEFAULT_OPTIMIZER
+    return SCRATCH_OPTIMIZERS.get(model, DEFAULT_OPTIMIZER)
+
+
+def training_rate(setting: float | str, optimizer: str) -> float:
+    """The rate train.learning_rate = `setting` means with `optimizer` (auto: OPTIMIZER_RATES)."""
+    return OPTIMIZER_RATES[optimizer] if setting == "auto" else float(setting)
+
+
 def wide_resnet_shape(name: str) -> tuple[int, int] | None:
     """Depth and widening factor of a `wrn_<depth>_<k>` name; None for any other name.
 

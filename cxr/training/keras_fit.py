@@ -26,6 +26,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from cxr.core.outputs import json_number, read_json, staged_file, write_json
 from cxr.core.params import Params, TrainParams, member_seed
 from cxr.core.paths import MODEL_FILES
+from cxr.core.registry import DEFAULT_OPTIMIZER, training_optimizer, training_rate
 from cxr.models import layer_names
 from cxr.models.classifier import (
     GOOGLENET_AUX_LOSS_WEIGHT,
@@ -68,6 +69,8 @@ from cxr.training.schedules import (
 
 HISTORY_FILE = "history.csv"
 PHASE_WEIGHTS_FILE = "phase.weights.h5"
+# train.optimizer: sgd's momentum (Nesterov), the usual value for training CNNs from scratch.
+SGD_MOMENTUM = 0.9
 
 
 class EpochMetricsCallback(MlflowCallback):
@@ -97,12 +100,13 @@ class EpochMetricsCallback(MlflowCallback):
 
 @dataclass(frozen=True)
 class Phase:
-    """One fit: frozen/scratch or fine-tune, its base rate and global epoch range."""
+    """One fit: frozen/scratch or fine-tune, its optimizer, base rate and global epoch range."""
 
     name: str
     learning_rate: float
     first_epoch: int
     epochs: int
+    optimizer: str = DEFAULT_OPTIMIZER
 
 
 def seed_everything(seed: int) -> None:
@@ -122,7 +126,10 @@ def compile_model(
     ema_momentum: float = 0.0,
     weighted: bool = False,
 ) -> None:
-    """Adam or AdamW and cross-entropy: on class indices, or on (smoothed, mixed) one-hot targets.
+    """Adam, AdamW or SGD, and cross-entropy on class indices or (smoothed, mixed) one-hot targets.
+
+    SGD takes Nesterov momentum 0.9 and, like AdamW, decoupled weight decay (keras applies
+    `weight_decay` to every optimizer as w -= rate * decay * w).
 
     With `ema_momentum` > 0 the optimizer keeps an exponential moving average of the weights
     (keras' use_ema); phase_callbacks then validates and saves the averages.
@@ -149,8 +156,17 @@ def compile_model(
             metrics: {layer_names.PREDICTIONS: ["accuracy"]},
         }
     average = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum > 0 else {}
+    chosen: keras.optimizers.Optimizer
     if optimizer == "adamw":
         chosen = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **average)
+    elif optimizer == "sgd":
+        chosen = keras.optimizers.SGD(
+            learning_rate,
+            momentum=SGD_MOMENTUM,
+            nesterov=True,
+            weight_decay=weight_decay or None,
+            **average,
+        )
     else:
         chosen = keras.optimizers.Adam(learning_rate, **average)
     model.compile(optimizer=chosen, jit_compile=jit_compile, **options)
@@ -328,7 +344,7 @@ def fit_phase(
     one_hot = one_hot_targets(train)
     compile_model(
         fitted, rate, plan.jit_compile, auxiliary,
-        train.optimizer, train.weight_decay, train.label_smoothing, one_hot, train.ema_momentum,
+        phase.optimizer, train.weight_decay, train.label_smoothing, one_hot, train.ema_momentum,
         weighted=plan.replicas > 1,  # the batches' padding rows weigh 0 (ArrayBatches)
     )  # fmt: skip
     weights = class_weights(train.class_weight, data.train_labels, model.output_shape[-1])
@@ -391,11 +407,13 @@ def fit_phases(
     if train.time_budget_minutes > 0:
         # Every process stops when process 0's clock says so: they run one fit together.
         extra = [*extra, TimeBudget(train.time_budget_minutes, agree=accelerators.agree)]
+    optimizer = training_optimizer(train.optimizer, params.model, pretrained)
     first = Phase(
         f"{prefix}{'frozen' if pretrained else 'scratch'}",
-        train.learning_rate,
+        training_rate(train.learning_rate, optimizer),
         first_epoch,
         train.epochs,
+        optimizer,
     )
     epochs_run = fit_phase(model, first, data, cached, params, plan, work, extra)
     if pretrained and train.fine_tune_epochs > 0 and train.fine_tune_layers > 0:
@@ -405,6 +423,7 @@ def fit_phases(
             train.fine_tune_learning_rate,
             first_epoch + epochs_run,
             train.fine_tune_epochs,
+            optimizer,
         )
         epochs_run += fit_phase(model, second, data, False, params, plan, work, extra)
     return epochs_run, cached
@@ -485,8 +504,12 @@ def fit_keras(
     if len(members) > 1:
         history = history.assign(member=member_of_epoch)
         metrics["ensemble_val_accuracy"] = float(accuracy_score(data.val_labels, val_predicted))
+    optimizer = training_optimizer(train.optimizer, params.model, pretrained)
     tags = {
         "pretrained": str(pretrained).lower(),
+        # what train.optimizer / train.learning_rate = auto came to (the first phase's rate)
+        "optimizer": optimizer,
+        "learning_rate": f"{training_rate(train.learning_rate, optimizer):g}",
         # where the backbone's weights came from: the pretrain stage, ImageNet or a file, none
         "backbone_init": (
             SELF_SUPERVISED if init_weights else "pretrained" if pretrained else "random"

@@ -140,6 +140,9 @@ def test_split_fractions_must_leave_a_train_share(
         ("image_size", 16, "train.image_size = 16"),
         ("batch_size", -1, "train.batch_size = -1"),
         ("mixed_precision", "sometimes", "train.mixed_precision = 'sometimes'"),
+        ("learning_rate", 0, "train.learning_rate = 0: must be auto or a number > 0"),
+        ("learning_rate", "fast", "train.learning_rate = 'fast'"),
+        ("optimizer", "rmsprop", "train.optimizer = 'rmsprop'"),
     ],
 )
 def test_out_of_range_train_value_names_key_and_value(
@@ -153,6 +156,17 @@ def test_out_of_range_train_value_names_key_and_value(
 
     # Then the one-line message names the dotted key and the value
     assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "rate"), [("sgd", "auto"), ("sgd", 0.05), ("auto", 1), ("adamw", 0.0003)]
+)
+def test_optimizers_and_rates_that_load(
+    valid_params_dict: dict[str, Any], optimizer: str, rate: object
+) -> None:
+    valid_params_dict["train"].update(optimizer=optimizer, learning_rate=rate, weight_decay=0.01)
+    train = parse_params(valid_params_dict).train
+    assert (train.optimizer, train.learning_rate) == (optimizer, rate)
 
 
 @pytest.mark.parametrize(
@@ -314,7 +328,7 @@ def test_flatten_params_gives_dotted_keys(valid_params_dict: dict[str, Any]) -> 
         ),
         (
             {"train": {"optimizer": "adam", "weight_decay": 0.01}},
-            "train.weight_decay = 0.01: needs train.optimizer: adamw",
+            "train.weight_decay = 0.01: needs train.optimizer: adamw or sgd",
         ),
         (
             {"train": {"head": {"googlenet_aux": True}}},

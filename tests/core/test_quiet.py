@@ -103,6 +103,7 @@ def test_library_settings_keep_what_the_user_set() -> None:
         "causes it to be serialized using CloudPickle, it requires exercising caution",
         "Successfully registered model 'cxr-classifier'.",
         "Created version '1' of model 'cxr-classifier'.",
+        "Registered model 'cxr-classifier' already exists. Creating a new version of this model...",
     ],
 )
 def test_library_start_up_lines_are_noise(line: str) -> None:

@@ -8,11 +8,15 @@ from cxr.core.errors import PipelineError
 from cxr.core.registry import (
     BACKBONES,
     BASELINE_NAMES,
+    OPTIMIZERS,
+    SCRATCH_OPTIMIZERS,
     backbone_spec,
     googlenet_aux_problem,
     image_size_problem,
     is_baseline,
     model_problem,
+    training_optimizer,
+    training_rate,
 )
 
 
@@ -48,3 +52,25 @@ def test_size_limits_come_from_the_spec() -> None:
     )
     assert googlenet_aux_problem("googlenet", 65) is None
     assert "need train.image_size >= 65" in str(googlenet_aux_problem("googlenet", 64))
+
+
+@pytest.mark.parametrize(
+    ("setting", "model", "pretrained", "expected"),
+    [
+        ("auto", "mobilenetv2", False, "sgd"),  # measured: adamw memorises, sgd generalises
+        ("auto", "mobilenetv2", True, "adamw"),  # head and fine-tuning keep adamw
+        ("auto", "compact_cnn", False, "adamw"),
+        ("auto", "pixel_logreg", False, "adamw"),
+        ("adam", "mobilenetv2", False, "adam"),  # a choice is kept
+        ("sgd", "resnet18", True, "sgd"),
+    ],
+)
+def test_the_optimizer_auto_gives_each_backbone(setting, model, pretrained, expected):
+    assert training_optimizer(setting, model, pretrained) == expected
+
+
+def test_the_rate_auto_follows_the_optimizer_and_a_number_is_kept():
+    assert [training_rate("auto", name) for name in OPTIMIZERS] == [0.001, 0.001, 0.01]
+    assert training_rate(0.05, "adam") == 0.05
+    assert set(SCRATCH_OPTIMIZERS.values()) <= set(OPTIMIZERS)
+    assert set(SCRATCH_OPTIMIZERS) <= set(BACKBONES)

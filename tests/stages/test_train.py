@@ -95,6 +95,8 @@ def test_train_from_scratch_twice_gives_identical_metrics_and_an_mlflow_run_each
     assert not any((root / BACKUP_DIR).glob("*"))
     run = mlflow.get_run(record.run_id)
     assert run.data.tags["model"] == "vgg16" and run.data.tags["pretrained"] == "false"
+    # train.optimizer / learning_rate auto: adamw at 0.001 for this backbone
+    assert (run.data.tags["optimizer"], run.data.tags["learning_rate"]) == ("adamw", "0.001")
     assert run.data.tags["data_fingerprint"] == record.data_fingerprint
     assert run.data.tags["device"] == "CPU" and run.data.tags["kind"] == "keras"
     assert {"tensorflow_version", "keras_version"} <= set(run.data.tags)
@@ -405,6 +407,27 @@ def test_adamw_label_smoothing_and_a_time_budget_reach_the_fit(prepared, tmp_pat
     assert float(model.optimizer.weight_decay) == pytest.approx(1e-4)
     assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
     assert model.predict(np.zeros((1, 32, 32, 1), np.uint8), verbose=0).shape == (1, 3)
+
+
+@pytest.mark.slow
+def test_auto_optimizer_trains_mobilenetv2_from_scratch_with_nesterov_sgd(prepared, tmp_path):
+    # given mobilenetv2 from scratch, train.optimizer and learning_rate auto, a constant rate
+    params = tiny_params(epochs=1, schedule="constant", weight_decay=1e-4)
+    params["model"] = "mobilenetv2"
+    assert params["train"]["optimizer"] == params["train"]["learning_rate"] == "auto"
+    root = fresh_copy(prepared, tmp_path, params)
+    # when train runs
+    assert train.main(["--root", str(root)]) == 0
+    # then it fitted with SGD (Nesterov momentum 0.9, decoupled decay) at 0.01, and says so
+    paths = ProjectPaths(root)
+    model = keras.models.load_model(paths.model_file())
+    optimizer = model.optimizer
+    assert type(optimizer).__name__ == "SGD" and optimizer.nesterov
+    assert optimizer.momentum == pytest.approx(0.9)
+    assert float(optimizer.weight_decay) == pytest.approx(1e-4)
+    assert pd.read_csv(paths.history)["learning_rate"].tolist() == pytest.approx([0.01])
+    tags = mlflow.get_run(read_run_record(paths.models_dir).run_id).data.tags
+    assert (tags["optimizer"], tags["learning_rate"]) == ("sgd", "0.01")
 
 
 @pytest.mark.slow
