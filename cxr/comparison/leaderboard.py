@@ -43,6 +43,7 @@ METRICS = (
     "depth",
     "parameters",
     "train_seconds",
+    "epochs_run",
     "inference_images_per_second",
 )
 LEADERBOARD_COLUMNS = {
@@ -52,6 +53,8 @@ LEADERBOARD_COLUMNS = {
     # How the backbone started: random, pretrained (ImageNet or a file) or self_supervised (the
     # pretrain stage); runs logged before the tag have only `pretrained`.
     "tags.backbone_init": "backbone_init",
+    # What train.optimizer (auto: per backbone, cxr.core.registry) came to; none for a baseline.
+    "tags.optimizer": "optimizer",
     # The Keras backend train ran on (cxr.models.backend); none for a scikit-learn baseline.
     "tags.keras_backend": "backend",
     # train's collapse check (cxr.training.collapse): a collapsed model is never champion.
@@ -356,8 +359,10 @@ def markdown_table(
                 "" if pd.isna(value) else f"{int(value):,}" for value in board["parameters"]
             ],
             "train s": number("train_seconds", 1),
+            "epochs": number("epochs_run", 0),
             "images/s": number("inference_images_per_second", 1),
             "init": [backbone_init(row) or "" for _, row in board.iterrows()],
+            "optimizer": board["optimizer"].fillna("").astype(str),
             "backend": board["backend"].fillna("").astype(str),
             "McNemar p vs best": [
                 p_value(value) for value in board.get("mcnemar_p", [None] * len(board))
@@ -427,6 +432,8 @@ def board_entry(row: pd.Series, external: Sequence[str] = ()) -> dict[str, Any]:
     entry["parameters"] = None if pd.isna(row["parameters"]) else int(row["parameters"])
     depth = row.get("depth")
     entry["depth"] = None if depth is None or pd.isna(depth) else int(depth)
+    epochs = row.get("epochs_run")
+    entry["epochs_run"] = None if epochs is None or pd.isna(epochs) else int(epochs)
     entry["mcnemar_p_vs_best"] = json_number(row.get("mcnemar_p"))
     note = row.get("mcnemar_note")
     entry["mcnemar_p_vs_best_note"] = note if isinstance(note, str) else None
@@ -434,6 +441,7 @@ def board_entry(row: pd.Series, external: Sequence[str] = ()) -> dict[str, Any]:
     entry["pretrained"] = None if pd.isna(row["pretrained"]) else row["pretrained"] == "true"
     entry["backbone_init"] = backbone_init(row)
     entry["backend"] = None if pd.isna(row["backend"]) else str(row["backend"])
+    entry["optimizer"] = None if pd.isna(row["optimizer"]) else str(row["optimizer"])
     entry["collapsed"] = is_collapsed(row)
     reason = row.get("collapse_reason")
     entry["collapse_reason"] = reason if isinstance(reason, str) and reason else None

@@ -335,6 +335,8 @@ def test_how_each_backbone_started_is_a_column(tmp_path, store):
     baseline, _ = log_run(experiment_id, "pixel_logreg", "data-a", 0.60)
     MlflowClient().set_tag(self_supervised, "backbone_init", "self_supervised")
     MlflowClient().log_metric(self_supervised, "depth", 22)
+    MlflowClient().log_metric(self_supervised, "epochs_run", 17)
+    MlflowClient().set_tag(self_supervised, "optimizer", "sgd")
     MlflowClient().delete_tag(baseline, "pretrained")
     # when the leaderboard is built
     board = with_mcnemar(
@@ -344,11 +346,14 @@ def test_how_each_backbone_started_is_a_column(tmp_path, store):
     table = markdown_table(board)
     rows = {line.split("|")[1].strip(" *"): line for line in table.splitlines()[2:]}
     assert "| init " in table.splitlines()[0] and "| depth " in table.splitlines()[0]
-    assert "| 22 " in rows["resnet18"]
+    assert "| 22 " in rows["resnet18"] and "| 17 " in rows["resnet18"]
+    assert "| optimizer " in table.splitlines()[0] and "| sgd " in rows["resnet18"]
     assert "| self_supervised " in rows["resnet18"] and "| random " in rows["vgg16"]
     entries = leaderboard_json(board, excluded_runs(evaluated_runs(experiment_id), "data-a"),
                                "data-a", {}, "")["leaderboard"]  # fmt: skip
     assert entries["resnet18"]["depth"] == 22 and entries["vgg16"]["depth"] is None
+    assert entries["resnet18"]["epochs_run"] == 17 and entries["vgg16"]["epochs_run"] is None
+    assert entries["resnet18"]["optimizer"] == "sgd" and entries["vgg16"]["optimizer"] is None
     assert [entries[name]["backbone_init"] for name in ("resnet18", "vgg16", "pixel_logreg")] == [
         "self_supervised",
         "random",
