@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from cxr.core.errors import PipelineError
 from cxr.core.processes import owner_alive, owner_token
 
 STAGING_DIR = ".staging"
@@ -255,6 +256,16 @@ def write_table(path: Path, table: pd.DataFrame) -> None:
 def read_json(path: Path) -> Any:
     """Read a JSON file written by an earlier stage."""
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_json_record(path: Path, missing: str, invalid: str) -> Any:
+    """A stage's JSON record; a one-line error ending in `missing` or `invalid` (what to run)."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; {missing}")
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as error:
+        raise PipelineError(f"{path}: not valid JSON ({error}); {invalid}") from None
 
 
 def save_figure(figure: Any, path: Path) -> None:

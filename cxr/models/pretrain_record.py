@@ -6,13 +6,12 @@ the record of a pre-training that is off without loading TensorFlow.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxr.core.errors import PipelineError
-from cxr.core.outputs import write_json
+from cxr.core.outputs import read_json_record, write_json
 from cxr.core.paths import ENCODER_WEIGHTS_FILE, PRETRAIN_RECORD_FILE
 from cxr.core.registry import is_baseline
 
@@ -74,13 +73,8 @@ def write_pretrain_record(pretrained_dir: Path, record: PretrainRecord) -> Path:
 def read_pretrain_record(pretrained_dir: Path) -> PretrainRecord:
     """The record the pretrain stage wrote in `pretrained_dir`."""
     path = pretrained_dir / PRETRAIN_RECORD_FILE
-    if not path.is_file():
-        raise PipelineError(f"{path}: missing; run `dvc repro pretrain`")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise PipelineError(f"{path}: not valid JSON ({error}); run `dvc repro pretrain`") from None
-    return PretrainRecord.from_json(payload, str(path))
+    remedy = "run `dvc repro pretrain`"
+    return PretrainRecord.from_json(read_json_record(path, remedy, remedy), str(path))
 
 
 @dataclass(frozen=True)

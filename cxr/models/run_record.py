@@ -5,13 +5,12 @@ Written and read only through this module, so its fields and file names are defi
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from cxr.core.errors import PipelineError
-from cxr.core.outputs import write_json
+from cxr.core.outputs import read_json_record, write_json
 from cxr.core.params import DicomWindow, dicom_window
 from cxr.core.paths import MODEL_FILES, RUN_RECORD_FILE
 
@@ -99,10 +98,5 @@ def write_run_record(models_dir: Path, record: RunRecord) -> Path:
 def read_run_record(models_dir: Path) -> RunRecord:
     """The record train wrote in `models_dir`, with a clear error when there is none."""
     path = models_dir / RUN_RECORD_FILE
-    if not path.is_file():
-        raise PipelineError(f"{path}: missing; run the train stage first")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise PipelineError(f"{path}: not valid JSON ({error}); re-run train") from None
+    payload = read_json_record(path, "run the train stage first", "re-run train")
     return RunRecord.from_json(payload, str(path))
