@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
 from cxr.core.errors import PipelineError
+from cxr.core.params import TrainParams
 from cxr.core.registry import (
     BACKBONES,
     BASELINE_NAMES,
@@ -74,3 +77,8 @@ def test_the_rate_auto_follows_the_optimizer_and_a_number_is_kept():
     assert training_rate(0.05, "adam") == 0.05
     assert set(SCRATCH_OPTIMIZERS.values()) <= set(OPTIMIZERS)
     assert set(SCRATCH_OPTIMIZERS) <= set(BACKBONES)
+
+
+def test_the_optimizer_param_offers_auto_and_every_optimizer():
+    annotation = TrainParams.model_fields["optimizer"].annotation
+    assert typing.get_args(annotation) == ("auto", *OPTIMIZERS)
