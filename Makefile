@@ -22,9 +22,11 @@ repro: install
 	$(RUN) dvc repro
 
 # One worker per core, at most four (pytest-xdist): much of the suite waits on dvc and MLflow
-# subprocesses, so two workers keep two cores busy (docs/development.md has the timings).
+# subprocesses, so two workers keep two cores busy (docs/development.md has the timings). Each
+# test file runs on one worker, in order (--dist loadfile): some modules' tests build on each
+# other, and a module's costly fixtures are built once.
 test: install
-	$(RUN) python -m pytest -n auto --maxprocesses 4
+	$(RUN) python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 lint: install
 	$(RUN) ruff check . && $(RUN) ruff format --check . && $(RUN) mypy

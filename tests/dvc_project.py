@@ -128,8 +128,8 @@ def git_repo(repo: Path, env: dict[str, str]) -> None:
 
 
 def stages_run(output: str) -> list[str]:
-    """Names of the stages DVC actually ran, from its log."""
-    return re.findall(r"Running stage '(\w+)'", output)
+    """Names of the stages DVC actually ran, from its log (foreach ones with their key)."""
+    return re.findall(r"Running stage '([\w@-]+)'", output)
 
 
 def descendants(pid: int) -> list[int]:
@@ -224,9 +224,17 @@ def queue_status(clone: Path, env: dict[str, str]) -> str:
 
 
 def task_states(status: str) -> list[str]:
-    """The state of each task in `dvc queue status` (its rows end with the state)."""
+    """The state of each task in `dvc queue status` (its rows end with the state), in order.
+
+    A task that has just ended can be listed twice, as Running and as Success (or Failed): its
+    ended state is the one that counts.
+    """
     states = ("Queued", "Running", "Success", "Failed")
-    return [row[-1] for row in map(str.split, status.splitlines()) if row and row[-1] in states]
+    by_task: dict[str, str] = {}
+    for row in map(str.split, status.splitlines()):
+        if row and row[-1] in states and by_task.get(row[0]) not in ("Success", "Failed"):
+            by_task[row[0]] = row[-1]
+    return list(by_task.values())
 
 
 def queue_logs(clone: Path, failed: Collection[str] = ()) -> str:

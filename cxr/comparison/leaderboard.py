@@ -325,9 +325,12 @@ def markdown_table(
     and the source shortcut accuracy, after the internal columns.
     """
 
-    def number(column: str, digits: int) -> list[str]:
+    def number(column: str, digits: int, blank_zero: bool = False) -> list[str]:
         values = board[column] if column in board else pd.Series([None] * len(board))
-        return ["" if pd.isna(value) else f"{value:.{digits}f}" for value in values]
+        return [
+            "" if pd.isna(value) or (blank_zero and value == 0) else f"{value:.{digits}f}"
+            for value in values
+        ]
 
     def p_value(value: Any) -> str:
         if value is None or pd.isna(value):
@@ -359,7 +362,8 @@ def markdown_table(
                 "" if pd.isna(value) else f"{int(value):,}" for value in board["parameters"]
             ],
             "train s": number("train_seconds", 1),
-            "epochs": number("epochs_run", 0),
+            # A baseline's one fit logs epochs_run 0: no epochs, so no number.
+            "epochs": number("epochs_run", 0, blank_zero=True),
             "images/s": number("inference_images_per_second", 1),
             "init": [backbone_init(row) or "" for _, row in board.iterrows()],
             "optimizer": board["optimizer"].fillna("").astype(str),

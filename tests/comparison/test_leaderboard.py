@@ -338,6 +338,7 @@ def test_how_each_backbone_started_is_a_column(tmp_path, store):
     MlflowClient().log_metric(self_supervised, "epochs_run", 17)
     MlflowClient().set_tag(self_supervised, "optimizer", "sgd")
     MlflowClient().delete_tag(baseline, "pretrained")
+    MlflowClient().log_metric(baseline, "epochs_run", 0)  # what train logs for a one-shot fit
     # when the leaderboard is built
     board = with_mcnemar(
         leaderboard(evaluated_runs(experiment_id), "data-a", "test_accuracy"), experiment_id, 0.05
@@ -349,6 +350,8 @@ def test_how_each_backbone_started_is_a_column(tmp_path, store):
     assert "| 22 " in rows["resnet18"] and "| 17 " in rows["resnet18"]
     assert "| optimizer " in table.splitlines()[0] and "| sgd " in rows["resnet18"]
     assert "| self_supervised " in rows["resnet18"] and "| random " in rows["vgg16"]
+    epochs = [cell.strip() for cell in table.splitlines()[0].split("|")].index("epochs")
+    assert rows["pixel_logreg"].split("|")[epochs].strip() == ""  # no epochs, not 0
     entries = leaderboard_json(board, excluded_runs(evaluated_runs(experiment_id), "data-a"),
                                "data-a", {}, "")["leaderboard"]  # fmt: skip
     assert entries["resnet18"]["depth"] == 22 and entries["vgg16"]["depth"] is None

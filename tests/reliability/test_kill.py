@@ -33,6 +33,7 @@ from cxr.core.outputs import STAGING_DIR
 from cxr.ingestion.phantoms import write_phantom_dataset
 from cxr.tracking.runs import OWNER_TAG
 
+# The train kills need the first test's pipeline: one worker runs them in order (--dist loadfile).
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="finds stage processes in /proc"),

@@ -1,14 +1,17 @@
-"""A cross-validation sweep through DVC's queue: compare pools the folds of one design.
+"""A cross-validation sweep through DVC's queue on a fresh clone: compare pools the folds.
 
 As README's main workflow runs it: one queued experiment per model and fold, `dvc queue start`,
 then compare in any fold of the design finds every model's fold runs and, once a model has them
-all, scores each image once on their pooled test predictions.
+all, scores each image once on their pooled test predictions. The clone has no mlflow.db yet, so
+the first two experiments, run at once, create the store at the same moment: both must succeed
+and land in the one store of the clone (cxr.tracking.store_lock).
 """
 
 import json
 import re
 from pathlib import Path
 
+import mlflow
 import pytest
 from dvc_project import (
     DVC,
@@ -47,13 +50,29 @@ def queued(output: str) -> dict[tuple[str, int], str]:
     return {(model, int(fold)): name for model, fold, name in pairs}
 
 
+def test_task_states_count_a_task_listed_twice_once_by_its_end() -> None:
+    # `dvc queue status` lists a task that has just ended both as Running and as Success
+    status = (
+        "Task     Name        Created    Status\n"
+        "8a2b44a  added-puku  01:36 AM   Running\n"
+        "89f6f60  messy-tare  01:36 AM   Success\n"
+        "8a2b44a  added-puku  01:36 AM   Success\n"
+        "c01d5e2  other-task  01:37 AM   Queued\n\n"
+        "Worker status: 0 active, 2 idle\n"
+    )
+    assert task_states(status) == ["Success", "Success", "Queued"]
+
+
 def test_a_queued_fold_sweep_gives_the_pooled_leaderboard(tmp_path: Path) -> None:
-    # Given a project on tiny phantoms in a git repo
-    repo = tmp_path / "project"
+    # Given a fresh clone of a project on tiny phantoms: no MLflow store, no DVC cache
+    origin = tmp_path / "origin"
     params = tiny_params(changes=(*TINY_BASELINES, SWEEP))
-    copy_project(repo, {**params, "model": MODELS[0]})
+    copy_project(origin, {**params, "model": MODELS[0]})
     env = {**clean_env(), "CXR_WORKERS": "1"}
-    git_repo(repo, env)
+    git_repo(origin, env)
+    repo = tmp_path / "project"
+    run(["git", "clone", "-q", str(origin), str(repo)], tmp_path, env)
+    assert not (repo / "mlflow.db").exists()
 
     # When both models on every fold of a 2-fold design are queued with DVC's sweep syntax,
     # pixel_rf's fold 1 left out, and the queue runs them two at a time
@@ -74,6 +93,15 @@ def test_a_queued_fold_sweep_gives_the_pooled_leaderboard(tmp_path: Path) -> Non
     assert task_states(status) == ["Success"] * (len(experiments) - 1), (
         f"{status}{queue_logs(repo, failed_tasks(status))}"
     )
+    # and every training run finished in the clone's one store, none in the queue's copies
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("cxr-pipeline")
+    assert experiment is not None
+    runs = mlflow.search_runs([experiment.experiment_id])
+    trained = runs[runs["tags.model"].isin(MODELS)]
+    assert sorted(trained["tags.model"]) == sorted([*MODELS, MODELS[0]])
+    assert set(runs["status"]) == {"FINISHED"}
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
 
     # Then compare run again on any fold of the design (here pixel_rf's fold 0, applied; every
     # other stage is up to date) pools pixel_logreg and lists pixel_rf with its missing fold

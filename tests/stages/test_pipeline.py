@@ -1,4 +1,8 @@
-"""End to end: real `dvc repro` / `dvc exp run` in a temporary git repo, MLflow and TensorFlow."""
+"""End to end: real `dvc repro` / `dvc exp run` in a temporary git repo, MLflow and TensorFlow.
+
+The tests share one project and run in order: a whole pipeline, then experiments on it (another
+backbone, a --temp one, a baseline, an external dataset).
+"""
 
 import json
 import sys
@@ -7,6 +11,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from dvc_project import STAGES, clean_env, copy_project, git_repo, run, stages_run
 from training_fixtures import TINY_PIPELINE, tiny_params
 
@@ -14,13 +19,18 @@ from stages.compare import COMPARE_HEADLINE
 from stages.evaluate import EVALUATE_HEADLINE
 from stages.train import TRAIN_HEADLINE
 
+# Each test builds on the last: one worker runs them in order (make test: --dist loadfile).
 pytestmark = pytest.mark.slow
+
+SITE_B = "{source: synthetic, synthetic: {seed: 7, exposure: 1.4, image_size: 48, counts: {covid: 8, normal: 8, viral_pneumonia: 8}}}"  # noqa: E501
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     repo = tmp_path_factory.mktemp("e2e") / "project"
-    copy_project(repo, tiny_params(changes=TINY_PIPELINE))
+    params = tiny_params(changes=TINY_PIPELINE)
+    params["evaluate"]["external"] = {}  # no external dataset, whatever params.yaml names
+    copy_project(repo, params)
     env = clean_env()
     git_repo(repo, env)
     return repo, env
@@ -38,8 +48,10 @@ def test_repro_builds_every_output(project):
     repo, env = project
     # when the whole pipeline runs
     output = run([sys.executable, "-m", "dvc", "repro"], repo, env)
-    # then every stage ran, in order, and wrote its outputs
+    # then every stage ran, in order, and wrote its outputs (no external stage: none is named,
+    # and compare gathers no external score)
     assert stages_run(output) == STAGES
+    assert json.loads((repo / "metrics" / "external.json").read_text()) == {}
     assert sorted(p.name for p in (repo / "data" / "raw").iterdir()) == [
         "covid",
         "normal",
@@ -245,9 +257,11 @@ def test_dvc_metrics_and_exp_show_stay_readable(project):
 def test_temp_experiment_logs_to_the_workspace_store(project):
     repo, env = project
     before = len(runs_in_store(repo))
-    # when DVC runs the experiment in a throwaway copy under .dvc/tmp
+    # when DVC runs an experiment in a throwaway copy under .dvc/tmp (a train param: the data
+    # stages come from the cache)
     run(
-        [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", "temp-seed", "-S", "seed=7"],
+        [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", "temp-smooth"]
+        + ["-S", "train.label_smoothing=0.05"],
         repo,
         env,
     )
@@ -255,7 +269,7 @@ def test_temp_experiment_logs_to_the_workspace_store(project):
     runs = runs_in_store(repo)
     assert len(runs) == before + 1
     newest = runs.sort_values("start_time").iloc[-1]
-    assert newest["tags.dvc_experiment"] == "temp-seed"
+    assert newest["tags.dvc_experiment"] == "temp-smooth"
     assert ".dvc/tmp" not in newest["artifact_uri"]
     assert Path(newest["artifact_uri"].removeprefix("file://")).is_dir()
 
@@ -326,3 +340,37 @@ def test_a_baseline_experiment_and_every_json_written_stay_strict_json(project):
     page = (shown / "index.html").read_text()
     assert '"val_loss"' not in page and '"val_accuracy"' not in page
     assert '"actual"' in page  # its confusion plot is drawn
+
+
+def test_adding_an_external_dataset_runs_only_its_stage_and_compare(project):
+    repo, env = project
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "-m", "trained"], repo, env)
+    model = yaml.safe_load((repo / "params.yaml").read_text())["model"]
+    # when an experiment adds phantoms of another seed and exposure as an external dataset
+    output = run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", f"++evaluate.external.site_b={SITE_B}"],
+        repo,
+        env,
+    )
+    # then only its stage and compare ran: nothing was ingested, built or trained again
+    assert stages_run(output) == ["external@site_b", "compare"]
+    metrics = json.loads((repo / "metrics" / "external" / "site_b.json").read_text())
+    assert metrics["images"] == 24 and metrics["source_shortcut_accuracy"] is not None
+    # and the leaderboard and metrics/external.json show it for the workspace's model
+    board = json.loads((repo / "reports" / "compare" / "leaderboard.json").read_text())
+    assert "site_b" in board["leaderboard"][model]["external"]
+    combined = json.loads((repo / "metrics" / "external.json").read_text())
+    assert combined["site_b"]["accuracy"] == metrics["accuracy"]
+    assert "site_b accuracy [95% CI]" in (repo / "reports/compare/leaderboard.md").read_text()
+    # and dvc.lock records the stage with its own dataset's params
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    recorded = lock["external@site_b"]["params"]["params.yaml"]
+    assert recorded["evaluate.external.site_b"]["synthetic"]["exposure"] == 1.4
+    assert "evaluate.external" not in recorded
+    # and a second repro runs only the always-changed compare
+    again = run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    assert stages_run(again) == ["compare"]
+    # and dvc exp show lists the external metrics
+    shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo, env)
+    assert "metrics/external/site_b.json" in shown
