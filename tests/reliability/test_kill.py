@@ -100,9 +100,15 @@ def staged_files(repo: Path, target: str) -> int | None:
     return None
 
 
-def backed_up_epochs(repo: Path) -> int:
-    """Epochs the running train has backed up in .train_backup (0 before the first)."""
+def backed_up_epochs(repo: Path, skip: frozenset[str] = frozenset()) -> int:
+    """Epochs the running train has backed up in .train_backup (0 before the first).
+
+    `skip`: backup folders of earlier (killed) runs, which the running train removes only
+    once it has started.
+    """
     for record in (repo / ".train_backup").glob("*/scratch/backup/training_metadata.json"):
+        if record.parents[2].name in skip:
+            continue
         try:
             return int(json.loads(record.read_text())["epoch"])
         except (OSError, ValueError):
@@ -193,7 +199,9 @@ def test_ingest_killed_at_random_points_leaves_nothing_half_written(project: Pro
     assert_whole_or_absent(project)
 
 
-def test_a_killed_train_run_is_marked_killed_by_the_next_train(project: Project) -> None:
+def test_a_killed_train_is_marked_killed_by_the_next_and_a_killed_run_resumes(
+    project: Project,
+) -> None:
     repo, env = project.repo, project.env
     rng = random.Random(SEED + 1)
     before = set(runs(repo)["run_id"])
@@ -211,61 +219,52 @@ def test_a_killed_train_run_is_marked_killed_by_the_next_train(project: Project)
     )
     # Then no model is half-written, nothing is in git's way, and its run is still RUNNING
     assert_whole_or_absent(project)
-    killed = runs(repo).set_index("run_id").drop(index=list(before))
-    assert killed["status"].tolist() == ["RUNNING"]
+    (first,) = set(runs(repo)["run_id"]) - before
+    backups = repo / ".train_backup"
+    first_backup = frozenset(p.name for p in backups.iterdir()) if backups.exists() else frozenset()
 
-    # When the pipeline runs again (without CXR_RESUME)
-    output = run([*DVC, "repro"], repo, env)
-
-    # Then train started afresh and marked the killed run KILLED; no run is left RUNNING
-    assert stages_run(output) == ["train", "evaluate", "compare"]
-    assert f"MLflow run {killed.index[0]} was left RUNNING" in output
-    statuses = runs(repo).set_index("run_id")["status"]
-    assert statuses[killed.index[0]] == "KILLED"
-    assert "RUNNING" not in set(statuses)
-    assert not (repo / STAGING_DIR).exists()
-    assert_whole_or_absent(project)
-
-
-def test_a_run_killed_with_default_settings_resumes_with_cxr_resume(project: Project) -> None:
-    repo, env = project.repo, project.env
-    rng = random.Random(SEED + 2)
-    before = set(runs(repo)["run_id"])
-    # Given new params and train (without CXR_RESUME) killed in a random epoch after its
-    # first backup
+    # When the pipeline runs again with new params (without CXR_RESUME), and that train is
+    # killed too, in a random epoch after its first backup
     set_train_params(repo, learning_rate=0.003)
     epoch = rng.randrange(1, EPOCHS - 1)
-    run_and_kill_stage(
+    output = run_and_kill_stage(
         [*DVC, "repro"],
         repo,
         env,
         "train",
-        lambda: backed_up_epochs(repo) >= epoch,
+        lambda: backed_up_epochs(repo, skip=first_backup) >= epoch,
         rng.uniform(0.0, 0.5),
     )
+
+    # Then that train started afresh, as a new run, and marked the first run KILLED
+    assert f"MLflow run {first} was left RUNNING" in output
+    (second,) = set(runs(repo)["run_id"]) - before - {first}
+    statuses = runs(repo).set_index("run_id")["status"]
+    assert statuses[first] == "KILLED" and statuses[second] == "RUNNING"
     assert_whole_or_absent(project)
-    (killed,) = set(runs(repo)["run_id"]) - before
-    backed_up = backed_up_epochs(repo)
+    backed_up = backed_up_epochs(repo, skip=first_backup)
     assert 1 <= backed_up <= EPOCHS
 
     # When it runs again as an experiment with CXR_RESUME=1 (same params: train re-runs, as
-    # dvc.lock still holds the train before the kill)
+    # dvc.lock still holds the train before the kills)
     output = run([*DVC, "exp", "run"], repo, {**env, "CXR_RESUME": "1"})
 
-    # Then it continued the killed run from its last backed-up epoch, to the end
-    assert f"resuming MLflow run {killed}" in output
+    # Then it continued the second run from its last backed-up epoch, to the end
+    assert stages_run(output) == ["train", "evaluate", "compare"]
+    assert f"resuming MLflow run {second}" in output
     first_epoch = re.search(r"Epoch (\d+)/", output.split("Running stage 'train'")[1])
     assert backed_up == EPOCHS or (first_epoch and int(first_epoch[1]) == backed_up + 1)
     record = json.loads((repo / "models" / "run.json").read_text())
-    assert record["run_id"] == killed
+    assert record["run_id"] == second
     history = pd.read_csv(repo / "metrics" / "train_history.csv")
     assert history["epoch"].tolist() == list(range(EPOCHS))
-    finished = mlflow.get_run(killed)
+    finished = mlflow.get_run(second)
     assert finished.info.status == "FINISHED" and finished.data.tags[OWNER_TAG]
-    steps = mlflow.tracking.MlflowClient().get_metric_history(killed, "val_loss")
+    steps = mlflow.tracking.MlflowClient().get_metric_history(second, "val_loss")
     assert {metric.step for metric in steps} == set(range(EPOCHS))
     # and nothing is left RUNNING, in the way, or to resume
-    assert "RUNNING" not in set(runs(repo)["status"])
+    statuses = runs(repo).set_index("run_id")["status"]
+    assert statuses[first] == "KILLED" and "RUNNING" not in set(statuses)
     assert not list((repo / ".train_backup").glob("*"))
     assert not (repo / STAGING_DIR).exists()
     assert_whole_or_absent(project)
