@@ -220,6 +220,7 @@ def test_a_killed_train_is_marked_killed_by_the_next_and_a_killed_run_resumes(
     # Then no model is half-written, nothing is in git's way, and its run is still RUNNING
     assert_whole_or_absent(project)
     (first,) = set(runs(repo)["run_id"]) - before
+    assert runs(repo).set_index("run_id").loc[first, "status"] == "RUNNING"
     backups = repo / ".train_backup"
     first_backup = frozenset(p.name for p in backups.iterdir()) if backups.exists() else frozenset()
 
