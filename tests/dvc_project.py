@@ -218,9 +218,33 @@ def tree_digest(folder: Path) -> dict[str, str]:
     }
 
 
-def queue_status(clone: Path, env: dict[str, str]) -> str:
-    """`dvc queue status`: one row per task (Queued, Running, Success, Failed) and the workers."""
-    return run([*DVC, "queue", "status"], clone, env)
+# DVC rewrites a running experiment's executor info file in place (the JSON is truncated, then
+# written: dvc.utils.serialize.modify_json), so a `dvc queue status` that reads it in between
+# fails with the JSON parser's message (treeverse/dvc#8014). Such a failure is DVC's, not the
+# queue's: the status is asked for again.
+TORN_INFO_READ = re.compile(
+    r"unexpected error - (Expecting |Extra data|Unterminated string|Invalid control)"
+)
+
+
+def torn_info_read(output: str) -> bool:
+    """Whether a failed `dvc queue status` read an executor info file while it was rewritten."""
+    return TORN_INFO_READ.search(output) is not None
+
+
+def queue_status(clone: Path, env: dict[str, str], attempts: int = 5) -> str:
+    """`dvc queue status`: one row per task (Queued, Running, Success, Failed) and the workers.
+
+    Asked again, up to `attempts` times, while it fails on a torn executor info read.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return run([*DVC, "queue", "status"], clone, env)
+        except AssertionError as failure:
+            if attempt == attempts or not torn_info_read(str(failure)):
+                raise
+            time.sleep(0.5)
+    raise AssertionError(f"queue_status needs at least one attempt, got {attempts}")
 
 
 def task_states(status: str) -> list[str]:

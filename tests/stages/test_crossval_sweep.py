@@ -24,6 +24,7 @@ from dvc_project import (
     run,
     stages_run,
     task_states,
+    torn_info_read,
     wait_for_tasks,
 )
 from training_fixtures import TINY_BASELINES, tiny_params
@@ -61,6 +62,21 @@ def test_task_states_count_a_task_listed_twice_once_by_its_end() -> None:
         "Worker status: 0 active, 2 idle\n"
     )
     assert task_states(status) == ["Success", "Success", "Queued"]
+
+
+def test_a_status_read_of_a_half_written_executor_info_is_told_apart() -> None:
+    # `dvc queue status` failed once in CI while a worker rewrote a task's info file
+    torn = (
+        "Task     Name        Created    Status\n"
+        "dc54b70  sable-sash  10:33 AM   Running\n"
+        "920812c  beaky-gram  10:33 AM   Success\n\n"
+        "ERROR: unexpected error - Expecting value: line 1 column 1 (char 0)\n"
+    )
+    assert torn_info_read(torn)
+    assert torn_info_read("ERROR: unexpected error - Extra data: line 1 column 56 (char 55)")
+    # any other failure of the command is not asked again
+    assert not torn_info_read("ERROR: failed to reproduce 'train': exited with 1")
+    assert not torn_info_read("ERROR: unexpected error - [Errno 2] No such file or directory")
 
 
 def test_a_queued_fold_sweep_gives_the_pooled_leaderboard(tmp_path: Path) -> None:
