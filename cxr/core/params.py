@@ -949,7 +949,7 @@ class TrainParams(Section):
         description="adam, adamw (decoupled weight decay) or sgd (Nesterov momentum 0.9, "
         "decoupled weight decay); auto = adamw, except sgd for the backbones that measured "
         "better with it from scratch (cxr/core/registry.py SCRATCH_OPTIMIZERS: mobilenetv2, "
-        "resnet18); train logs the one it used as the MLflow tag optimizer"
+        "resnet18, resnet50); train logs the one it used as the MLflow tag optimizer"
     )
     weight_decay: float = Field(
         ge=0.0,

@@ -63,6 +63,8 @@ def test_size_limits_come_from_the_spec() -> None:
         ("auto", "mobilenetv2", False, "sgd"),  # measured: adamw memorises, sgd generalises
         ("auto", "mobilenetv2", True, "adamw"),  # head and fine-tuning keep adamw
         ("auto", "resnet18", False, "sgd"),  # measured: as high or higher on every collection
+        ("auto", "resnet50", False, "sgd"),  # measured: adamw fails the phantoms, sgd learns them
+        ("auto", "resnet50", True, "adamw"),
         ("auto", "resnet34", False, "adamw"),  # not measured: the default
         ("auto", "compact_cnn", False, "adamw"),
         ("auto", "pixel_logreg", False, "adamw"),
