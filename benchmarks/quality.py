@@ -22,6 +22,12 @@ with its ensemble row and McNemar p against the best), else the leaderboard of t
 --folds does not apply to it; covid-ct-cropped is split with data.group_pattern, so no paper's
 slices straddle the splits. Seed ensembles and test-time augmentation are params:
 --set train.members=3, --set evaluate.tta=true. Prints tables; never fails on figures.
+
+--rescore KEY=VALUE (evaluate's params only, e.g. evaluate.tta=true) scores the same trained
+models a second way: after the first tables, each experiment is applied and its evaluate run
+again with the new value (`dvc exp run -S KEY=VALUE evaluate`: train is up to date, so the
+models are not retrained; evaluate re-logs its figures in the model's MLflow run), then compare
+prints the tables again. One sweep of training gives both rows.
 """
 
 from __future__ import annotations
@@ -105,6 +111,48 @@ def queued_seeds(output: str) -> dict[str, str]:
     return chosen
 
 
+def queued_names(output: str) -> list[str]:
+    """Every experiment `dvc exp run --queue` queued, in its order."""
+    return re.findall(r"Queued experiment '([\w-]+)'", output)
+
+
+def compare_tables(
+    name: str, chosen: dict[str, str], report: str, repo: Path, env: dict[str, str], how: str
+) -> list[tuple[str, str]]:
+    """The tables compare writes, run once more on one experiment of each seed, by label."""
+    tables = []
+    for seed, experiment in chosen.items():
+        run([*DVC, "exp", "apply", experiment], repo, env)
+        run([*DVC, "repro", "compare"], repo, env, timeout=DAY)
+        markdown = (repo / "reports" / "compare" / report).read_text(encoding="utf-8")
+        label = (name if seed == "all" else f"{name}, seed {seed}") + how
+        print(f"\n## {label}\n\n{markdown}", flush=True)  # a long run's finished part
+        tables.append((label, markdown))
+    return tables
+
+
+def rescore(
+    name: str, queued: list[str], rescored: list[str], repo: Path, env: dict[str, str]
+) -> dict[str, str]:
+    """Evaluate every `queued` experiment's models again with the `rescored` KEY=VALUEs.
+
+    Returns the experiment each rescoring made, by the queued experiment it started from.
+    """
+    started = time.monotonic()
+    overrides = [part for value in rescored for part in ("-S", value)]
+    made = {}
+    for experiment in queued:
+        run([*DVC, "exp", "apply", experiment], repo, env)
+        output = run([*DVC, "exp", "run", *overrides, "evaluate"], repo, env, timeout=DAY)
+        found = re.search(r"Ran experiment\(s\): ([\w-]+)", output)
+        if found is None:
+            raise SystemExit(f"{name}: rescoring {experiment} made no experiment:\n{output}")
+        made[experiment] = found.group(1)
+    minutes = (time.monotonic() - started) / 60
+    print(f"{name}: {len(queued)} experiments rescored ({' '.join(rescored)}) in {minutes:.1f} min")
+    return made
+
+
 def sweep(name: str, args: argparse.Namespace) -> list[tuple[str, str]]:
     """Run one dataset's sweep through DVC; (label, compare's Markdown) per seed."""
     source = SHARED / name
@@ -136,14 +184,13 @@ def sweep(name: str, args: argparse.Namespace) -> list[tuple[str, str]]:
                 f"{name}: {len(failed)} of {count} experiments failed:\n{queue_logs(repo, failed)}"
             )
         print(f"{name}: the sweep took {(time.monotonic() - started) / 60:.1f} min", flush=True)
-        tables = []
-        for seed, experiment in chosen.items():
-            run([*DVC, "exp", "apply", experiment], repo, env)
-            run([*DVC, "repro", "compare"], repo, env, timeout=DAY)
-            markdown = (repo / "reports" / "compare" / report).read_text(encoding="utf-8")
-            label = name if seed == "all" else f"{name}, seed {seed}"
-            print(f"\n## {label}\n\n{markdown}", flush=True)  # a long run's finished part
-            tables.append((label, markdown))
+        tables = compare_tables(name, chosen, report, repo, env, "")
+        if args.rescore and not failed:
+            made = rescore(name, queued_names(queued), args.rescore, repo, env)
+            again = {seed: made[experiment] for seed, experiment in chosen.items()}
+            tables += compare_tables(
+                name, again, report, repo, env, f", rescored with {' '.join(args.rescore)}"
+            )
         return tables
 
 
@@ -171,6 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="experiments at once (dvc queue start -j)"
+    )
+    parser.add_argument(
+        "--rescore",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an evaluate param (evaluate.tta=true): after the sweep, evaluate every "
+        "experiment's trained models again with it and print compare's tables again",
     )
     args = parser.parse_args(argv)
     tables = [table for name in args.datasets for table in sweep(name, args)]
