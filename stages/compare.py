@@ -31,6 +31,7 @@ from cxr.comparison.leaderboard import (
     leaderboard_json,
     log_leaderboard,
     with_mcnemar,
+    with_recipes,
 )
 from cxr.comparison.reports import LEADERBOARD_REPORT, external_metrics, write_leaderboard_reports
 from cxr.core.errors import report_errors
@@ -63,7 +64,7 @@ def compare(
     """
     fingerprint, design = data_fingerprint(read_splits(paths)), read_fold_design(paths)
     experiment_id = use_experiment(experiment, paths.root, environ)
-    runs = evaluated_runs(experiment_id)
+    runs = with_recipes(evaluated_runs(experiment_id), settings.by)
     pooled = pooled_leaderboard(runs, design, experiment_id, settings, scoring, seed)
     board = leaderboard(runs, fingerprint, settings.rank_by.removeprefix(POOLED_PREFIX), external)
     board = ranked_by_pooled(board, pooled, settings.rank_by)
@@ -76,7 +77,13 @@ def compare(
     # or two of them could each find no champion and the alias end on the lower-ranked one.
     with store_lock(*lock):
         champion = update_champion(
-            settings.registered_model, board, settings.rank_by, fingerprint, experiment_id, design
+            settings.registered_model,
+            board,
+            settings.rank_by,
+            fingerprint,
+            experiment_id,
+            design,
+            settings.by,
         )
     summary = champion_summary(settings.registered_model, champion)
     report = leaderboard_json(board, excluded, fingerprint, champion, note, external)

@@ -11,7 +11,7 @@ store and cannot be compared) or `not_eligible` (no run of the leaderboard can b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import mlflow
@@ -21,7 +21,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cxr.comparison.leaderboard import is_collapsed
+from cxr.comparison.leaderboard import is_collapsed, recipe_label
 from cxr.core.params import is_pooled
 from cxr.core.tables import FoldDesign
 from cxr.tracking.runs import CV_DESIGN_TAG, ENSEMBLE_MODEL, LOGGED_MODEL_NAME, run_logged_models
@@ -48,13 +48,15 @@ def update_champion(
     fingerprint: str,
     experiment_id: str,
     design: FoldDesign | None = None,
+    by: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Put the champion alias of registered model `name` on the best eligible run of `board`.
 
     `board` is the leaderboard of data `fingerprint` (cxr.comparison.leaderboard), in
     experiment `experiment_id`. A champion scored on other data, or whose run is not in this
     store, cannot be compared and is kept; another fold of the same cross-validation `design`
-    can, by a pooled rank_by (cv_...). Returns `action`, `reason` (one sentence) and the runs,
+    can, by a pooled rank_by (cv_...), whose rows are recipes of the `by` params (compare.by).
+    Returns `action`, `reason` (one sentence) and the runs,
     versions and figures behind them.
     """
     client = MlflowClient()
@@ -81,7 +83,7 @@ def update_champion(
     best = f"the leaderboard's best by {rank_by} ({score:.4f}){skipped}"
     if champion is not None:
         kept = f"kept version {champion.version} ({held_label})"
-        held_score = held_figure(held, board, rank_by, design) if held is not None else None
+        held_score = held_figure(held, board, rank_by, design, by) if held is not None else None
         if held_score is not None:
             status[f"champion_{rank_by}"] = held_score
         if champion.run_id == run_id:
@@ -100,7 +102,7 @@ def update_champion(
             and design is not None
             and held_tags.get(CV_DESIGN_TAG) == design.design
         )
-        if same_design and held_tags.get("model") == candidate.data.tags.get("model"):
+        if same_design and run_recipe(held, by) == run_recipe(candidate, by):
             return status | {
                 "action": "kept",
                 "reason": f"{kept}: its model is {best}, pooled over the folds of this "
@@ -129,13 +131,24 @@ def update_champion(
     return status | {"action": "promoted", "version": int(version.version), "reason": reason}
 
 
+def run_recipe(run: Run, by: Sequence[str]) -> str:
+    """The board row a run belongs to: its model and `by` params (recipe_label)."""
+    model = run.data.tags.get("model") or run.data.tags.get("backbone") or ""
+    return recipe_label(model, run.data.params, by)
+
+
 def held_figure(
-    held: Run, board: pd.DataFrame, rank_by: str, design: FoldDesign | None
+    held: Run,
+    board: pd.DataFrame,
+    rank_by: str,
+    design: FoldDesign | None,
+    by: Sequence[str] = (),
 ) -> float | None:
     """The held champion's `rank_by`: its run's metric, or a pooled figure from the board.
 
     A pooled figure (cv_...) belongs to every fold of the model, not to one run: it is read
-    from the board's row of the champion's model when the champion is a fold of `design`.
+    from the board's row of the champion's model (recipe, with `by`) when the champion is a
+    fold of `design`.
     """
     if not is_pooled(rank_by):
         return held.data.metrics.get(rank_by)
@@ -143,7 +156,7 @@ def held_figure(
         return None
     if rank_by not in board:
         return None
-    rows = board[(board["model"] == held.data.tags.get("model")) & board[rank_by].notna()]
+    rows = board[(board["model"] == run_recipe(held, by)) & board[rank_by].notna()]
     return float(rows[rank_by].iloc[0]) if len(rows) else None
 
 

@@ -102,6 +102,31 @@ def with_model_tag(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(**{MODEL_TAG: model})
 
 
+def recipe_label(model: str, params: Mapping[str, Any], by: Sequence[str]) -> str:
+    """`compact_cnn[train.members=3]`: a model and the values its run logged of the `by` params.
+
+    The model alone without `by`; `?` for a param the run did not log (one from before it).
+    """
+    if not by:
+        return model
+    values = [params.get(key) for key in by]
+    shown = [value if isinstance(value, str) else "?" for value in values]
+    return f"{model}[{','.join(f'{key}={value}' for key, value in zip(by, shown, strict=True))}]"
+
+
+def with_recipes(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """`runs` with each model tag made its recipe_label, so the boards rank recipes (compare.by)."""
+    if not by or runs.empty or MODEL_TAG not in runs:
+        return runs
+    labels = [
+        recipe_label(model, {key: row.get(f"params.{key}") for key in by}, by)
+        if isinstance(model, str)
+        else model
+        for model, (_, row) in zip(runs[MODEL_TAG], runs.iterrows(), strict=True)
+    ]
+    return runs.assign(**{MODEL_TAG: labels})
+
+
 def evaluated_runs(experiment_id: str) -> pd.DataFrame:
     """Finished runs of the experiment that the evaluate stage scored, newest first.
 

@@ -1181,12 +1181,50 @@ class CompareParams(Section):
             )
         return rank_by
 
+    # Defaults to none, so a params.yaml from before recipes still loads.
+    by: list[str] = Field(
+        default_factory=list,
+        description="params that tell recipes of one model apart: each leaderboard row (and "
+        "pooled row) is a model with these params' values as train logged them, the newest run "
+        "of each, e.g. [train.members] ranks compact_cnn[train.members=1] beside "
+        "compact_cnn[train.members=3]; [] = one row per model",
+        json_schema_extra={"allowed": "a list of train.<key> and pretrain.<key> params"},
+    )
+
     @field_validator("ensemble_size")
     @classmethod
     def _ensemble_of_two_or_more(cls, size: int) -> int:
         if size == 1:
             raise ValueError("an ensemble needs at least 2 models; use 0 for no ensemble row")
         return size
+
+    @field_validator("by")
+    @classmethod
+    def _train_time_params(cls, by: list[str]) -> list[str]:
+        # Only what train logs and its model depends on: evaluate's params change no run's
+        # model (a run re-evaluated holds its latest scores), the split's change the data.
+        known = section_keys(TrainParams, "train.") | section_keys(PretrainParams, "pretrain.")
+        for key in by:
+            if key not in known:
+                raise ValueError(
+                    f"{key!r} is not a train.<key> or pretrain.<key> param (e.g. train.members, "
+                    "train.image_size, pretrain.enabled)"
+                )
+        if len(set(by)) < len(by):
+            raise ValueError("names a param twice")
+        return by
+
+
+def section_keys(section: type[BaseModel], prefix: str) -> set[str]:
+    """The dotted keys (train.augment.zoom) of a params section's leaves, after `prefix`."""
+    keys: set[str] = set()
+    for name, field in section.model_fields.items():
+        nested = field.annotation
+        if isinstance(nested, type) and issubclass(nested, Section):
+            keys |= section_keys(nested, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
 
 
 class Params(Section):

@@ -18,7 +18,9 @@ from cxr.comparison.leaderboard import (
     leaderboard_markdown,
     markdown_table,
     mcnemar_vs_best,
+    recipe_label,
     with_mcnemar,
+    with_recipes,
 )
 from cxr.core.params import CompareParams
 from cxr.tracking.store import use_experiment
@@ -362,3 +364,28 @@ def test_how_each_backbone_started_is_a_column(tmp_path, store):
         "random",
         None,
     ]
+
+
+def test_each_recipe_of_a_model_is_a_row_when_compare_by_names_its_params(tmp_path, store):
+    # given vgg16 trained with one and three members on the same data, the newest first in the
+    # store, and a run from before train.members was logged
+    experiment_id = use_experiment("cxr-recipe-rows", tmp_path, store)
+    for accuracy, members in ((0.9, "3"), (0.7, "1"), (0.8, None)):
+        run_id, _ = log_run(experiment_id, "vgg16", "fp", accuracy)
+        if members is not None:
+            MlflowClient().log_param(run_id, "train.members", members)
+    runs = evaluated_runs(experiment_id)
+    # when the leaderboard ranks models, one row: the newest run
+    assert leaderboard(runs, "fp", "test_accuracy")["model"].tolist() == ["vgg16"]
+    # when it ranks recipes of train.members, one row each, ranked
+    board = leaderboard(with_recipes(runs, ["train.members"]), "fp", "test_accuracy")
+    assert board["model"].tolist() == [
+        "vgg16[train.members=3]",
+        "vgg16[train.members=?]",
+        "vgg16[train.members=1]",
+    ]
+    # and without params to tell apart the runs stay as they are
+    assert with_recipes(runs, []) is runs
+    assert recipe_label("vgg16", {"train.members": "3", "pretrain.enabled": "True"}, [
+        "pretrain.enabled", "train.members"
+    ]) == "vgg16[pretrain.enabled=True,train.members=3]"  # fmt: skip

@@ -479,6 +479,15 @@ def test_blank_label_key_is_one_spelling(valid_params_dict: dict[str, Any]) -> N
         ("compare", "ensemble_size", 1, "compare.ensemble_size = 1: an ensemble needs at least 2"),
         ("compare", "ensemble_size", -1, "compare.ensemble_size = -1: Input should be greater"),
         ("evaluate", "tta", "yes", "evaluate.tta = 'yes': Input should be a valid boolean"),
+        (
+            "compare",
+            "by",
+            ["evaluate.tta"],
+            "compare.by = ['evaluate.tta']: 'evaluate.tta' is not a train.<key> or "
+            "pretrain.<key> param (e.g. train.members",
+        ),
+        ("compare", "by", ["train.member"], "'train.member' is not a train.<key> or"),
+        ("compare", "by", ["train.members"] * 2, "compare.by = ['train.members', 'train.members']"),
     ],
 )
 def test_bad_ensemble_size_and_tta_are_one_line_errors(
@@ -501,6 +510,18 @@ def test_ensemble_size_zero_turns_the_row_off_and_tta_loads(
     # When the params are parsed, then they are kept as written
     params = parse_params(valid_params_dict)
     assert (params.compare.ensemble_size, params.evaluate.tta) == (0, True)
+
+
+def test_compare_by_takes_train_and_pretrain_params_and_defaults_to_none(
+    valid_params_dict: dict[str, Any],
+) -> None:
+    # Given a params.yaml from before compare.by, then one naming two recipe params
+    del valid_params_dict["compare"]["by"]
+    assert parse_params(valid_params_dict).compare.by == []
+    valid_params_dict["compare"]["by"] = ["train.members", "pretrain.enabled"]
+
+    # When the params are parsed, then they are kept in their order
+    assert parse_params(valid_params_dict).compare.by == ["train.members", "pretrain.enabled"]
 
 
 def test_an_external_dataset_needs_only_its_source(valid_params_dict: dict[str, Any]) -> None:

@@ -1,5 +1,7 @@
 import json
 import shutil
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -205,27 +207,57 @@ def write_fold(paths: ProjectPaths, design: str, folds: int, fold: int) -> str:
     return data_fingerprint(splits)
 
 
+def design_workspace(
+    root: Path, store: dict[str, str], experiment: str
+) -> tuple[ProjectPaths, list[str], str]:
+    """A workspace of design d1 (3 folds): its paths, each fold's fingerprint, the experiment."""
+    paths = ProjectPaths(root)
+    fingerprints = [write_fold(paths, "d1", 3, fold) for fold in range(3)]
+    return paths, fingerprints, use_experiment(experiment, root, store)
+
+
+def log_design_runs(
+    experiment_id: str, fingerprints: list[str], model: str, folds: list[list[float]]
+) -> list[str]:
+    """`model`'s scored runs on each fold of design d1 (p_covid per fold), tagged as train tags."""
+    actual = ["covid", "covid", "normal", "normal"]
+    runs = []
+    for fold, probabilities in enumerate(folds):
+        run_id = log_scored_run(
+            experiment_id, model, fingerprints[fold], actual, probabilities, 4 * fold, True
+        )
+        for key, value in {"cv_design": "d1", "folds": str(len(folds)), "fold": str(fold)}.items():
+            MlflowClient().set_tag(run_id, key, value)
+        runs.append(run_id)
+    return runs
+
+
+def run_stage_on_fold(
+    root: Path, params: dict[str, Any], write_params: Any, experiment: str, compare: CompareParams
+) -> None:
+    """The compare stage (main) in the workspace of fold 2 of design d1, `params` its params."""
+    write_fold(ProjectPaths(root), "d1", 3, 2)
+    params["mlflow_experiment"] = experiment
+    params["split"] |= {"folds": 3, "fold": 2}
+    params["evaluate"]["bootstrap_samples"] = 50
+    params["compare"] = compare.model_dump()
+    write_params(root, params)
+    assert main(["--root", str(root)]) == 0
+
+
 def test_compare_on_a_fold_pools_its_design_and_the_champion_follows_the_pooled_figure(
     tmp_path, store, capsys, small_params_dict, write_params
 ):
     # given two models on the three folds of a design, the worse pooled one best on fold 1
-    paths = ProjectPaths(tmp_path)
-    fingerprints = [write_fold(paths, "d1", 3, fold) for fold in range(3)]
-    experiment_id = use_experiment("cxr-stage-cv", tmp_path, store)
-    actual = ["covid", "covid", "normal", "normal"]
+    paths, fingerprints, experiment_id = design_workspace(tmp_path, store, "cxr-stage-cv")
     p_covid = {
         "vgg16": [[0.9, 0.8, 0.2, 0.1], [0.9, 0.4, 0.3, 0.6], [0.8, 0.7, 0.4, 0.1]],
         "resnet50": [[0.9, 0.4, 0.7, 0.2], [0.9, 0.8, 0.2, 0.1], [0.7, 0.3, 0.6, 0.6]],
     }
-    runs: dict[str, list[str]] = {}
-    for model, folds in p_covid.items():
-        for fold, probabilities in enumerate(folds):
-            run_id = log_scored_run(
-                experiment_id, model, fingerprints[fold], actual, probabilities, 4 * fold, True
-            )
-            for key, value in {"cv_design": "d1", "folds": "3", "fold": str(fold)}.items():
-                MlflowClient().set_tag(run_id, key, value)
-            runs.setdefault(model, []).append(run_id)
+    runs = {
+        model: log_design_runs(experiment_id, fingerprints, model, folds)
+        for model, folds in p_covid.items()
+    }
     params = CompareParams(
         rank_by="cv_test_accuracy", significance=0.05, registered_model="cxr-cv", ensemble_size=2
     )
@@ -261,13 +293,7 @@ def test_compare_on_a_fold_pools_its_design_and_the_champion_follows_the_pooled_
     assert logged.data.metrics["cv_best_test_accuracy"] == pytest.approx(10 / 12)
     # when the stage then runs in fold 2's workspace, vgg16 stays champion: the same model of
     # the same design, not a new promotion per fold
-    write_fold(paths, "d1", 3, 2)
-    small_params_dict["mlflow_experiment"] = "cxr-stage-cv"
-    small_params_dict["split"] |= {"folds": 3, "fold": 2}
-    small_params_dict["evaluate"]["bootstrap_samples"] = 50
-    small_params_dict["compare"] = params.model_dump()
-    write_params(tmp_path, small_params_dict)
-    assert main(["--root", str(tmp_path)]) == 0
+    run_stage_on_fold(tmp_path, small_params_dict, write_params, "cxr-stage-cv", params)
     printed = capsys.readouterr().out
     assert (
         MlflowClient().get_model_version_by_alias("cxr-cv", CHAMPION_ALIAS).run_id
@@ -278,3 +304,56 @@ def test_compare_on_a_fold_pools_its_design_and_the_champion_follows_the_pooled_
         "compare: cross-validation design d1 (3 folds): 2 model(s) pooled, best vgg16 at "
         "test_accuracy 0.833 ["
     ) in printed
+
+
+def test_compare_by_a_train_param_ranks_each_recipe_of_a_model_pooled(
+    tmp_path, store, capsys, small_params_dict, write_params
+):
+    # given vgg16 trained two ways (train.members 1 and 3) on the three folds of a design, the
+    # one-member recipe logged last, and pixel_logreg once
+    paths, fingerprints, experiment_id = design_workspace(tmp_path, store, "cxr-recipes")
+    p_covid = {
+        ("vgg16", "3"): [[0.9, 0.8, 0.2, 0.1], [0.9, 0.4, 0.3, 0.2], [0.8, 0.7, 0.4, 0.1]],
+        ("pixel_logreg", "1"): [[0.9, 0.4, 0.7, 0.2], [0.6, 0.4, 0.2, 0.1], [0.7, 0.3, 0.6, 0.2]],
+        ("vgg16", "1"): [[0.9, 0.4, 0.2, 0.6], [0.9, 0.4, 0.3, 0.6], [0.8, 0.3, 0.6, 0.1]],
+    }
+    runs = {}
+    for (model, members), folds in p_covid.items():
+        runs[(model, members)] = log_design_runs(experiment_id, fingerprints, model, folds)
+        for run_id in runs[(model, members)]:
+            MlflowClient().log_param(run_id, "train.members", members)
+    params = CompareParams(
+        rank_by="cv_test_accuracy", significance=0.05, registered_model="cxr-recipes",
+        ensemble_size=0,
+    )  # fmt: skip
+    write_fold(paths, "d1", 3, 1)
+    # when compare ranks models, as by default: one row per model, its newest runs
+    compare(params, SCORING, 42, "cxr-recipes", paths, store)
+    pooled = json.loads((paths.reports("compare") / "crossval.json").read_text())
+    assert set(pooled["leaderboard"]) == {"vgg16", "pixel_logreg"}
+    assert pooled["leaderboard"]["vgg16"]["run_ids"] == runs[("vgg16", "1")]
+    # when it ranks recipes of train.members
+    by_members = params.model_copy(update={"by": ["train.members"]})
+    board = compare(by_members, SCORING, 42, "cxr-recipes", paths, store)
+    # then each recipe is pooled on its own folds' runs, the three-member one best (11 of 12)
+    pooled = json.loads((paths.reports("compare") / "crossval.json").read_text())
+    assert pooled["best_model"] == "vgg16[train.members=3]"
+    assert pooled["leaderboard"]["vgg16[train.members=3]"]["test_accuracy"] == pytest.approx(
+        11 / 12
+    )
+    assert pooled["leaderboard"]["vgg16[train.members=1]"]["run_ids"] == runs[("vgg16", "1")]
+    assert pooled["leaderboard"]["vgg16[train.members=1]"]["test_accuracy"] == pytest.approx(6 / 12)
+    assert "pixel_logreg[train.members=1]" in pooled["leaderboard"]
+    markdown = (paths.reports("compare") / "crossval.md").read_text()
+    assert "| **vgg16[train.members=3]** * " in markdown
+    # the fold's own board lists both recipes, ranked by their pooled figures
+    assert board["model"].tolist()[0] == "vgg16[train.members=3]"
+    assert "vgg16[train.members=1]" in board["model"].tolist()
+    # and the champion is the best recipe's run of this fold
+    champion = MlflowClient().get_model_version_by_alias("cxr-recipes", CHAMPION_ALIAS)
+    assert champion.run_id == runs[("vgg16", "3")][1]
+    # in fold 2's workspace the same recipe stays champion, pooled over the design's folds
+    run_stage_on_fold(tmp_path, small_params_dict, write_params, "cxr-recipes", by_members)
+    assert "pooled over the folds of this cross-validation design" in capsys.readouterr().out
+    kept = MlflowClient().get_model_version_by_alias("cxr-recipes", CHAMPION_ALIAS)
+    assert kept.run_id == runs[("vgg16", "3")][1]
