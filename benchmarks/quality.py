@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py [--models compact_cnn pixel_logreg] [--minutes 20]
         [--datasets covid19-dataset covid-ct-cropped] [--set KEY=VALUE ...] [--seeds 42 7 1]
-        [--folds 5] [--jobs 1]
+        [--folds 5] [--jobs 1] [--sweep KEY=V1,V2 ...] [--rescore KEY=VALUE ...]
 
 For each dataset under ../shared/datasets (skipped with a line when absent), a copy of this
 checkout in a temporary git repository (tests/dvc_project.py: code, dvc.yaml, params.yaml with
@@ -10,8 +10,12 @@ data.source, the dataset's options, train.time_budget_minutes = --minutes and ev
 one sweep, README's main workflow (each experiment runs the whole pipeline in its own copy):
 
     dvc exp run --queue -S 'model=<models>' [-S 'seed=<seeds>']
-        [-S split.folds=K -S 'split.fold=range(0,K)']
+        [-S split.folds=K -S 'split.fold=range(0,K)'] [-S KEY=V1,V2 ...]
     dvc queue start -j <jobs>
+
+--sweep KEY=V1,V2 (a train.* or pretrain.* param) measures a lever: each value is a recipe of its
+own, and compare.by = [KEY, ...] ranks each model's recipes as rows of their own (pooled per
+recipe with --folds), with McNemar p between them on the same images.
 
 When the queue is done, compare runs once more on one experiment of each seed (`dvc exp apply`,
 `dvc repro compare`: every other stage is up to date), so it sees every run, and the script
@@ -84,6 +88,8 @@ def project_params(source: Path, options: dict[str, Any], args: argparse.Namespa
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     overrides = {"data.source": str(source), **options, "train.time_budget_minutes": args.minutes}
     overrides |= {key: yaml.safe_load(value) for key, value in (s.split("=", 1) for s in args.set)}
+    if args.sweep:
+        overrides["compare.by"] = [value.split("=", 1)[0] for value in args.sweep]
     for key, value in overrides.items():
         set_dotted(params, key, value)
     return params
@@ -96,6 +102,7 @@ def sweep_args(args: argparse.Namespace, folds: int) -> list[str]:
         overrides.append(f"seed={','.join(map(str, args.seeds))}")
     if folds:
         overrides += [f"split.folds={folds}", f"split.fold=range(0,{folds})"]
+    overrides += args.sweep
     return [part for override in overrides for part in ("-S", override)]
 
 
@@ -218,6 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="experiments at once (dvc queue start -j)"
+    )
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="sweep a train.* or pretrain.* param too (train.members=1,3): each value a recipe, "
+        "ranked as its own row (compare.by)",
     )
     parser.add_argument(
         "--rescore",
