@@ -33,11 +33,15 @@ VERSION_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc_ovr", "test_b
 SHORT_RUN_ID = 8
 
 
+def tagged_model(tags: Mapping[str, str]) -> str:
+    """A run's model tag ('' without one)."""
+    # Runs logged before the `model` tag was introduced call it `backbone`.
+    return tags.get("model") or tags.get("backbone") or ""
+
+
 def run_label(run_id: str, run: Run | None) -> str:
     """`vgg16 run 1a2b3c4d`: a run as the leaderboard shows it, after its model tag."""
-    tags = run.data.tags if run is not None else {}
-    # Runs logged before the `model` tag was introduced call it `backbone`.
-    model = tags.get("model") or tags.get("backbone")
+    model = tagged_model(run.data.tags) if run is not None else ""
     return (f"{model} " if model else "") + f"run {run_id[:SHORT_RUN_ID]}"
 
 
@@ -56,8 +60,7 @@ def update_champion(
     experiment `experiment_id`. A champion scored on other data, or whose run is not in this
     store, cannot be compared and is kept; another fold of the same cross-validation `design`
     can, by a pooled rank_by (cv_...), whose rows are recipes of the `by` params (compare.by).
-    Returns `action`, `reason` (one sentence) and the runs,
-    versions and figures behind them.
+    Returns `action`, `reason` (one sentence) and the runs, versions and figures behind them.
     """
     client = MlflowClient()
     try:
@@ -133,8 +136,7 @@ def update_champion(
 
 def run_recipe(run: Run, by: Sequence[str]) -> str:
     """The board row a run belongs to: its model and `by` params (recipe_label)."""
-    model = run.data.tags.get("model") or run.data.tags.get("backbone") or ""
-    return recipe_label(model, run.data.params, by)
+    return recipe_label(tagged_model(run.data.tags), run.data.params, by)
 
 
 def held_figure(
