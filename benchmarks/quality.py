@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py [--models compact_cnn pixel_logreg] [--minutes 20]
         [--datasets covid19-dataset covid-ct-cropped] [--set KEY=VALUE ...] [--seeds 42 7 1]
-        [--folds 5] [--jobs 1] [--sweep KEY=V1,V2 ...] [--rescore KEY=VALUE ...]
+        [--folds 5] [--jobs 1] [--sweep KEY=V1,V2 ...] [--rescore 'KEY=VALUE ...' ...]
 
 For each dataset under ../shared/datasets (skipped with a line when absent), a copy of this
 checkout in a temporary git repository (tests/dvc_project.py: code, dvc.yaml, params.yaml with
@@ -27,11 +27,12 @@ with its ensemble row and McNemar p against the best), else the leaderboard of t
 slices straddle the splits. Seed ensembles and test-time augmentation are params:
 --set train.members=3, --set evaluate.tta=true. Prints tables; never fails on figures.
 
---rescore KEY=VALUE (evaluate's params only, e.g. evaluate.tta=true) scores the same trained
-models a second way: after the first tables, each experiment is applied and its evaluate run
-again with the new value (`dvc exp run -S KEY=VALUE evaluate`: train is up to date, so the
+--rescore 'KEY=VALUE ...' (evaluate's params only, e.g. evaluate.tta=true) scores the same
+trained models another way: after the first tables, each experiment is applied and its evaluate
+run again with the new values (`dvc exp run -S KEY=VALUE evaluate`: train is up to date, so the
 models are not retrained; evaluate re-logs its figures in the model's MLflow run), then compare
-prints the tables again. One sweep of training gives both rows.
+prints the tables again. Each --rescore is a pass of its own from the trained models: one sweep
+of training gives every row.
 """
 
 from __future__ import annotations
@@ -192,11 +193,12 @@ def sweep(name: str, args: argparse.Namespace) -> list[tuple[str, str]]:
             )
         print(f"{name}: the sweep took {(time.monotonic() - started) / 60:.1f} min", flush=True)
         tables = compare_tables(name, chosen, report, repo, env, "")
-        if args.rescore and not failed:
-            made = rescore(name, queued_names(queued), args.rescore, repo, env)
+        for rescored in [] if failed else args.rescore:
+            values = rescored.split()
+            made = rescore(name, queued_names(queued), values, repo, env)
             again = {seed: made[experiment] for seed, experiment in chosen.items()}
             tables += compare_tables(
-                name, again, report, repo, env, f", rescored with {' '.join(args.rescore)}"
+                name, again, report, repo, env, f", rescored with {' '.join(values)}"
             )
         return tables
 
@@ -238,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         "--rescore",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="an evaluate param (evaluate.tta=true): after the sweep, evaluate every "
-        "experiment's trained models again with it and print compare's tables again",
+        metavar="'KEY=VALUE ...'",
+        help="evaluate params (evaluate.tta=true): after the sweep, evaluate every "
+        "experiment's trained models again with them and print compare's tables again; each "
+        "--rescore is a pass of its own, from the trained models",
     )
     args = parser.parse_args(argv)
     tables = [table for name in args.datasets for table in sweep(name, args)]

@@ -17,11 +17,13 @@ from cxr.evaluation.figures import draw_evaluation_figures, write_plots_data
 from cxr.evaluation.metrics import (
     evaluation_line,
     flat_metrics,
+    known_label_indices,
     prediction_table,
 )
+from cxr.evaluation.operating_point import ARGMAX, ARGMAX_RECORD, with_decision
 from cxr.evaluation.scoring import score_test_split
 from cxr.evaluation.tta import with_tta
-from cxr.models.loading import load_models_dir
+from cxr.models.loading import Predictor, load_models_dir
 from cxr.models.pixels import CachedImages
 from cxr.serving.pyfunc import log_classifier
 from cxr.tracking.runs import (
@@ -50,6 +52,21 @@ EVALUATE_HEADLINE = (
 )
 
 
+def decided(
+    predictor: Predictor, settings: EvaluateParams, paths: ProjectPaths, batch_size: int
+) -> tuple[Predictor, dict[str, Any]]:
+    """`predictor` deciding by evaluate.decision, fit on the validation split's predictions."""
+    if settings.decision == ARGMAX:
+        return predictor, dict(ARGMAX_RECORD)
+    val = read_table(paths.split_table("val"))
+    images = CachedImages(paths.pixel_cache, val["cache_index"], predictor.image_size)
+    true = known_label_indices(val, predictor.class_names)
+    probabilities, _ = predictor.timed_predict_proba(images, batch_size)
+    return with_decision(
+        predictor, settings.decision, settings.target_sensitivity, true, probabilities
+    )
+
+
 def evaluate(
     settings: EvaluateParams,
     seed: int,
@@ -62,13 +79,14 @@ def evaluate(
     """Predict the test split, write metrics, plots and figures, and log them to the train run."""
     predictor, tta = with_tta(load_models_dir(paths.models_dir), settings.tta)
     record = predictor.record
+    predictor, decision = decided(predictor, settings, paths, batch_size)
     test = read_table(paths.split_table("test"))
     # Read a chunk at a time while predicting, and again only for the images the figures show.
     images = CachedImages(paths.pixel_cache, test["cache_index"], record.image_size)
     predictions, metrics, by_source = score_test_split(
         predictor, test, images, settings, seed, batch_size
     )
-    metrics |= tta
+    metrics |= tta | decision
     per_image = prediction_table(test, predictions)
     with (
         staged_dir(paths.evaluate_plots) as plots_dir,
@@ -88,7 +106,13 @@ def evaluate(
             **design_tags(read_fold_design(paths)),
         }
         with reopen_run(record.run_id, experiment_id, linked, paths.root) as run:
-            tag_run({"tta": str(settings.tta).lower(), "gradcam": metrics["gradcam"]})
+            tag_run(
+                {
+                    "tta": str(settings.tta).lower(),
+                    "decision": settings.decision,
+                    "gradcam": metrics["gradcam"],
+                }
+            )
             # Evaluated before (evaluate params or code changed, or `dvc repro -f`): replace.
             clear_earlier_results(run.info.run_id, EVALUATE_ARTIFACTS, LOGGED_MODEL_NAME)
             log_results(

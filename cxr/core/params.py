@@ -1115,6 +1115,21 @@ class EvaluateParams(Section):
         "its left-right mirror and shifts of 1/16 of the side left, right, up and down (about "
         "6x slower); predict and the served model do not use it"
     )
+    # Default argmax, so a params.yaml from before the decision param still loads.
+    decision: Literal["argmax", "val_macro_f1", "val_covid_sensitivity"] = Field(
+        default="argmax",
+        description="how a test image is called covid: argmax = its most probable class; "
+        "val_macro_f1 = a weight on the covid probability fit on the validation split for its "
+        "best macro F1; val_covid_sensitivity = the smallest such weight reaching "
+        "target_sensitivity there (for two classes: a moved threshold); predict and the served "
+        "model use argmax",
+    )
+    target_sensitivity: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="the validation covid sensitivity decision: val_covid_sensitivity reaches",
+    )
     # Defaults to none, so a params.yaml from before external validation still loads.
     external: dict[str, ExternalDataParams] = Field(
         default_factory=dict,

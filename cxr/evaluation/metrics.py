@@ -309,4 +309,18 @@ def evaluation_line(metrics: Mapping[str, Any]) -> str:
         f"test accuracy {metrics['test_accuracy']:.3f}{interval}, "
         f"macro F1 {metrics['test_f1_macro']:.3f} on {metrics['test_images']} images; "
         f"Grad-CAM {metrics['gradcam']}; TTA {'on' if metrics['tta'] else 'off'}"
+        f"{decision_words(metrics)}"
+    )
+
+
+def decision_words(metrics: Mapping[str, Any]) -> str:
+    """'' under argmax, else the decision and the covid weight it fit on the validation split."""
+    decision = metrics.get("decision", "argmax")
+    if decision == "argmax":
+        return ""
+    threshold = metrics.get("decision_covid_threshold")
+    moved = f", covid from p {threshold:.3f}" if threshold is not None else ""
+    return (
+        f"; decision {decision} (covid weight {metrics['decision_covid_weight']:.3f}{moved}, "
+        f"fit on {metrics['decision_val_images']} validation images)"
     )

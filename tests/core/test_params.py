@@ -480,6 +480,14 @@ def test_blank_label_key_is_one_spelling(valid_params_dict: dict[str, Any]) -> N
         ("compare", "ensemble_size", -1, "compare.ensemble_size = -1: Input should be greater"),
         ("evaluate", "tta", "yes", "evaluate.tta = 'yes': Input should be a valid boolean"),
         (
+            "evaluate",
+            "decision",
+            "threshold",
+            "evaluate.decision = 'threshold': Input should be 'argmax', 'val_macro_f1' or "
+            "'val_covid_sensitivity'",
+        ),
+        ("evaluate", "target_sensitivity", 1.5, "evaluate.target_sensitivity = 1.5: Input should"),
+        (
             "compare",
             "by",
             ["evaluate.tta"],

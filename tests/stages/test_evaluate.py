@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from cxr.core.errors import PipelineError
 from cxr.core.params import EvaluateParams
 from cxr.core.tables import fold_design_json
+from cxr.evaluation.metrics import evaluation_line
 from cxr.evaluation.tta import tta_views
 from cxr.models.loading import load_models_dir
 from cxr.models.pixels import load_split_pixels
@@ -204,6 +205,58 @@ def test_tta_scores_the_mean_over_the_views_and_off_keeps_the_plain_probabilitie
     run = MlflowClient().get_run(augmented["mlflow_run_id"])
     assert run.data.tags["tta"] == "true" and run.data.metrics["tta_views"] == 6
     assert MlflowClient().get_run(plain["mlflow_run_id"]).data.tags["tta"] == "false"
+
+
+def test_decision_fits_on_the_validation_split_and_moves_every_test_figure(tmp_path, store):
+    # given a tiny CNN trained one epoch, its validation and test images
+    paths = write_project(tmp_path, epochs=1)
+    predictor = load_models_dir(paths.models_dir)
+    val, test = (pd.read_parquet(paths.split_table(split)) for split in ("val", "test"))
+    val_images, test_images = (
+        load_split_pixels(paths.pixel_cache, table["cache_index"], predictor.image_size)
+        for table in (val, test)
+    )
+    val_covid = predictor.predict_proba(val_images)[:, 0]
+    columns = [f"p_{name}" for name in NAMES_TINY]
+    quick = PARAMS.model_copy(
+        update={"gradcam_images": 0, "bootstrap_samples": 0, "decision": "val_covid_sensitivity"}
+    )
+    # when evaluate runs deciding for a validation covid sensitivity of 1
+    metrics = evaluate(
+        quick.model_copy(update={"target_sensitivity": 1.0}),
+        42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE,
+    )  # fmt: skip
+    # then the threshold is at or under every validation covid image's probability
+    threshold = metrics["decision_covid_threshold"]
+    assert threshold <= val_covid[val["label"] == "covid"].min()
+    assert metrics["decision_val_images"] == len(val) == 12
+    # and the test probabilities are the model's with covid weighted, the figures from them
+    weight = metrics["decision_covid_weight"]
+    assert weight != 1.0  # moved off argmax
+    plain = predictor.predict_proba(test_images)
+    expected = plain * [weight, 1.0] / (plain * [weight, 1.0]).sum(axis=1, keepdims=True)
+    table = pd.read_csv(paths.predictions)
+    np.testing.assert_allclose(table[columns], expected.round(4), atol=1e-4)
+    called = expected.argmax(axis=1) == 0
+    truly = (test["label"] == "covid").to_numpy()
+    assert metrics["test_covid_sensitivity"] == pytest.approx(called[truly].mean())
+    assert (table["predicted"] == "covid").tolist() == called.tolist()
+    # and the summary, the MLflow run and the printed line say how it decided
+    written = json.loads(paths.summary("evaluate").read_text())
+    assert written["decision"] == "val_covid_sensitivity"
+    assert written["decision_covid_weight"] == weight
+    run = MlflowClient().get_run(metrics["mlflow_run_id"])
+    assert run.data.tags["decision"] == "val_covid_sensitivity"
+    assert run.data.metrics["decision_covid_threshold"] == pytest.approx(threshold)
+    assert "decision val_covid_sensitivity (covid weight" in evaluation_line(metrics)
+    # when it runs again under argmax, then the plain probabilities come back
+    again = evaluate(
+        quick.model_copy(update={"decision": "argmax"}),
+        42, 10**7, "cxr-evaluate", paths, store, BATCH_SIZE,
+    )  # fmt: skip
+    np.testing.assert_allclose(pd.read_csv(paths.predictions)[columns], plain.round(4), atol=1e-4)
+    assert again["decision_covid_weight"] == 1.0 and "decision" not in evaluation_line(again)
+    assert MlflowClient().get_run(again["mlflow_run_id"]).data.tags["decision"] == "argmax"
 
 
 def test_a_second_evaluation_of_a_run_replaces_the_first(tmp_path, store):
