@@ -36,10 +36,12 @@ from cxr.comparison.ensemble import (
 from cxr.comparison.leaderboard import (
     CROSSVAL_MD,
     MODEL_TAG,
+    decision_cells,
     interval_cells,
     is_collapsed,
     mcnemar_of_tables,
     model_label,
+    run_decision,
     run_predictions,
     with_p_values,
 )
@@ -102,6 +104,7 @@ def pooled_row(model: str, runs: pd.DataFrame, metrics: dict[str, Any]) -> dict[
         return pd.to_numeric(column if column is not None else pd.Series(np.nan, runs.index))
 
     collapsed = runs.get("tags.collapsed", pd.Series("", runs.index)).eq("true")
+    decisions = runs.get("tags.decision", pd.Series(None, runs.index, object))
     return {
         "model": model,
         **{name: metrics.get(name) for name in ENTRY_FIGURES if name.startswith("test_")},
@@ -112,6 +115,8 @@ def pooled_row(model: str, runs: pd.DataFrame, metrics: dict[str, Any]) -> dict[
         "parameters": figures("parameters").mean(),
         "train_seconds": figures("train_seconds").sum(min_count=len(runs)),
         "inference_images_per_second": figures("inference_images_per_second").mean(),
+        # folds evaluated with different evaluate.decision show them all: argmax/val_macro_f1
+        "decision": "/".join(sorted({run_decision(decision) for decision in decisions})),
         "collapsed": bool(collapsed.any()),
         "collapsed_folds": tuple(int(fold) for fold in runs.loc[collapsed.to_numpy(), "fold"]),
         "run_id": RUN_SEPARATOR.join(runs["run_id"]),
@@ -262,6 +267,7 @@ def crossval_table(board: pd.DataFrame, significance: float) -> str:
             "macro F1 [95% CI]": interval_cells(board, "test_f1_macro"),
             "ROC AUC [95% CI]": interval_cells(board, "test_roc_auc_ovr"),
             "covid sensitivity [95% CI]": interval_cells(board, "test_covid_sensitivity"),
+            "decision": decision_cells(board),
             "accuracy per fold": fold_cells(board, "test_accuracy"),
             "macro F1 per fold": fold_cells(board, "test_f1_macro"),
             "McNemar p vs best": [p_value(value) for value in board["mcnemar_p"]],
@@ -319,6 +325,7 @@ def crossval_entry(row: pd.Series) -> dict[str, Any]:
         return entry | {"name": model_label(row), "members": list(row["members"])}
     folds = row.get("collapsed_folds")
     return entry | {
+        "decision": row["decision"],
         "collapsed": is_collapsed(row),
         "collapsed_folds": list(folds) if isinstance(folds, tuple) else [],
         "run_ids": str(row["run_id"]).split(RUN_SEPARATOR),

@@ -60,6 +60,8 @@ LEADERBOARD_COLUMNS = {
     # train's collapse check (cxr.training.collapse): a collapsed model is never champion.
     "tags.collapsed": "collapsed",
     "tags.collapse_reason": "collapse_reason",
+    # How evaluate called covid (evaluate.decision); runs evaluated before the tag used argmax.
+    "tags.decision": "decision",
     "run_id": "run_id",
     "start_time": "started",
 }
@@ -382,6 +384,7 @@ def markdown_table(
             "ROC AUC [95% CI]": interval_cells(board, "test_roc_auc_ovr"),
             "balanced acc.": number("test_balanced_accuracy", 3),
             "covid sensitivity": number("test_covid_sensitivity", 3),
+            "decision": decision_cells(board),
             "depth": number("depth", 0),
             "parameters": [
                 "" if pd.isna(value) else f"{int(value):,}" for value in board["parameters"]
@@ -401,6 +404,20 @@ def markdown_table(
         }
     )
     return table.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def run_decision(tag: Any) -> str:
+    """A run's evaluate.decision from its tag: argmax when evaluated before the tag existed."""
+    return tag if isinstance(tag, str) and tag else "argmax"
+
+
+def decision_cells(board: pd.DataFrame) -> list[str]:
+    """Each row's evaluate.decision (pooled: its folds' ones joined by /), none for the ensemble."""
+    decisions = board["decision"] if "decision" in board else pd.Series(None, board.index)
+    return [
+        "" if model == ENSEMBLE_MODEL else run_decision(decision)
+        for model, decision in zip(board["model"], decisions, strict=True)
+    ]
 
 
 def external_note(external: Sequence[str]) -> str:
@@ -471,6 +488,7 @@ def board_entry(row: pd.Series, external: Sequence[str] = ()) -> dict[str, Any]:
     entry["backbone_init"] = backbone_init(row)
     entry["backend"] = None if pd.isna(row["backend"]) else str(row["backend"])
     entry["optimizer"] = None if pd.isna(row["optimizer"]) else str(row["optimizer"])
+    entry["decision"] = run_decision(row.get("decision"))
     entry["collapsed"] = is_collapsed(row)
     reason = row.get("collapse_reason")
     entry["collapse_reason"] = reason if isinstance(reason, str) and reason else None

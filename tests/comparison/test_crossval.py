@@ -133,7 +133,11 @@ def test_every_model_with_all_folds_is_pooled_each_image_once(tmp_path, store):
 def test_reports_show_the_pooled_board_and_the_missing_folds(tmp_path, store):
     # given the pooled leaderboard of a design with one model still missing a fold
     experiment_id = use_experiment("cxr-cv-reports", tmp_path, store)
-    log_design(experiment_id)
+    runs = log_design(experiment_id)
+    # vgg16's folds evaluated with a moved covid decision, one of pixel_logreg's too
+    for run_id in runs["vgg16"]:
+        MlflowClient().set_tag(run_id, "decision", "val_covid_sensitivity")
+    MlflowClient().set_tag(runs["pixel_logreg"][1], "decision", "val_macro_f1")
     crossval = pooled_leaderboard(
         evaluated_runs(experiment_id), FoldDesign(DESIGN, FOLDS, 2), experiment_id, SETTINGS,
         SCORING, 42,
@@ -146,13 +150,16 @@ def test_reports_show_the_pooled_board_and_the_missing_folds(tmp_path, store):
     assert f"design `{DESIGN}` (3 folds; this workspace holds fold 2)" in markdown
     rows = table_rows(markdown)
     assert rows[0][:3] == ["**vgg16** *", "12", "0.833 [0.667, 1.000]"]
-    assert rows[0][6] == "0.833 ± 0.144"
-    assert rows[2][0] == "ensemble(vgg16+pixel_logreg)"
+    assert rows[0][6:8] == ["val_covid_sensitivity", "0.833 ± 0.144"]
+    # a model whose folds decided differently shows each way, so the mix is seen
+    assert rows[1][6] == "argmax/val_macro_f1"
+    assert rows[2][0] == "ensemble(vgg16+pixel_logreg)" and rows[2][6] == ""
     assert rows[3][:3] == ["resnet50", "0, 1", "2"]
     # the JSON every entry, strict values, the run of each fold
     assert report["best_model"] == "vgg16" and report["models"] == 2
     assert report["leaderboard"]["vgg16"]["test_images"] == 12
     assert len(report["leaderboard"]["pixel_logreg"]["run_ids"]) == 3
+    assert report["leaderboard"]["vgg16"]["decision"] == "val_covid_sensitivity"
     assert report["leaderboard"]["pixel_logreg"]["significant"] in (True, False)
     assert report["ensemble"]["members"] == ["vgg16", "pixel_logreg"]
     assert report["incomplete"][0]["missing_folds"] == [2]

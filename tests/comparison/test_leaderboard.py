@@ -328,6 +328,27 @@ def test_the_keras_backend_each_model_trained_on_is_a_column(tmp_path, store):
     ]
 
 
+def test_how_evaluate_called_covid_is_a_column(tmp_path, store):
+    # given a model evaluated with a moved covid decision and one evaluated before the tag
+    experiment_id = use_experiment("cxr-decisions", tmp_path, store)
+    moved, _ = log_run(experiment_id, "resnet18", "data-a", 0.90)
+    log_run(experiment_id, "pixel_logreg", "data-a", 0.60)
+    MlflowClient().set_tag(moved, "decision", "val_covid_sensitivity")
+    # when the leaderboard is built
+    board = with_mcnemar(
+        leaderboard(evaluated_runs(experiment_id), "data-a", "test_accuracy"), experiment_id, 0.05
+    )
+    # then the Markdown and the JSON say how each decided: argmax for the untagged run
+    table = markdown_table(board)
+    rows = {line.split("|")[1].strip(" *"): line for line in table.splitlines()[2:]}
+    assert "| decision " in table.splitlines()[0]
+    assert "| val_covid_sensitivity " in rows["resnet18"] and "| argmax " in rows["pixel_logreg"]
+    entries = leaderboard_json(board, excluded_runs(evaluated_runs(experiment_id), "data-a"),
+                               "data-a", {}, "")["leaderboard"]  # fmt: skip
+    assert entries["resnet18"]["decision"] == "val_covid_sensitivity"
+    assert entries["pixel_logreg"]["decision"] == "argmax"
+
+
 def test_how_each_backbone_started_is_a_column(tmp_path, store):
     # given a backbone from the pretrain stage's weights, one tagged before backbone_init
     # existed (pretrained false) and a baseline with neither tag
