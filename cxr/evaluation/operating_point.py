@@ -20,6 +20,7 @@ classes keep their ROC AUC (the map is monotone); log loss and calibration chang
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,10 +146,6 @@ def with_decision(
     names = predictor.class_names
     check_fit_data(val_true, names, decision)
     weight = fit_covid_weight(val_true, val_probabilities, names, decision, target_sensitivity)
-    weights = tuple(class_weights(len(names), names.index(SCREENING_CLASS), weight).tolist())
-    moved = ReweightedPredictor(
-        predictor.model, predictor.record, predictor.source, predictor, weights
-    )
     recorded: dict[str, Any] = {
         "decision": decision,
         "decision_covid_weight": round(weight, 6),
@@ -156,4 +153,29 @@ def with_decision(
     }
     if len(names) == 2:
         recorded["decision_covid_threshold"] = round(1 / (1 + weight), 6)
-    return moved, recorded
+    return covid_weighted(predictor, recorded["decision_covid_weight"]), recorded
+
+
+def covid_weighted(predictor: Predictor, weight: float) -> Predictor:
+    """`predictor` with its covid probability weighted by `weight` (rows renormalised)."""
+    names = predictor.class_names
+    weights = tuple(class_weights(len(names), names.index(SCREENING_CLASS), weight).tolist())
+    return ReweightedPredictor(
+        predictor.model, predictor.record, predictor.source, predictor, weights
+    )
+
+
+def with_evaluated_decision(
+    predictor: Predictor, evaluated: Mapping[str, Any]
+) -> tuple[Predictor, dict[str, Any]]:
+    """`predictor` deciding as evaluate did, by the weight its summary records (not fit again).
+
+    `evaluated` is metrics/summary/evaluate.json: external validation scores other images the
+    way the internal test figures it is compared with were scored.
+    """
+    decision = evaluated.get("decision", ARGMAX)
+    if decision == ARGMAX:
+        return predictor, dict(ARGMAX_RECORD)
+    weight = float(evaluated["decision_covid_weight"])
+    recorded = {"decision": decision, "decision_covid_weight": weight}
+    return covid_weighted(predictor, weight), recorded

@@ -33,9 +33,18 @@ def summary_markdown(name: str, metrics: Mapping[str, Any]) -> str:
         for key in SCORED
     )
     shortcut = cell("source_shortcut_accuracy")
+    decision = metrics.get("decision", "argmax")
+    decided = (
+        ""
+        if decision == "argmax"
+        else f" Covid is called as evaluate called it (evaluate.decision = {decision}: covid "
+        f"probability weighted {metrics['decision_covid_weight']:.3f}, fit on the validation "
+        "split)."
+    )
     return (
         f"# External dataset `{name}`\n\n"
-        f"{metrics['images']} images from `{metrics['source']}`, {metrics['class_note']}.\n\n"
+        f"{metrics['images']} images from `{metrics['source']}`, {metrics['class_note']}."
+        f"{decided}\n\n"
         "| score | external [95% CI] | internal test | drop (internal - external) |\n"
         "|---|---|---|---|\n"
         f"{rows}\n\n"

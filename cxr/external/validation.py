@@ -33,6 +33,7 @@ from cxr.evaluation.metrics import (
     Predictions,
     prediction_table,
 )
+from cxr.evaluation.operating_point import with_evaluated_decision
 from cxr.evaluation.tta import with_tta
 from cxr.external.reports import mlflow_metrics, summary_markdown
 from cxr.external.scores import (
@@ -163,6 +164,8 @@ def evaluate_external(
     dataset = external_dataset(params, name)
     project = ProjectPaths(paths.root)
     model, tta = with_tta(load_models_dir(project.models_dir), settings.tta)
+    evaluated = read_json(project.summary("evaluate"))
+    model, decision = with_evaluated_decision(model, evaluated)
     model_classes = model.record.class_names
     images, ingested, warned = _ingest_and_decode(dataset, params, paths, model, runtime.workers)
     splits = {split: read_table(project.split_table(split)) for split in SPLITS}
@@ -179,7 +182,6 @@ def evaluate_external(
     metrics = external_scores(
         predictions, settings.bootstrap_samples, settings.calibration_bins, params.seed
     )
-    evaluated = read_json(project.summary("evaluate"))
     internal = internal_reference(
         evaluated, pd.read_csv(project.predictions), model_classes, shared
     )
@@ -192,7 +194,7 @@ def evaluate_external(
         settings.bootstrap_samples,
         params.seed,
     )
-    metrics |= drops(internal, metrics) | shortcut | tta | ingested
+    metrics |= drops(internal, metrics) | shortcut | tta | decision | ingested
     metrics |= {
         "dataset": name,
         "source": dataset.source,

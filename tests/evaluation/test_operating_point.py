@@ -8,6 +8,7 @@ from cxr.evaluation.operating_point import (
     fit_covid_weight,
     reweighted,
     with_decision,
+    with_evaluated_decision,
 )
 from cxr.models.loading import Predictor
 from cxr.models.run_record import RunRecord
@@ -128,3 +129,21 @@ def test_a_decision_that_cannot_be_fit_is_a_one_line_error(names, true, message)
     with pytest.raises(PipelineError) as raised:
         with_decision(pixel_predictor(names), "val_macro_f1", 0.8, true, VAL_PROBABILITIES)
     assert str(raised.value) == message
+
+
+def test_external_validation_decides_by_the_weight_evaluate_recorded():
+    # given a predictor and what evaluate recorded after fitting a covid weight of 3
+    predictor = pixel_predictor(BINARY)
+    images = np.stack([np.full((4, 4, 1), value, np.uint8) for value in (0, 100, 200)])
+    plain = predictor.predict_proba(images)
+    evaluated = {"decision": "val_macro_f1", "decision_covid_weight": 3.0, "test_accuracy": 0.9}
+    # when the decision is taken from it, then that weight is applied, nothing fit again
+    moved, recorded = with_evaluated_decision(predictor, evaluated)
+    np.testing.assert_allclose(
+        moved.predict_proba(images), reweighted(plain, np.array([3.0, 1.0])), atol=1e-6
+    )
+    assert recorded == {"decision": "val_macro_f1", "decision_covid_weight": 3.0}
+    # and a summary from argmax, or from before the decision existed, keeps the predictor
+    for summary in ({"decision": "argmax", "decision_covid_weight": 1.0}, {"test_accuracy": 0.9}):
+        same, recorded = with_evaluated_decision(predictor, summary)
+        assert same is predictor and recorded["decision"] == "argmax"
