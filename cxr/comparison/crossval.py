@@ -274,9 +274,18 @@ def crossval_table(board: pd.DataFrame, significance: float) -> str:
             "train s": [
                 "" if pd.isna(value) else f"{value:.1f}" for value in board["train_seconds"]
             ],
+            # one network's, as each fold trains the same one (the seeds' backbone table)
+            "depth": whole_numbers(board, "depth"),
+            "parameters": whole_numbers(board, "parameters"),
         }
     )
     return table.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def whole_numbers(board: pd.DataFrame, name: str) -> list[str]:
+    """A count column as `1,208,419`, blank where not logged (the ensemble row, older runs)."""
+    values = board[name] if name in board else pd.Series(np.nan, board.index)
+    return ["" if pd.isna(value) else f"{int(round(value)):,}" for value in values]
 
 
 def crossval_markdown(crossval: CrossValidation | None, significance: float) -> str:

@@ -137,6 +137,8 @@ def test_reports_show_the_pooled_board_and_the_missing_folds(tmp_path, store):
     # vgg16's folds evaluated with a moved covid decision, one of pixel_logreg's too
     for run_id in runs["vgg16"]:
         MlflowClient().set_tag(run_id, "decision", "val_covid_sensitivity")
+        MlflowClient().log_metric(run_id, "depth", 16)
+        MlflowClient().log_metric(run_id, "parameters", 14_780_739)
     MlflowClient().set_tag(runs["pixel_logreg"][1], "decision", "val_macro_f1")
     crossval = pooled_leaderboard(
         evaluated_runs(experiment_id), FoldDesign(DESIGN, FOLDS, 2), experiment_id, SETTINGS,
@@ -154,6 +156,11 @@ def test_reports_show_the_pooled_board_and_the_missing_folds(tmp_path, store):
     # a model whose folds decided differently shows each way, so the mix is seen
     assert rows[1][6] == "argmax/val_macro_f1"
     assert rows[2][0] == "ensemble(vgg16+pixel_logreg)" and rows[2][6] == ""
+    # and the depth and parameters of the network each fold trained; the ensemble's parameters
+    # are its members' (vgg16's and pixel_logreg's 1,234), it has no one depth
+    header = [line for line in markdown.splitlines() if line.startswith("| model")][0]
+    assert [cell.strip() for cell in header.strip("|").split("|")][-2:] == ["depth", "parameters"]
+    assert rows[0][-2:] == ["16", "14,780,739"] and rows[2][-2:] == ["", "14,781,973"]
     assert rows[3][:3] == ["resnet50", "0, 1", "2"]
     # the JSON every entry, strict values, the run of each fold
     assert report["best_model"] == "vgg16" and report["models"] == 2
