@@ -11,7 +11,9 @@ it moves the covid threshold from 0.5 to 1 / (1 + w).
 - `val_macro_f1`: the weight whose decisions give the validation split its best macro F1 (of
   equal ones, the nearest to 1: the smallest move).
 - `val_covid_sensitivity`: the smallest weight under which the validation covid sensitivity
-  reaches `evaluate.target_sensitivity`: the most specific operating point that finds that share.
+  reaches `evaluate.target_sensitivity`: the most specific operating point that finds that share
+  (a fixed-sensitivity operating point). Where argmax finds more than that on validation, the
+  weight falls under 1: sensitivity is traded down to the target for specificity.
 
 The test probabilities are reweighted before anything is scored, so every figure, the prediction
 table, the pooled cross-validated leaderboard and the ensemble row see the moved decision. Two
@@ -32,7 +34,6 @@ from cxr.evaluation.metrics import SCREENING_CLASS
 from cxr.models.loading import Predictor
 
 ARGMAX = "argmax"
-DECISIONS = (ARGMAX, "val_macro_f1", "val_covid_sensitivity")
 ARGMAX_RECORD = {"decision": ARGMAX, "decision_covid_weight": 1.0}  # what argmax records
 FLOOR = 1e-12  # a probability of 0 still has a finite logit
 
