@@ -15,12 +15,13 @@ from cxr.core.paths import ProjectPaths, paths_from_argv
 from cxr.core.tables import read_fold_design, read_table
 from cxr.evaluation.figures import draw_evaluation_figures, write_plots_data
 from cxr.evaluation.metrics import (
+    ARGMAX,
     evaluation_line,
     flat_metrics,
     known_label_indices,
     prediction_table,
 )
-from cxr.evaluation.operating_point import ARGMAX, ARGMAX_RECORD, with_decision
+from cxr.evaluation.operating_point import ARGMAX_RECORD, with_decision
 from cxr.evaluation.scoring import score_test_split
 from cxr.evaluation.tta import with_tta
 from cxr.models.loading import Predictor, load_models_dir

@@ -43,6 +43,7 @@ from cxr.comparison.leaderboard import (
     model_label,
     run_decision,
     run_predictions,
+    whole_numbers,
     with_p_values,
 )
 from cxr.core.outputs import json_number
@@ -280,12 +281,6 @@ def crossval_table(board: pd.DataFrame, significance: float) -> str:
         }
     )
     return table.to_markdown(index=False, disable_numparse=True) + "\n"
-
-
-def whole_numbers(board: pd.DataFrame, name: str) -> list[str]:
-    """A count column as `1,208,419`, blank where not logged (the ensemble row, older runs)."""
-    values = board[name] if name in board else pd.Series(np.nan, board.index)
-    return ["" if pd.isna(value) else f"{int(round(value)):,}" for value in values]
 
 
 def crossval_markdown(crossval: CrossValidation | None, significance: float) -> str:

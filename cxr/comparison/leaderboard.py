@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from cxr.core.outputs import json_number
 from cxr.core.params import CompareParams, external_metric
 from cxr.core.tables import FoldDesign
+from cxr.evaluation.metrics import ARGMAX
 from cxr.evaluation.statistics import INTERVAL_METRICS, mcnemar_exact
 from cxr.tracking.runs import (
     CV_DESIGN_TAG,
@@ -386,9 +387,7 @@ def markdown_table(
             "covid sensitivity": number("test_covid_sensitivity", 3),
             "decision": decision_cells(board),
             "depth": number("depth", 0),
-            "parameters": [
-                "" if pd.isna(value) else f"{int(value):,}" for value in board["parameters"]
-            ],
+            "parameters": whole_numbers(board, "parameters"),
             "train s": number("train_seconds", 1),
             # A baseline's one fit logs epochs_run 0: no epochs, so no number.
             "epochs": number("epochs_run", 0, blank_zero=True),
@@ -406,9 +405,15 @@ def markdown_table(
     return table.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
+def whole_numbers(board: pd.DataFrame, name: str) -> list[str]:
+    """A count column as `1,208,419`, blank where not logged (the ensemble row, older runs)."""
+    values = board[name] if name in board else pd.Series(np.nan, board.index)
+    return ["" if pd.isna(value) else f"{int(round(value)):,}" for value in values]
+
+
 def run_decision(tag: Any) -> str:
     """A run's evaluate.decision from its tag: argmax when evaluated before the tag existed."""
-    return tag if isinstance(tag, str) and tag else "argmax"
+    return tag if isinstance(tag, str) and tag else ARGMAX
 
 
 def decision_cells(board: pd.DataFrame) -> list[str]:

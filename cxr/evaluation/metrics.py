@@ -35,6 +35,7 @@ from cxr.evaluation.statistics import (
 )
 
 SCREENING_CLASS = "covid"  # the class whose sensitivity is the screening figure
+ARGMAX = "argmax"  # evaluate.decision's default: each image's most probable class
 
 
 @dataclass(frozen=True)
@@ -315,8 +316,8 @@ def evaluation_line(metrics: Mapping[str, Any]) -> str:
 
 def decision_words(metrics: Mapping[str, Any]) -> str:
     """'' under argmax, else the decision and the covid weight it fit on the validation split."""
-    decision = metrics.get("decision", "argmax")
-    if decision == "argmax":
+    decision = metrics.get("decision", ARGMAX)
+    if decision == ARGMAX:
         return ""
     threshold = metrics.get("decision_covid_threshold")
     moved = f", covid from p {threshold:.3f}" if threshold is not None else ""

@@ -30,10 +30,9 @@ import numpy as np
 from sklearn.metrics import f1_score, recall_score
 
 from cxr.core.errors import PipelineError
-from cxr.evaluation.metrics import SCREENING_CLASS
+from cxr.evaluation.metrics import ARGMAX, SCREENING_CLASS
 from cxr.models.loading import Predictor
 
-ARGMAX = "argmax"
 ARGMAX_RECORD = {"decision": ARGMAX, "decision_covid_weight": 1.0}  # what argmax records
 FLOOR = 1e-12  # a probability of 0 still has a finite logit
 

@@ -10,6 +10,7 @@ import numpy as np
 from cxr.core.params import (
     external_metric,
 )
+from cxr.evaluation.metrics import ARGMAX
 from cxr.external.scores import SCORED
 
 
@@ -33,10 +34,10 @@ def summary_markdown(name: str, metrics: Mapping[str, Any]) -> str:
         for key in SCORED
     )
     shortcut = cell("source_shortcut_accuracy")
-    decision = metrics.get("decision", "argmax")
+    decision = metrics.get("decision", ARGMAX)
     decided = (
         ""
-        if decision == "argmax"
+        if decision == ARGMAX
         else f" Covid is called as evaluate called it (evaluate.decision = {decision}: covid "
         f"probability weighted {metrics['decision_covid_weight']:.3f}, fit on the validation "
         "split)."
